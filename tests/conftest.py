@@ -1,0 +1,88 @@
+"""Shared fixtures: small real data sets and checkpoints, the CLIs as subprocesses, and marker skips."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unetkit.train import UNet, UNetConfig, save_checkpoint
+from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD
+from unetkit.train.synth import write_synthetic
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str | os.PathLike, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one of unetkit's console scripts as a real subprocess; returns the finished process."""
+    cmd = [str(BIN / str(args[0])), *map(str, args[1:])]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def make_meta(n_classes: int = 1, **extra) -> dict:
+    return {
+        "n_classes": n_classes,
+        "class_names": ["car"] if n_classes == 1 else [f"c{i}" for i in range(n_classes)],
+        "scale": 0.5,
+        "mean": list(DEFAULT_MEAN),
+        "std": list(DEFAULT_STD),
+        "threshold": 0.5,
+        "ignore_index": 255,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 Carvana-like pairs of 192x128 in Kaggle's layout."""
+    root = tmp_path_factory.mktemp("synth_small")
+    write_synthetic(root, 48, (192, 128), seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained base-4 U-Net saved as a real checkpoint (BatchNorm statistics made non-trivial)."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pth"
+    save_checkpoint(path, model.eval(), make_meta())
+    return path
+
+
+def _cuda_reason() -> str | None:
+    return None if torch.cuda.is_available() else "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def _trt_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising OSError
+        return f"needs TensorRT (import tensorrt failed: {type(exc).__name__}: {exc})"
+    return _cuda_reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons = {"gpu": _cuda_reason(), "trt": _trt_reason()}
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,0 +1,98 @@
+"""Sample loading: scaling, the cache, the split, seeded sampling and augmentation, batching."""
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from unetkit.train.augment import Augmenter
+from unetkit.train.dataset import (
+    SampleCache,
+    SeededSampler,
+    SegmentationDataset,
+    load_sample,
+    pad_collate,
+    split_pairs,
+)
+from unetkit.train.layouts import IGNORE_INDEX, index_dataset
+from unetkit.train.preprocess import scaled_size
+
+
+def test_scale_is_bilinear_for_images_and_nearest_for_masks(synth_small):
+    pair = index_dataset(synth_small).pairs[0]
+    image, labels = load_sample(pair, 0.5, "binary")
+    assert image.shape == (64, 96, 3) and image.dtype == np.uint8
+    assert labels.shape == (64, 96) and set(np.unique(labels)) == {0, 1}  # nearest: no in-between values
+    assert scaled_size(1280, 1918, 0.5) == (640, 959)
+
+
+def test_cache_stores_once_and_is_invalidated_by_changes(tmp_path, synth_small):
+    pair = index_dataset(synth_small).pairs[0]
+    cache = SampleCache(tmp_path / "cache", 0.5, "binary")
+    first = cache.load(pair)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1
+    again = cache.load(pair)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert list((tmp_path / "cache").iterdir()) == entries  # read back, not rewritten
+    # a different scale is a different entry
+    SampleCache(tmp_path / "cache", 0.25, "binary").load(pair)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    # a touched source file is read again
+    stamp = time.time() + 5
+    os.utime(pair.mask, (stamp, stamp))
+    assert cache.path(pair) not in entries
+    cache.load(pair)
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_split_is_seeded_and_reproducible(synth_small):
+    pairs = index_dataset(synth_small).pairs
+    a_train, a_val = split_pairs(pairs, 0.2, seed=3)
+    b_train, b_val = split_pairs(pairs, 0.2, seed=3)
+    c_train, c_val = split_pairs(pairs, 0.2, seed=4)
+    assert a_val == b_val and a_train == b_train and a_val != c_val
+    assert len(a_val) == 10 and len(a_train) == 38
+    assert not set(a_val) & set(a_train)
+
+
+def test_sampler_order_depends_only_on_the_generator_state():
+    g = torch.Generator().manual_seed(0)
+    sampler = SeededSampler(10, g)
+    state = g.get_state()
+    first = list(sampler)
+    g.set_state(state)
+    assert list(sampler) == first
+    assert sorted(i for i, _ in first) == list(range(10))
+    assert list(sampler) != first  # the next epoch differs
+
+
+def test_augmentation_is_reproducible_per_seed_and_fills_with_ignore():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    labels = (rng.random((40, 60)) > 0.5).astype(np.uint8)
+    aug = Augmenter()
+    a = aug(image, labels, 123)
+    b = aug(image, labels, 123)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[0].shape == image.shape and a[1].shape == labels.shape
+    outputs = [aug(image, labels, s)[1] for s in range(40)]
+    assert any(not np.array_equal(o, labels) for o in outputs)
+    assert any((o == IGNORE_INDEX).any() for o in outputs)  # rotated-in corners are ignored
+    assert all(set(np.unique(o)) <= {0, 1, IGNORE_INDEX} for o in outputs)
+
+
+def test_dataset_items_and_pad_collate(synth_small):
+    pairs = index_dataset(synth_small).pairs[:2]
+    ds = SegmentationDataset(pairs, 0.5, "binary", augment=Augmenter())
+    image, labels = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
+    assert labels.dtype == torch.long and labels.shape == (64, 96)
+    assert torch.equal(ds[(1, 7)][0], ds[(1, 7)][0])
+    small = (torch.ones(3, 2, 3, dtype=torch.uint8), torch.ones(2, 3, dtype=torch.long))
+    big = (torch.ones(3, 4, 5, dtype=torch.uint8), torch.zeros(4, 5, dtype=torch.long))
+    images, masks = pad_collate([small, big])
+    assert images.shape == (2, 3, 4, 5) and masks.shape == (2, 4, 5)
+    assert (masks[0, 2:] == IGNORE_INDEX).all() and (masks[0, :, 3:] == IGNORE_INDEX).all()
+    assert (masks[0, :2, :3] == 1).all() and (images[0, :, 2:] == 0).all()

@@ -1,0 +1,83 @@
+"""unet-data synth and carvana."""
+
+import hashlib
+import os
+import subprocess
+
+import numpy as np
+from conftest import BIN, error_lines, run_cli
+
+from unetkit.train.imageio import binary_mask, read_image, read_mask
+from unetkit.train.layouts import index_dataset
+
+
+def digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.*")}
+
+
+def test_synth_writes_kaggle_named_pairs_deterministically(tmp_path):
+    for name in ("a", "b"):
+        run_cli("unet-data", "synth", "--out", tmp_path / name, "--n", "18", "--size", "160x96", "--seed", "5",
+                "--no-progress", check=True)  # fmt: skip
+    run_cli("unet-data", "synth", "--out", tmp_path / "c", "--n", "18", "--size", "160x96", "--seed", "6",
+            "--no-progress", check=True)  # fmt: skip
+    a = digest(tmp_path / "a")
+    assert a == digest(tmp_path / "b")
+    assert a != digest(tmp_path / "c")
+    index = index_dataset(tmp_path / "a")
+    assert index.layout == "kaggle-carvana" and len(index.pairs) == 18
+    views: dict[str, list[str]] = {}
+    for p in index.pairs:
+        car, view = p.image.stem.split("_")
+        views.setdefault(car, []).append(view)
+    # 16 views per car, numbered as Kaggle numbers them: <12 hex digits>_01 ... _16
+    assert sorted(len(v) for v in views.values()) == [2, 16]
+    assert all(len(car) == 12 for car in views)
+    assert sorted(max(views.values(), key=len)) == [f"{i:02d}" for i in range(1, 17)]
+    pair = index.pairs[3]
+    image = read_image(pair.image)
+    mask = binary_mask(read_mask(pair.mask), pair.mask)
+    assert image.shape == (96, 160, 3) and pair.mask.suffix == ".gif"
+    assert 0.05 < mask.mean() < 0.6  # a car, not the whole frame
+    # the car differs from its surroundings: mean colour inside vs. a ring outside
+    assert np.abs(image[mask == 1].mean(0) - image[mask == 0].mean(0)).max() > 5
+
+
+def test_synth_full_size_default(tmp_path):
+    run_cli("unet-data", "synth", "--out", tmp_path, "--n", "1", "--no-progress", check=True)
+    assert read_image(next((tmp_path / "train").iterdir())).shape == (1280, 1918, 3)
+
+
+def test_synth_rejects_a_bad_size(tmp_path):
+    proc = run_cli("unet-data", "synth", "--out", tmp_path, "--size", "big")
+    assert proc.returncode == 2
+    assert error_lines(proc) == ["unet-data: error: --size: size 'big' is not WIDTHxHEIGHT, e.g. 1918x1280"]
+
+
+def test_carvana_without_credentials_says_what_is_missing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _run_with_env(["unet-data", "carvana", "--out", tmp_path / "data"], HOME=str(home))
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "Kaggle credentials not found" in line and "~/.kaggle/kaggle.json" in line
+    assert "KAGGLE_USERNAME" in line
+
+
+def test_carvana_with_credentials_but_no_client_or_network(tmp_path):
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    (home / ".kaggle/kaggle.json").write_text('{"username": "someone", "key": "0123"}')
+    proc = _run_with_env(["unet-data", "carvana", "--out", tmp_path / "data"], HOME=str(home))
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    # Without the kaggle package: how to install it; with it, but no network here: what failed.
+    assert "pip install 'unetkit[kaggle]'" in line or "kaggle" in line.lower()
+    assert not (tmp_path / "data" / "train").exists()
+
+
+def _run_with_env(args, **env):
+    """Run a CLI with no KAGGLE_* variables and the given overrides (HOME decides where kaggle.json is)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    clean.update(env)
+    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, env=clean)

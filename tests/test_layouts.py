@@ -1,0 +1,156 @@
+"""Each layout is detected and paired; each bad-input case names its file."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import error_lines, run_cli
+from PIL import Image
+
+from unetkit.train.checks import check_dataset, describe_unmatched
+from unetkit.train.errors import DataError
+from unetkit.train.layouts import IGNORE_INDEX, detect_layout, index_dataset
+
+
+def image(path: Path, size=(24, 16), color=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def mask(path: Path, size=(24, 16), values=(0, 255)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size[1], size[0]), values[0], np.uint8)
+    arr[: size[1] // 2] = values[1]
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_seed_carvana_layout(tmp_path):
+    image(tmp_path / "imgs/001.jpg")
+    mask(tmp_path / "masks/001_mask.jpg")
+    image(tmp_path / "imgs/002.png")
+    mask(tmp_path / "masks/002_mask.png")
+    image(tmp_path / "imgs/lonely.jpg")
+    mask(tmp_path / "masks/orphan_mask.png")
+    (tmp_path / "imgs/notes.txt").write_text("not an image")
+    index = index_dataset(tmp_path)
+    assert index.layout == "carvana" and index.mask_kind == "binary" and index.n_classes == 1
+    assert [(p.image.name, p.mask.name) for p in index.pairs] == [
+        ("001.jpg", "001_mask.jpg"),
+        ("002.png", "002_mask.png"),
+    ]
+    assert [p.name for p in index.unmatched_images] == ["lonely.jpg"]
+    assert [p.name for p in index.unmatched_masks] == ["orphan_mask.png"]
+    lines = describe_unmatched(index)
+    assert "1 image(s) without a mask: imgs/lonely.jpg" in lines[0]
+    assert "1 mask(s) without an image: masks/orphan_mask.png" in lines[1]
+
+
+def test_kaggle_carvana_layout(synth_small):
+    index = index_dataset(synth_small)
+    assert index.layout == "kaggle-carvana" and len(index.pairs) == 48
+    first = index.pairs[0]
+    assert first.mask.name == first.image.stem + "_mask.gif"
+
+
+def test_kvasir_layout(tmp_path):
+    for name in ("cju0qkwl35piu0993l0dewei2", "cju0s690hkp960855tjuaqvv0"):
+        image(tmp_path / "images" / f"{name}.jpg")
+        mask(tmp_path / "masks" / f"{name}.jpg")
+    index = index_dataset(tmp_path)
+    assert index.layout == "kvasir" and index.class_names == ["polyp"] and len(index.pairs) == 2
+
+
+def test_cityscapes_layout_maps_label_ids_and_keeps_the_official_split(tmp_path):
+    for split, city, name in [("train", "aachen", "aachen_000000_000019"), ("val", "lindau", "lindau_000000_000019")]:
+        image(tmp_path / f"leftImg8bit/{split}/{city}/{name}_leftImg8bit.png", (8, 4))
+        ids = np.array([[7, 8, 26, 33], [0, 1, 6, 255]] * 2, np.uint8)
+        ids = np.repeat(ids, 2, axis=1)
+        gt = tmp_path / f"gtFine/{split}/{city}/{name}_gtFine_labelIds.png"
+        gt.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ids).save(gt)
+        Image.fromarray(ids).save(gt.with_name(f"{name}_gtFine_color.png"))  # other gtFine files are ignored
+    image(tmp_path / "leftImg8bit/test/berlin/berlin_000000_000019_leftImg8bit.png", (8, 4))
+    index = index_dataset(tmp_path)
+    assert index.layout == "cityscapes" and index.n_classes == 19 and index.mask_kind == "cityscapes"
+    assert [p.split for p in index.pairs] == ["train", "val"]
+    report = check_dataset(index, progress=False)
+    assert report.problems == []
+    counts = report.label_counts
+    # road (7) -> 0, sidewalk (8) -> 1, car (26) -> 13, bicycle (33) -> 18, void ids (0, 1, 6, 255) -> ignored
+    # each id fills 2 columns of 2 rows in each of the 2 images
+    assert counts[0] == counts[1] == counts[13] == counts[18] == 2 * 2 * 2
+    assert counts[IGNORE_INDEX] == 4 * 2 * 2 * 2
+
+
+def test_masks_as_gif_png_jpeg_with_0_255_and_0_1(tmp_path):
+    image(tmp_path / "train/a.jpg")
+    mask(tmp_path / "train_masks/a_mask.gif", values=(0, 255))
+    image(tmp_path / "train/b.jpg")
+    mask(tmp_path / "train_masks/b_mask.png", values=(0, 1))
+    image(tmp_path / "train/c.jpg")
+    mask(tmp_path / "train_masks/c_mask.jpg", values=(3, 250))  # lossy: thresholded at 128
+    report = check_dataset(index_dataset(tmp_path), progress=False)
+    assert report.problems == []
+    assert report.label_counts[0] == report.label_counts[1] == 3 * 24 * 8
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda r: None, "data folder not found"),
+        (lambda r: (r / "stuff").mkdir(parents=True), "no known data layout"),
+        (lambda r: [(r / d).mkdir(parents=True) for d in ("imgs", "masks")], "no image/mask pairs found"),
+    ],
+)
+def test_unusable_folders(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DataError, match=message):
+        index_dataset(root)
+
+
+def test_check_names_corrupt_mismatched_and_bad_mask_files(tmp_path):
+    image(tmp_path / "imgs/good.jpg")
+    mask(tmp_path / "masks/good_mask.png")
+    (tmp_path / "imgs/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    mask(tmp_path / "masks/corrupt_mask.png")
+    image(tmp_path / "imgs/big.jpg", size=(30, 16))
+    mask(tmp_path / "masks/big_mask.png")
+    image(tmp_path / "imgs/multi.jpg")
+    mask(tmp_path / "masks/multi_mask.png", values=(0, 7))
+    good = tmp_path / "imgs/truncated.jpg"
+    image(good, size=(64, 64))
+    good.write_bytes(good.read_bytes()[:200])
+    mask(tmp_path / "masks/truncated_mask.png", size=(64, 64))
+    report = check_dataset(index_dataset(tmp_path), progress=False)
+    problems = "\n".join(report.problems)
+    assert len(report.problems) == 4
+    assert "corrupt.jpg: cannot read image" in problems
+    assert "truncated.jpg: cannot read image" in problems
+    assert "big_mask.png: mask is 24x16 but its image big.jpg is 30x16" in problems
+    assert "multi_mask.png: binary mask has values {0, 7}; expected 0/1 or 0/255" in problems
+    with pytest.raises(DataError, match="4 bad file"):
+        report.raise_if_problems()
+
+
+def test_unet_data_check_cli(tmp_path, synth_small):
+    ok = run_cli("unet-data", "check", synth_small, "--no-progress", check=True)
+    assert "kaggle-carvana layout, 48 pairs" in ok.stdout
+    assert "sizes: 192x128 (48)" in ok.stdout
+    assert "class balance" in ok.stdout and "car " in ok.stdout
+    image(tmp_path / "imgs/x.jpg")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks/x_mask.png").write_bytes(b"garbage")
+    bad = run_cli("unet-data", "check", tmp_path, "--no-progress")
+    assert bad.returncode == 2
+    assert "x_mask.png: cannot read image" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("unet-data", "check", tmp_path / "nowhere")
+    assert missing.returncode == 2 and error_lines(missing) == [f"unet-data: error: {tmp_path / 'nowhere'}: data folder not found"]
+
+
+def test_detect_layout_prefers_specific_layouts(tmp_path):
+    for d in ("train", "train_masks", "imgs", "masks"):
+        (tmp_path / d).mkdir()
+    assert detect_layout(tmp_path) == "kaggle-carvana"

@@ -1,0 +1,114 @@
+"""unet-train end to end, through the real CLI: it learns, resumes exactly, logs, evaluates."""
+
+import json
+
+import pytest
+import torch
+from conftest import error_lines, run_cli
+
+from unetkit.train import load_checkpoint
+from unetkit.train.synth import write_synthetic
+
+FAST = ["--base-channels", "8", "--workers", "0", "--lr", "3e-3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small U-Net trained on 64 synthetic 192x128 pairs at scale 0.5 (about 20 s on 2 cores)."""
+    data = tmp_path_factory.mktemp("learn_data")
+    write_synthetic(data, 64, (192, 128), seed=0, progress=False)
+    run = tmp_path_factory.mktemp("learn_run")
+    proc = run_cli("unet-train", "--data", data, "--out", run, "--epochs", "20", *FAST, check=True)
+    return data, run, proc
+
+
+@pytest.mark.slow
+def test_small_unet_learns_the_synthetic_cars(trained_run):
+    _, run, proc = trained_run
+    model, meta = load_checkpoint(run / "best.pth")
+    assert meta["val_dice"] >= 0.90, proc.stdout
+    assert meta["val_iou"] >= 0.80
+    assert f"best validation Dice {meta['val_dice']:.4f}" in proc.stdout
+    assert model.config.base_channels == 8 and meta["n_classes"] == 1 and meta["scale"] == 0.5
+    assert meta["class_names"] == ["car"] and meta["train_args"]["epochs"] == 20
+    # one summary line per epoch, in order
+    epochs = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs[:3] == ["1/20", "2/20", "3/20"]
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_validation_score(trained_run):
+    data, run, _ = trained_run
+    _, meta = load_checkpoint(run / "best.pth")
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--no-progress", check=True)
+    assert "(val, 13 images, scale 0.5)" in proc.stdout
+    assert f"Dice {meta['val_dice']:.4f}  IoU {meta['val_iou']:.4f}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_history_and_tensorboard_events_open_in_tensorboard(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = trained_run
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, 21))
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"Loss/train", "Loss/val", "Dice/val", "IoU/val", "LR"} <= set(tags["scalars"])
+    assert {"Input", "Ground Truth", "Prediction"} <= set(tags["images"])
+    dice = [e.value for e in acc.Scalars("Dice/val")]
+    assert len(dice) == 20 and dice == pytest.approx([h["Dice/val"] for h in history])
+    picture = acc.Images("Prediction")[-1]
+    assert (picture.width, picture.height) == (96, 64)
+
+
+def test_resume_continues_with_the_same_state(tmp_path, synth_small):
+    args = ["--data", synth_small, "--base-channels", "4", "--workers", "0", "--lr", "3e-3", "--no-progress"]
+    run_cli("unet-train", *args, "--out", tmp_path / "straight", "--epochs", "3", check=True)
+    run_cli("unet-train", *args, "--out", tmp_path / "resumed", "--epochs", "2", check=True)
+    proc = run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "3", "--no-progress", check=True)
+    assert "resumed after epoch 2" in proc.stdout
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == ["3/3"]
+    a = torch.load(tmp_path / "straight/last.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed/last.pth", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["training"]["optimizer"]["state"][0]["step"] == b["training"]["optimizer"]["state"][0]["step"]
+    assert a["meta"]["val_dice"] == b["meta"]["val_dice"]
+    history = (tmp_path / "resumed/history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_last_pth_holds_what_resume_needs(tmp_path, synth_small):
+    run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--epochs", "1", "--base-channels", "2",
+            "--workers", "0", "--no-progress", check=True)  # fmt: skip
+    training = torch.load(tmp_path / "last.pth", weights_only=True)["training"]
+    assert {"optimizer", "scheduler", "early_stopping", "epoch", "rng", "scaler", "config"} <= set(training)
+    assert training["scheduler"]["patience"] == 3 and training["early_stopping"]["patience"] == 5
+    assert training["optimizer"]["param_groups"][0]["lr"] == 1e-4  # Adam at the seed's learning rate
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--scale", "1.5"], "--scale must be in (0, 1]"),
+        (["--loss", "ce"], "--loss: loss 'ce' is not available for a binary model"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+    ],
+)
+def test_bad_arguments_give_one_line(tmp_path, synth_small, args, message):
+    if args[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    proc = run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--workers", "0", *args)
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "best.pth").exists()
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path):
+    proc = run_cli("unet-train", "--out", tmp_path, "--resume")
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"unet-train: error: {tmp_path / 'last.pth'}: checkpoint not found"]

@@ -1,0 +1,87 @@
+"""Checking a data set before any work is spent on it: every pair decoded once, every problem named.
+
+Used by `unet-data check` and at the start of `unet-train`, where the pass also fills the sample cache.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .dataset import SampleCache, SegmentationDataset
+from .errors import DataError
+from .layouts import IGNORE_INDEX, DatasetIndex
+
+
+@dataclass
+class DataReport:
+    """What a full pass over a data set found."""
+
+    index: DatasetIndex
+    scale: float
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> number of images, at `scale`
+    label_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    problems: list[str] = field(default_factory=list)
+
+    def class_fractions(self) -> dict[str, float]:
+        """Share of the labelled pixels that each class covers (background included for binary)."""
+        names = ["background", *self.index.class_names] if self.index.mask_kind == "binary" else self.index.class_names
+        counts = self.label_counts[: len(names)]
+        total = max(int(counts.sum()), 1)
+        return {name: float(c) / total for name, c in zip(names, counts, strict=True)}
+
+    def ignored_fraction(self) -> float:
+        total = max(int(self.label_counts.sum()), 1)
+        return float(self.label_counts[IGNORE_INDEX]) / total
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            listing = "\n".join(f"  {p}" for p in self.problems)
+            raise DataError(f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them:\n{listing}")
+
+
+def describe_unmatched(index: DatasetIndex, limit: int = 10) -> list[str]:
+    """Human-readable lines naming images without a mask and masks without an image."""
+    lines = []
+    for what, files in (("image(s) without a mask", index.unmatched_images),
+                        ("mask(s) without an image", index.unmatched_masks)):  # fmt: skip
+        if files:
+            shown = ", ".join(str(Path(f).relative_to(index.root)) for f in files[:limit])
+            more = f" and {len(files) - limit} more" if len(files) > limit else ""
+            lines.append(f"{len(files)} {what}: {shown}{more}")
+    return lines
+
+
+def check_dataset(
+    index: DatasetIndex,
+    scale: float = 1.0,
+    cache: SampleCache | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> DataReport:
+    """Decode every pair once (in threads) and collect sizes, class balance and problems."""
+    dataset = SegmentationDataset(index.pairs, scale, index.mask_kind, cache=cache)
+    report = DataReport(index, scale)
+
+    def load(i: int) -> tuple[tuple[int, int], np.ndarray] | str:
+        try:
+            image, labels = dataset.load(i)
+        except DataError as exc:
+            return str(exc)
+        return (image.shape[1], image.shape[0]), np.bincount(labels.ravel(), minlength=256)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(load, range(len(dataset)))
+        for result in tqdm(results, total=len(dataset), desc="checking data", unit="img", disable=not progress):
+            if isinstance(result, str):
+                report.problems.append(result)
+            else:
+                size, counts = result
+                report.sizes[size] += 1
+                report.label_counts += counts
+    return report

@@ -1,0 +1,107 @@
+"""unet-train: train a U-Net into RUN_DIR/best.pth, resume a run, or evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli_common import EXIT_OK, run_cli
+from .config import TrainConfig
+from .errors import UnetkitError
+from .evaluate import SPLITS, evaluate_checkpoint
+from .layouts import LAYOUTS
+from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
+
+PROG = "unet-train"
+DEFAULTS = TrainConfig(data=Path("."), out=Path("runs/unet"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a U-Net on an image/mask data set; writes best.pth, last.pth, history.jsonl and "
+        "TensorBoard logs (tb/) into the run folder.",
+        epilog="examples:\n  unet-train --data data/carvana --out runs/carvana\n"
+        "  unet-train --data data/carvana --out runs/carvana --resume --epochs 80\n"
+        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, help="data set folder (see README: data layouts)")
+    p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
+    p.add_argument("--layout", choices=["auto", *LAYOUTS], help="data layout (default auto: detected)")
+    p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
+    p.add_argument("--base-channels", type=int, help=f"width of the first level (default {d.base_channels})")
+    p.add_argument("--bilinear", action="store_true", default=None, help="bilinear up-sampling instead of "
+                   "transposed convolutions")  # fmt: skip
+    p.add_argument("--loss", choices=sorted({*BINARY_LOSSES, *MULTICLASS_LOSSES}),
+                   help="loss (default bce+dice for binary, ce+dice for multi-class)")  # fmt: skip
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {d.workers})")
+    p.add_argument("--seed", type=int, help=f"seed for initialization, split and augmentation (default {d.seed})")
+    p.add_argument("--val-fraction", type=float, help=f"validation share of a random split (default {d.val_fraction})")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
+    p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="FP32 training on CUDA")
+    p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
+    p.add_argument("--threshold", type=float, help=f"binary decision threshold stored for inference (default "
+                   f"{d.threshold})")  # fmt: skip
+    p.add_argument("--resume", nargs="?", const=True, metavar="LAST_PTH",
+                   help="continue a run from its last.pth (default: RUN_DIR/last.pth); only --epochs, --device, "
+                   "--workers and --cache may change")  # fmt: skip
+    p.add_argument("--eval", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on --data and exit")
+    p.add_argument("--split", choices=SPLITS, default="all", help="with --eval: all pairs, or the train/val part "
+                   "of the split the checkpoint was trained with (default all)")  # fmt: skip
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    return p
+
+
+def _eval(args: argparse.Namespace) -> int:
+    result, meta, n = evaluate_checkpoint(
+        args.eval, args.data, args.layout or "auto", args.split, args.batch_size or DEFAULTS.batch_size,
+        args.device or "auto", args.workers if args.workers is not None else DEFAULTS.workers,
+        args.progress is not False,
+    )  # fmt: skip
+    print(f"{args.eval} on {args.data} ({args.split}, {n} images, scale {meta['scale']:g}):")
+    print(f"  Dice {result.mean_dice:.4f}  IoU {result.mean_iou:.4f}  loss {result.loss:.4f}")
+    names = meta.get("class_names", [])
+    if meta["n_classes"] > 1:
+        for name, d, i in zip(names, result.dice, result.iou, strict=True):
+            print(f"  {name:<16} Dice {d:.4f}  IoU {i:.4f}")
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .fit import fit, resume_config  # torch/tensorboard imports only when training
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
+    if args.resume:
+        path = args.out / "last.pth" if args.resume is True else Path(args.resume)
+        cfg, payload = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
+    else:
+        if args.data is None:
+            raise UnetkitError("--data is required (a data set folder; try `unet-data synth --out data/synth`)")
+        cfg, payload = TrainConfig(**given), None
+    result = fit(cfg, payload)
+    print(
+        f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}); "
+        f"checkpoint: {result.run_dir / 'best.pth'}"
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.eval is not None:
+        if args.data is None:
+            build_parser().error("--eval needs --data")
+        return run_cli(PROG, lambda: _eval(args))
+    return run_cli(PROG, lambda: _train(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

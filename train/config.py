@@ -1,0 +1,79 @@
+"""The settings of one training run, resolved once from the command line and stored in checkpoints."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UnetkitError
+from .preprocess import DEFAULT_MEAN, DEFAULT_STD
+
+#: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    out: Path
+    layout: str = "auto"
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    scale: float = 0.5
+    base_channels: int = 64
+    bilinear: bool = False
+    loss: str | None = None  # None: bce+dice for binary, ce+dice for multi-class
+    device: str = "auto"
+    workers: int = min(4, os.cpu_count() or 1)
+    seed: int = 0
+    val_fraction: float = 0.2
+    augment: bool = True
+    cache: Path | None = None
+    amp: bool = True
+    patience: int = 5  # early stopping, in epochs without a better validation Dice
+    lr_patience: int = 3  # ReduceLROnPlateau
+    threshold: float = 0.5
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--epochs must be at least 1": self.epochs >= 1,
+            "--batch-size must be at least 1": self.batch_size >= 1,
+            "--lr must be positive": self.lr > 0,
+            "--scale must be in (0, 1]": 0 < self.scale <= 1,
+            "--base-channels must be at least 1": self.base_channels >= 1,
+            "--workers must be 0 or more": self.workers >= 0,
+            "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
+            "--patience must be at least 1": self.patience >= 1,
+            "--threshold must be in (0, 1)": 0 < self.threshold < 1,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise UnetkitError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so the dict can live in a weights_only checkpoint."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        for key in ("data", "out", "cache"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = Path(kwargs[key])
+        for key in ("mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)

@@ -1,0 +1,243 @@
+"""A whole training run: data checked, model built or resumed, epochs run, checkpoints and logs written.
+
+Writes into the run folder: best.pth (when validation Dice improves), last.pth (every epoch, with what
+--resume needs), history.jsonl (one line per epoch) and tb/ (TensorBoard event files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .atomic import write_text_atomic
+from .checkpoint import read_checkpoint, save_checkpoint
+from .checks import check_dataset, describe_unmatched
+from .config import RESUME_OVERRIDES, TrainConfig
+from .dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
+from .device import autocast_dtype, resolve_device
+from .errors import UnetkitError
+from .layouts import IGNORE_INDEX, DatasetIndex, index_dataset
+from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, train_one_epoch
+from .losses import LossFn, make_loss
+from .model import UNet, UNetConfig
+from .tblog import TensorBoardLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    best_dice: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    run_dir: Path
+
+
+@dataclass
+class _Run:
+    """Everything a training run mutates, in one place so it can be saved and restored whole."""
+
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    sampler_rng: torch.Generator
+    epoch: int = 0
+    best_epoch: int = 0
+
+    def training_state(self, cfg: TrainConfig) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
+            "config": cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": {
+                "sampler": self.sampler_rng.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.sampler_rng.set_state(state["rng"]["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
+
+
+def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The stored run's config (with the allowed overrides from `given`) and the last.pth payload."""
+    path = Path(resume)
+    payload = read_checkpoint(path)
+    if "training" not in payload:
+        raise UnetkitError(f"{path}: has no training state (only last.pth can be resumed)")
+    stored = TrainConfig.from_dict(payload["training"]["config"])
+    overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES and v is not None}
+    return replace(stored, out=cfg.out, **overrides), payload
+
+
+def _loaders(
+    cfg: TrainConfig, index: DatasetIndex, device: torch.device, sampler_rng: torch.Generator
+) -> tuple[DataLoader, DataLoader]:
+    from .augment import Augmenter  # albumentations is only needed when training
+
+    train_pairs, val_pairs = split_pairs(index.pairs, cfg.val_fraction, cfg.seed)
+    cache = SampleCache(cfg.cache, cfg.scale, index.mask_kind) if cfg.cache else None
+    report = check_dataset(index, cfg.scale, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
+    report.raise_if_problems()
+    common = dict(
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=pad_collate,
+        persistent_workers=cfg.workers > 0,
+    )
+    train_ds = SegmentationDataset(train_pairs, cfg.scale, index.mask_kind, Augmenter() if cfg.augment else None, cache)
+    val_ds = SegmentationDataset(val_pairs, cfg.scale, index.mask_kind, None, cache)
+    train = DataLoader(train_ds, sampler=SeededSampler(len(train_ds), sampler_rng), drop_last=False, **common)
+    val = DataLoader(val_ds, shuffle=False, **common)
+    log.info("data: %s layout, %d train / %d val pairs, scale %g", index.layout, len(train_ds), len(val_ds), cfg.scale)
+    return train, val
+
+
+def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int) -> dict[str, Any]:
+    return {
+        "n_classes": index.n_classes,
+        "class_names": list(index.class_names),
+        "in_channels": 3,
+        "mask_kind": index.mask_kind,
+        "layout": index.layout,
+        "scale": cfg.scale,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "threshold": cfg.threshold,
+        "ignore_index": IGNORE_INDEX,
+        "val_dice": result.mean_dice,
+        "val_iou": result.mean_iou,
+        "val_dice_per_class": result.dice,
+        "val_iou_per_class": result.iou,
+        "epoch": epoch,
+        "train_args": cfg.to_dict(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def fit(cfg: TrainConfig, resume_payload: dict[str, Any] | None = None) -> FitResult:
+    """Train until cfg.epochs or early stopping; `resume_payload` is a last.pth dict to continue from."""
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device) if cfg.amp else None
+    index = index_dataset(cfg.data, cfg.layout)
+    for line in describe_unmatched(index):
+        log.warning("warning: %s", line)
+    loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
+    try:
+        loss_fn = make_loss(loss_name, index.n_classes)
+    except ValueError as exc:
+        raise UnetkitError(f"--loss: {exc}") from None
+
+    torch.manual_seed(cfg.seed)
+    model = UNet(UNetConfig(n_classes=index.n_classes, base_channels=cfg.base_channels, bilinear=cfg.bilinear))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    run = _Run(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", patience=cfg.lr_patience),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+        stopper=EarlyStopping(cfg.patience),
+        sampler_rng=torch.Generator().manual_seed(cfg.seed),
+    )
+    if resume_payload is not None:
+        model.load_state_dict(resume_payload["state_dict"])
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if resume_payload is not None:  # after the move, so the optimizer state lands on the model's device
+        run.restore(resume_payload["training"])
+        log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)
+
+    train_loader, val_loader = _loaders(cfg, index, device, run.sampler_rng)
+    setup = BatchSetup(device, amp, cfg.mean, cfg.std)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    tb = TensorBoardLog(cfg.out / "tb", index.class_names)
+    log.info(
+        "model: U-Net base %d (%s up-sampling), %s, %s, loss %s",
+        cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv", device,
+        str(amp).replace("torch.", "") if amp else "fp32", loss_name,
+    )  # fmt: skip
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+            _epochs(cfg, run, index, train_loader, val_loader, loss_fn, setup, tb)
+    finally:
+        tb.close()
+    return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out)
+
+
+def _epochs(
+    cfg: TrainConfig,
+    run: _Run,
+    index: DatasetIndex,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: LossFn,
+    setup: BatchSetup,
+    tb: TensorBoardLog,
+) -> None:
+    while run.epoch < cfg.epochs and not run.stopper.stop:
+        epoch = run.epoch + 1
+        start = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss, img_s = train_one_epoch(
+            run.model, train_loader, loss_fn, run.optimizer, run.scaler, setup,
+            desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress,
+        )  # fmt: skip
+        result = evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress)
+        improved = run.stopper.step(result.mean_dice)
+        run.scheduler.step(result.mean_dice)
+        run.epoch = epoch
+        if improved:
+            run.best_epoch = epoch
+            save_checkpoint(cfg.out / "best.pth", run.model, _meta(cfg, index, result, epoch))
+        save_checkpoint(
+            cfg.out / "last.pth", run.model, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
+        )
+        scalars = {
+            "Loss/train": train_loss, "Loss/val": result.loss, "Dice/val": result.mean_dice,
+            "IoU/val": result.mean_iou, "LR": lr, "Throughput/train_images_per_s": img_s,
+        }  # fmt: skip
+        tb.scalars(epoch, scalars, result.dice, result.iou)
+        if result.sample is not None:
+            tb.triplet(epoch, *result.sample, index.n_classes)
+        _append_history(cfg.out / "history.jsonl", epoch, scalars, result)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  dice %.4f  iou %.4f  lr %.1e  %.1f img/s  %.0fs%s",
+            epoch, cfg.epochs, train_loss, result.loss, result.mean_dice, result.mean_iou, lr, img_s,
+            time.perf_counter() - start, "  [best]" if improved else "",
+        )  # fmt: skip
+    if run.stopper.stop:
+        log.info("early stopping: no better validation Dice for %d epochs", cfg.patience)
+
+
+def _append_history(path: Path, epoch: int, scalars: dict[str, float], result: EvalResult) -> None:
+    """history.jsonl keeps one JSON line per epoch, rewritten atomically (a resumed run drops later lines)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < epoch]
+    row = {"epoch": epoch, **scalars, "dice_per_class": result.dice, "iou_per_class": result.iou}
+    write_text_atomic(path, "\n".join([*kept, json.dumps(row)]) + "\n")

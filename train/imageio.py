@@ -1,0 +1,107 @@
+"""Reading images and masks by one documented rule, shared by training and inference.
+
+Images become 8-bit RGB arrays (H, W, 3):
+- EXIF orientation is applied, so the array is what a viewer shows;
+- grayscale is replicated to three channels; palette and CMYK images are converted to RGB;
+- an alpha channel is dropped (the colour channels are used as they are);
+- 16-bit images are scaled to 8 bit (value / 257, rounded).
+Masks become (H, W) uint8 arrays of raw values; turning them into labels is `binary_mask`'s or a
+layout's job. Any failure is a `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+#: Lossy formats: their masks are thresholded at 128, never trusted as exact values.
+LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg", ".webp"})
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode `path` with EXIF orientation applied."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file, or an unsupported format"
+    return msg
+
+
+def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float32)
+        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        raise DataError(f"{path}: unsupported pixel format (32-bit float); save it as 8- or 16-bit")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file into an (H, W, 3) uint8 RGB array by the module's rule."""
+    path = Path(path)
+    return np.ascontiguousarray(_to_rgb(_open(path), path))
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask file into an (H, W) uint8 array of raw values (palette indices become luminance)."""
+    path = Path(path)
+    img = _open(path)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img)
+        if arr.max(initial=0) > 255:
+            raise DataError(f"{path}: 16-bit mask values above 255 are not supported")
+        return arr.astype(np.uint8)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.array(img, dtype=np.uint8)
+
+
+def binary_mask(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Turn raw mask values into {0, 1}: 0/1 and 0/255 are exact; lossy formats are thresholded at 128."""
+    path = Path(path)
+    if path.suffix.lower() in LOSSY_EXTENSIONS:
+        return (raw >= 128).astype(np.uint8)
+    values = np.unique(raw)
+    if np.isin(values, (0, 1)).all():
+        return raw.astype(np.uint8)
+    if np.isin(values, (0, 255)).all():
+        return (raw == 255).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise DataError(f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) as `read_image` would return it, from the header alone (EXIF rotation included)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

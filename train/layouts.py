@@ -1,0 +1,193 @@
+"""Data set layouts: finding image/mask pairs on disk.
+
+    carvana         imgs/ + masks/            mask = image stem + "_mask" (any mask format), as in the seed
+    kaggle-carvana  train/ + train_masks/     <id>.jpg + <id>_mask.gif, Kaggle's competition files
+    kvasir          images/ + masks/          same file stem in both folders (Kvasir-SEG)
+    cityscapes      leftImg8bit/ + gtFine/    <split>/<city>/<name>_leftImg8bit.png +
+                                              <name>_gtFine_labelIds.png, mapped to the 19 train classes
+
+The first three are binary (one foreground class); Cityscapes is multi-class with 255 ignored and keeps its
+official train/val split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+
+IGNORE_INDEX = 255
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+#: Cityscapes labelIds of the 19 evaluated classes, in train-id order (cityscapesScripts' labels.py).
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def cityscapes_lut() -> np.ndarray:
+    """256-entry table from labelIds to train ids; every other id maps to IGNORE_INDEX."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    lut[list(CITYSCAPES_LABEL_IDS)] = np.arange(len(CITYSCAPES_LABEL_IDS), dtype=np.uint8)
+    return lut
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+    split: str | None = None  # "train"/"val" where the data set defines an official split
+
+
+@dataclass
+class DatasetIndex:
+    """What a layout found: the pairs, what could not be paired, and what the masks mean."""
+
+    root: Path
+    layout: str
+    pairs: list[Pair]
+    class_names: list[str]
+    mask_kind: str  # "binary" or "cityscapes"
+    unmatched_images: list[Path] = field(default_factory=list)
+    unmatched_masks: list[Path] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        """Output channels of the model: 1 for binary (sigmoid), else one per class (softmax)."""
+        return 1 if self.mask_kind == "binary" else len(self.class_names)
+
+
+def _files(folder: Path, extensions: frozenset[str], recursive: bool = False) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+    )
+
+
+def _pair_by_key(
+    root: Path,
+    images: list[Path],
+    masks: list[Path],
+    image_key: Callable[[Path], str],
+    mask_key: Callable[[Path], str | None],
+) -> tuple[list[Pair], list[Path], list[Path]]:
+    by_key: dict[str, Path] = {}
+    for m in masks:
+        key = mask_key(m)
+        if key is None:
+            continue
+        if key in by_key:
+            raise DataError(f"{root}: two masks for one image: {by_key[key]} and {m}")
+        by_key[key] = m
+    pairs, unmatched = [], []
+    for img in images:
+        mask = by_key.pop(image_key(img), None)
+        if mask is None:
+            unmatched.append(img)
+        else:
+            pairs.append(Pair(img, mask))
+    return pairs, unmatched, sorted(by_key.values())
+
+
+def _strip_suffix(name: str, suffix: str) -> str | None:
+    return name[: -len(suffix)] if name.endswith(suffix) else None
+
+
+def _carvana(root: Path, img_dir: str, mask_dir: str, layout: str) -> DatasetIndex:
+    pairs, ui, um = _pair_by_key(
+        root,
+        _files(root / img_dir, IMAGE_EXTENSIONS),
+        _files(root / mask_dir, MASK_EXTENSIONS),
+        lambda p: p.stem,
+        lambda p: _strip_suffix(p.stem, "_mask"),
+    )  # fmt: skip
+    return DatasetIndex(root, layout, pairs, ["car"], "binary", ui, um)
+
+
+def _kvasir(root: Path) -> DatasetIndex:
+    pairs, ui, um = _pair_by_key(
+        root,
+        _files(root / "images", IMAGE_EXTENSIONS),
+        _files(root / "masks", MASK_EXTENSIONS),
+        lambda p: p.stem,
+        lambda p: p.stem,
+    )  # fmt: skip
+    return DatasetIndex(root, "kvasir", pairs, ["polyp"], "binary", ui, um)
+
+
+def _city_key(path: Path, base: Path, suffix: str) -> str:
+    """'<city>/<name>' for '<base>/<city>/<name><suffix>.png': the part image and label share."""
+    return str(path.relative_to(base).with_name(path.stem[: -len(suffix)]))
+
+
+def _cityscapes(root: Path) -> DatasetIndex:
+    pairs: list[Pair] = []
+    unmatched_images: list[Path] = []
+    unmatched_masks: list[Path] = []
+    # The test split has no public labels, so only train and val are used.
+    for split in ("train", "val"):
+        img_root, gt_root = root / "leftImg8bit" / split, root / "gtFine" / split
+        if not img_root.is_dir():
+            continue
+        found, ui, um = _pair_by_key(
+            root,
+            [p for p in _files(img_root, IMAGE_EXTENSIONS, recursive=True) if p.stem.endswith("_leftImg8bit")],
+            [p for p in _files(gt_root, MASK_EXTENSIONS, recursive=True) if p.stem.endswith("_gtFine_labelIds")],
+            lambda p, base=img_root: _city_key(p, base, "_leftImg8bit"),
+            lambda p, base=gt_root: _city_key(p, base, "_gtFine_labelIds"),
+        )  # fmt: skip
+        pairs += [Pair(p.image, p.mask, split) for p in found]
+        unmatched_images += ui
+        unmatched_masks += um
+    return DatasetIndex(
+        root, "cityscapes", pairs, list(CITYSCAPES_CLASSES), "cityscapes", unmatched_images, unmatched_masks
+    )
+
+
+#: Layout name -> (folders that identify it, indexer). Detection tries them in this order.
+LAYOUTS: dict[str, tuple[tuple[str, str], Callable[[Path], DatasetIndex]]] = {
+    "cityscapes": (("leftImg8bit", "gtFine"), _cityscapes),
+    "kaggle-carvana": (("train", "train_masks"), lambda r: _carvana(r, "train", "train_masks", "kaggle-carvana")),
+    "carvana": (("imgs", "masks"), lambda r: _carvana(r, "imgs", "masks", "carvana")),
+    "kvasir": (("images", "masks"), _kvasir),
+}
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """Name of the first layout whose two folders exist under `root`."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: data folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    for name, (folders, _) in LAYOUTS.items():
+        if all((root / f).is_dir() for f in folders):
+            return name
+    expected = "; ".join(f"{a}/ + {b}/ ({name})" for name, ((a, b), _) in LAYOUTS.items())
+    raise DataError(f"{root}: no known data layout; expected one of: {expected}")
+
+
+def index_dataset(root: str | os.PathLike, layout: str = "auto") -> DatasetIndex:
+    """Find and pair the files of the data set at `root`; an empty result is an error."""
+    root = Path(root)
+    name = detect_layout(root) if layout == "auto" else layout
+    if name not in LAYOUTS:
+        raise DataError(f"unknown layout '{layout}'; choose auto or one of: {', '.join(LAYOUTS)}")
+    folders, indexer = LAYOUTS[name]
+    missing = [f for f in folders if not (root / f).is_dir()]
+    if missing:
+        raise DataError(f"{root}: layout '{name}' needs the folder(s) {', '.join(m + '/' for m in missing)}")
+    index = indexer(root)
+    if not index.pairs:
+        raise DataError(
+            f"{root}: no image/mask pairs found for layout '{name}' "
+            f"({len(index.unmatched_images)} images and {len(index.unmatched_masks)} masks without a partner)"
+        )
+    return index

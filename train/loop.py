@@ -1,0 +1,143 @@
+"""One training epoch, one evaluation pass, and the state that decides when to stop."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .losses import LossFn
+from .metrics import confusion_counts, dice_from_counts, iou_from_counts, predict_labels
+from .preprocess import normalize
+
+
+@dataclass(frozen=True)
+class BatchSetup:
+    """How a batch goes onto the device: where, in what precision and memory format, normalized how."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    dice: list[float]  # per scored class
+    iou: list[float]
+    sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, truth, prediction
+
+    @property
+    def mean_dice(self) -> float:
+        return sum(self.dice) / len(self.dice)
+
+    @property
+    def mean_iou(self) -> float:
+        return sum(self.iou) / len(self.iou)
+
+
+class EarlyStopping:
+    """Tracks the best validation score; `stop` once `patience` epochs pass without a better one."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = -math.inf
+        self.bad_epochs = 0
+
+    def step(self, score: float) -> bool:
+        """Record an epoch's score; True when it is the best so far."""
+        if score > self.best:
+            self.best, self.bad_epochs = score, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"patience": self.patience, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.patience = int(state["patience"])
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    setup: BatchSetup,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[float, float]:
+    """Train over `loader` once; returns (mean loss per image, images per second)."""
+    model.train()
+    total, seen = torch.zeros((), device=setup.device), 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+    for images, labels in bar:
+        x, y = setup.inputs(images), labels.to(setup.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with setup.autocast():
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(images)
+        seen += len(images)
+        if progress:  # .item() is a device sync: only pay for it when a bar shows it
+            bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    seconds = time.perf_counter() - start
+    return total.item() / max(seen, 1), seen / max(seconds, 1e-9)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    n_classes: int,
+    setup: BatchSetup,
+    threshold: float = 0.5,
+    progress: bool = False,
+) -> EvalResult:
+    """Loss and data-set-level Dice/IoU per class over `loader`, plus the first image's triplet."""
+    model.eval()
+    total, seen, counts, sample = 0.0, 0, None, None
+    for images, labels in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
+        x, y = setup.inputs(images), labels.to(setup.device, non_blocking=True)
+        with setup.autocast():
+            logits = model(x)
+        total += loss_fn(logits, y).item() * len(images)
+        seen += len(images)
+        pred = predict_labels(logits.float(), threshold)
+        batch_counts = confusion_counts(pred, y, n_classes)
+        counts = batch_counts if counts is None else counts + batch_counts
+        if sample is None:
+            sample = (images[0], labels[0], pred[0].cpu())
+    if counts is None:
+        raise ValueError("evaluate() got an empty loader")
+    return EvalResult(total / seen, dice_from_counts(counts), iou_from_counts(counts), sample)

@@ -1,0 +1,162 @@
+"""A Carvana-like synthetic data set, so every command can be tried without a download.
+
+Images are side views of car-like shapes (body, cabin with windows, wheels) with vertical shading, a
+highlight, a soft shadow and sensor noise, on a studio backdrop (wall/floor gradient, blotches, stripes)
+whose colours vary. Masks cover the car's silhouette. Files use Kaggle's naming: train/<id>_<view>.jpg and
+train_masks/<id>_<view>_mask.gif, 16 views per car. The same seed always gives the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+from .atomic import atomic_path
+
+VIEWS_PER_CAR = 16
+# Common car paints: white, silver, black, grey, red, blue, plus any colour now and then.
+PAINTS = np.array(
+    [[235, 235, 232], [190, 192, 196], [28, 28, 32], [110, 112, 118], [170, 25, 30], [30, 60, 140]], dtype=np.float32
+)
+
+
+@dataclass(frozen=True)
+class Car:
+    """The shape and paint of one car, shared by its views."""
+
+    paint: tuple[float, float, float]
+    length: float  # fraction of the image width
+    height: float  # body height, fraction of the length
+    cabin: float  # cabin height, fraction of the body height
+    cabin_start: float  # where the cabin begins and ends along the body, fractions of the length
+    cabin_end: float
+    wheel: float  # wheel radius, fraction of the length
+
+
+def _random_car(rng: np.random.Generator) -> Car:
+    paint = PAINTS[rng.integers(len(PAINTS))] if rng.random() < 0.8 else rng.uniform(20, 235, 3)
+    start = rng.uniform(0.18, 0.32)
+    return Car(
+        paint=tuple(float(v) for v in paint),
+        length=float(rng.uniform(0.55, 0.8)),
+        height=float(rng.uniform(0.16, 0.22)),
+        cabin=float(rng.uniform(0.6, 0.9)),
+        cabin_start=float(start),
+        cabin_end=float(start + rng.uniform(0.4, 0.55)),
+        wheel=float(rng.uniform(0.075, 0.095)),
+    )
+
+
+def _backdrop(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Wall-to-floor gradient with soft blotches and a few stripes, float32 (h, w, 3)."""
+    # Studio colours: a grey level plus a muted tint.
+    wall = rng.uniform(70, 220) + rng.uniform(-35, 35, 3)
+    floor = rng.uniform(40, 190) + rng.uniform(-30, 30, 3)
+    horizon = rng.uniform(0.45, 0.7)
+    t = np.clip((np.arange(h, dtype=np.float32) / h - horizon) * 6 + 0.5, 0, 1)[:, None, None]
+    img = wall * (1 - t) + floor * t + np.zeros((1, w, 1), np.float32)
+    # Low-frequency blotches: upsampled coarse noise.
+    coarse = (rng.normal(0, 10, (6, 9, 1)) + rng.normal(0, 4, (6, 9, 3))).astype(np.float32)
+    blotch = np.asarray(Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize((w, h), Image.BICUBIC))
+    img += blotch.astype(np.float32) - 128
+    for _ in range(rng.integers(0, 4)):  # wall panels or floor markings
+        x0 = int(rng.uniform(0, w))
+        img[:, x0 : x0 + max(1, int(w * rng.uniform(0.005, 0.03)))] += rng.uniform(-40, 40)
+    return img
+
+
+def _draw_car(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Silhouette mask, window mask and wheel mask of one view, as bool (h, w) arrays."""
+    length = car.length * w * rng.uniform(0.92, 1.05)
+    body_h, wheel_r = car.height * length, car.wheel * length
+    x0 = rng.uniform(0.04 * w, w - length - 0.04 * w)
+    ground = h * rng.uniform(0.72, 0.86)
+    top = ground - wheel_r * 0.6 - body_h
+    cab_top = top - car.cabin * body_h
+    flip = rng.random() < 0.5
+
+    def x(frac: float) -> float:  # position along the car, mirrored for the other side
+        return x0 + (1 - frac if flip else frac) * length
+
+    silhouette, windows, wheels = (Image.new("L", (w, h)) for _ in range(3))
+    d = ImageDraw.Draw(silhouette)
+    d.rounded_rectangle([x0, top, x0 + length, ground - wheel_r * 0.6], radius=int(body_h * 0.35), fill=255)
+    cabin = [(x(car.cabin_start), top + 1), (x(car.cabin_start + 0.08), cab_top),
+             (x(car.cabin_end - 0.12), cab_top), (x(car.cabin_end), top + 1)]  # fmt: skip
+    d.polygon(cabin, fill=255)
+    inset = 0.12 * (top - cab_top)
+    ImageDraw.Draw(windows).polygon(
+        [(x(car.cabin_start + 0.03), top - inset), (x(car.cabin_start + 0.09), cab_top + inset),
+         (x(car.cabin_end - 0.13), cab_top + inset), (x(car.cabin_end - 0.02), top - inset)],
+        fill=255,
+    )  # fmt: skip
+    for frac in (0.18, 0.82):
+        cx, cy = x(frac), ground - wheel_r
+        box = [cx - wheel_r, cy - wheel_r, cx + wheel_r, cy + wheel_r]
+        d.ellipse(box, fill=255)
+        ImageDraw.Draw(wheels).ellipse(box, fill=255)
+    return tuple(np.asarray(m) > 0 for m in (silhouette, windows, wheels))
+
+
+def render(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """One view: uint8 RGB image (h, w, 3) and uint8 mask (h, w) with 0/255."""
+    img = _backdrop(rng, w, h)
+    silhouette, windows, wheels = _draw_car(car, rng, w, h)
+    ys, xs = np.nonzero(silhouette)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    # Soft shadow on the floor, outside the mask.
+    shadow = Image.new("L", (w, h))
+    ImageDraw.Draw(shadow).ellipse([x0 - 0.03 * w, y1 - 0.03 * h, x1 + 0.03 * w, y1 + 0.02 * h], fill=255)
+    shadow_a = np.asarray(shadow.filter(ImageFilter.GaussianBlur(max(1.0, 0.01 * w)))).astype(np.float32) / 255
+    img *= 1 - 0.45 * shadow_a[:, :, None]
+    # Paint with vertical shading and a horizontal highlight band.
+    rows = (np.arange(h, dtype=np.float32)[:, None] - y0) / max(y1 - y0, 1)
+    shade = 1.15 - 0.5 * rows + 0.35 * np.exp(-(((rows - 0.45) / 0.06) ** 2))
+    body = np.array(car.paint, np.float32) * shade[:, :, None] + 12 * shade[:, :, None]
+    img = np.where(silhouette[:, :, None], np.broadcast_to(body, img.shape), img)
+    img[windows] = img[windows] * 0.25 + np.array([20, 28, 38], np.float32)
+    img[wheels] = np.array([22, 22, 24], np.float32)
+    img += rng.normal(0, 3.0, img.shape).astype(np.float32)
+    mask = np.where(silhouette, 255, 0).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1918x1280' -> (1918, 1280): width then height."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size '{text}' is not WIDTHxHEIGHT, e.g. 1918x1280") from None
+    if w < 16 or h < 16:
+        raise ValueError(f"size '{text}' is too small; use at least 16x16")
+    return w, h
+
+
+def write_synthetic(
+    out: str | os.PathLike, n: int, size: tuple[int, int] = (1918, 1280), seed: int = 0, progress: bool = True
+) -> list[Path]:
+    """Write `n` image/mask pairs under `out` (train/ and train_masks/); returns the image paths."""
+    out = Path(out)
+    w, h = size
+    written = []
+    rng_ids = np.random.default_rng(seed)
+    car = None
+    for i in tqdm(range(n), desc="synthesizing", unit="img", disable=not progress):
+        view = i % VIEWS_PER_CAR
+        if view == 0:
+            car_id = "".join(f"{b:02x}" for b in rng_ids.integers(0, 256, 6))
+            car = _random_car(np.random.default_rng([seed, i]))
+        image, mask = render(car, np.random.default_rng([seed, i, 1]), w, h)
+        name = f"{car_id}_{view + 1:02d}"
+        img_path = out / "train" / f"{name}.jpg"
+        with atomic_path(img_path) as tmp:
+            Image.fromarray(image).save(tmp, format="JPEG", quality=90)
+        with atomic_path(out / "train_masks" / f"{name}_mask.gif") as tmp:
+            Image.fromarray(mask).save(tmp, format="GIF")
+        written.append(img_path)
+    return written
