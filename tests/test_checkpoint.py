@@ -2,8 +2,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import error_lines, make_meta, run_cli
 
+from conftest import error_lines, make_meta, run_cli
 from unetkit.train import CheckpointError, UNet, UNetConfig, load_checkpoint, save_checkpoint
 
 

@@ -51,7 +51,7 @@ def test_split_is_seeded_and_reproducible(synth_small):
     pairs = index_dataset(synth_small).pairs
     a_train, a_val = split_pairs(pairs, 0.2, seed=3)
     b_train, b_val = split_pairs(pairs, 0.2, seed=3)
-    c_train, c_val = split_pairs(pairs, 0.2, seed=4)
+    _, c_val = split_pairs(pairs, 0.2, seed=4)
     assert a_val == b_val and a_train == b_train and a_val != c_val
     assert len(a_val) == 10 and len(a_train) == 38
     assert not set(a_val) & set(a_train)

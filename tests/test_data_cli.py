@@ -5,8 +5,8 @@ import os
 import subprocess
 
 import numpy as np
-from conftest import BIN, error_lines, run_cli
 
+from conftest import BIN, error_lines, run_cli
 from unetkit.train.imageio import binary_mask, read_image, read_mask
 from unetkit.train.layouts import index_dataset
 

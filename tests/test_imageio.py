@@ -53,7 +53,7 @@ def test_unreadable_files_name_the_file(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match=r"empty\.jpg: cannot read image \(not an image file"):
         read_image(tmp_path / "empty.jpg")
-    with pytest.raises(DataError, match="missing.png: file not found"):
+    with pytest.raises(DataError, match=r"missing\.png: file not found"):
         read_image(tmp_path / "missing.png")
     Image.fromarray(np.zeros((2, 2), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(DataError, match="unsupported pixel format"):

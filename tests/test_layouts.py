@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_cli
 from PIL import Image
 
+from conftest import error_lines, run_cli
 from unetkit.train.checks import check_dataset, describe_unmatched
 from unetkit.train.errors import DataError
 from unetkit.train.layouts import IGNORE_INDEX, detect_layout, index_dataset
@@ -147,7 +147,9 @@ def test_unet_data_check_cli(tmp_path, synth_small):
     assert bad.returncode == 2
     assert "x_mask.png: cannot read image" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("unet-data", "check", tmp_path / "nowhere")
-    assert missing.returncode == 2 and error_lines(missing) == [f"unet-data: error: {tmp_path / 'nowhere'}: data folder not found"]
+    assert missing.returncode == 2 and error_lines(missing) == [
+        f"unet-data: error: {tmp_path / 'nowhere'}: data folder not found"
+    ]
 
 
 def test_detect_layout_prefers_specific_layouts(tmp_path):

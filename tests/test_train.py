@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import error_lines, run_cli
 
+from conftest import error_lines, run_cli
 from unetkit.train import load_checkpoint
 from unetkit.train.synth import write_synthetic
 
@@ -40,7 +40,9 @@ def test_small_unet_learns_the_synthetic_cars(trained_run):
 def test_eval_reproduces_the_validation_score(trained_run):
     data, run, _ = trained_run
     _, meta = load_checkpoint(run / "best.pth")
-    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--no-progress", check=True)
+    proc = run_cli(
+        "unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--no-progress", check=True
+    )
     assert "(val, 13 images, scale 0.5)" in proc.stdout
     assert f"Dice {meta['val_dice']:.4f}  IoU {meta['val_iou']:.4f}" in proc.stdout
 
@@ -67,7 +69,9 @@ def test_resume_continues_with_the_same_state(tmp_path, synth_small):
     args = ["--data", synth_small, "--base-channels", "4", "--workers", "0", "--lr", "3e-3", "--no-progress"]
     run_cli("unet-train", *args, "--out", tmp_path / "straight", "--epochs", "3", check=True)
     run_cli("unet-train", *args, "--out", tmp_path / "resumed", "--epochs", "2", check=True)
-    proc = run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "3", "--no-progress", check=True)
+    proc = run_cli(
+        "unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "3", "--no-progress", check=True
+    )
     assert "resumed after epoch 2" in proc.stdout
     assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == ["3/3"]
     a = torch.load(tmp_path / "straight/last.pth", weights_only=True)
