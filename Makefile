@@ -27,11 +27,13 @@ lint: venv
 test: lint
 	$(BIN)/pytest -q
 
+# Carvana-sized synthetic images; a small U-Net at scale 0.125 (240x160 model inputs) keeps it quick on a CPU.
 demo: venv
-	$(BIN)/unet-data synth --out $(DEMO)/data --n 48 --size 480x320 --seed 0
+	$(BIN)/unet-data synth --out $(DEMO)/data --n 48 --size 1918x1280 --seed 0
 	$(BIN)/unet-train --data $(DEMO)/data --out $(DEMO)/run --epochs 10 --base-channels 16 --lr 1e-3 \
-		--batch-size 8 --workers 2
-	@echo "demo done: checkpoint in $(DEMO)/run/best.pth, TensorBoard logs in $(DEMO)/run/tb"
+		--scale 0.125 --batch-size 8 --workers 2 --cache $(DEMO)/cache
+	$(BIN)/unet-export $(DEMO)/run/best.pth
+	@echo "demo done: checkpoint and exports in $(DEMO)/run, TensorBoard logs in $(DEMO)/run/tb"
 
 clean-demo:
 	rm -rf $(DEMO)

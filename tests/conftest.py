@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetkit.train import UNet, UNetConfig, save_checkpoint
+from unetkit.train import UNet, UNetConfig, load_checkpoint, save_checkpoint
 from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD
 from unetkit.train.synth import write_synthetic
 
@@ -66,6 +66,25 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
     save_checkpoint(path, model.eval(), make_meta())
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Path) -> Path:
+    """A base-8 U-Net trained for 12 epochs on `synth_small` (~15 s), saved as <dir>/best.pth.
+
+    It was trained on 192x128 images at scale 0.5, so the model saw 96x64 inputs; its meta says scale 0.05,
+    which maps Carvana's 1918x1280 to the same 96x64, so full-size synthetic images are in distribution.
+    """
+    from unetkit.train.config import TrainConfig
+    from unetkit.train.fit import fit
+
+    run = tmp_path_factory.mktemp("trained_run")
+    cfg = TrainConfig(data=synth_small, out=run, epochs=12, base_channels=8, lr=3e-3, workers=0, progress=False)
+    fit(cfg)
+    model, meta = load_checkpoint(run / "best.pth")
+    target = tmp_path_factory.mktemp("trained") / "best.pth"
+    save_checkpoint(target, model, {**meta, "scale": 0.05})
+    return target
 
 
 def _cuda_reason() -> str | None:

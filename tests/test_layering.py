@@ -11,16 +11,16 @@ ALLOWED = {"train": set(), "infer": {"train"}, "export": {"train", "infer"}, "be
 
 
 def imported_stages(path: Path) -> set[str]:
+    """The unetkit stages a file imports, relative imports resolved against the file's own package."""
+    package = ["unetkit", *path.parent.relative_to(ROOT).parts]  # infer/engines/x.py -> unetkit.infer.engines
     stages = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level >= 2 and node.module:  # from ..infer import x
-                names = [f"unetkit.{node.module}"]
-            elif node.level == 0 and node.module:
-                names = [node.module]
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names = [".".join([*base, *([node.module] if node.module else [])])]
         for name in names:
             parts = name.split(".")
             if parts[0] == "unetkit" and len(parts) > 1:

@@ -74,12 +74,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        if "Unsupported global" in str(exc):  # a pickled class or function: loading it could run code
             raise CheckpointError(
                 f"{path}: holds Python objects that could run code when loaded; unetkit only opens "
                 "checkpoints of plain data (torch.load(weights_only=True))"
             ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: truncated or not a PyTorch file (unreadable pickle data)") from None
     except Exception as exc:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
         raise CheckpointError(f"{path}: truncated or not a PyTorch file ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

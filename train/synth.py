@@ -38,7 +38,7 @@ class Car:
     wheel: float  # wheel radius, fraction of the length
 
 
-def _random_car(rng: np.random.Generator) -> Car:
+def random_car(rng: np.random.Generator) -> Car:
     paint = PAINTS[rng.integers(len(PAINTS))] if rng.random() < 0.8 else rng.uniform(20, 235, 3)
     start = rng.uniform(0.18, 0.32)
     return Car(
@@ -150,7 +150,7 @@ def write_synthetic(
         view = i % VIEWS_PER_CAR
         if view == 0:
             car_id = "".join(f"{b:02x}" for b in rng_ids.integers(0, 256, 6))
-            car = _random_car(np.random.default_rng([seed, i]))
+            car = random_car(np.random.default_rng([seed, i]))
         image, mask = render(car, np.random.default_rng([seed, i, 1]), w, h)
         name = f"{car_id}_{view + 1:02d}"
         img_path = out / "train" / f"{name}.jpg"

@@ -1,0 +1,204 @@
+"""unet-export: checkpoint -> best.onnx, best.fp16.onnx and best.fp16.engine, each verified before it is kept."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
+from unetkit.infer.engines import ShapeRange
+from unetkit.infer.engines.ort import OnnxEngine
+from unetkit.infer.engines.trt import TrtEngine, gpu_identity
+from unetkit.train import load_checkpoint
+from unetkit.train.atomic import atomic_path, write_text_atomic
+from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
+from unetkit.train.device import resolve_device
+from unetkit.train.errors import UnetkitError
+
+from .onnx_export import EXPORTERS, export_onnx
+from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
+from .tensorrt_build import BuildSettings, build_engine, tensorrt_unavailable
+from .verify import Reference, Verification, sample_inputs, verify
+
+PROG = "unet-export"
+#: Checkpoint meta copied into every artifact: what inference needs, and where the numbers came from.
+META_KEYS = ("n_classes", "class_names", "in_channels", "mask_kind", "scale", "mean", "std", "threshold",
+             "ignore_index", "val_dice", "val_iou", "epoch", "model")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a checkpoint to ONNX (FP32 and FP16) and, where TensorRT and a GPU are present, an FP16 "
+        "TensorRT engine; each is compared with PyTorch and kept only if it agrees.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a unetkit checkpoint, e.g. runs/carvana/best.pth")
+    p.add_argument("--out-dir", type=Path, help="where to write (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18 with the dynamo exporter, 17 with TorchScript)")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch.onnx exporter (default auto: "
+                   "dynamo from torch 2.9, TorchScript before)")  # fmt: skip
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="keep artifacts without checking them")
+    trt = p.add_mutually_exclusive_group()
+    trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="require the TensorRT engine")
+    trt.add_argument("--no-trt", dest="trt", action="store_false", help="skip the TensorRT engine")
+    p.add_argument("--batch", default=":".join(map(str, DEFAULT_BATCH)), help="TensorRT profile batch, N or "
+                   "MIN:OPT:MAX (default 1:8:8)")  # fmt: skip
+    p.add_argument("--shape", help="TensorRT profile model-input size, HxW or MIN:OPT:MAX (default: tuned for a "
+                   "1918x1280 image at the checkpoint's scale, from 32x32 up to cover unet-infer's tiles)")  # fmt: skip
+    p.add_argument("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB (default: "
+                   "TensorRT's, the device memory)")  # fmt: skip
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds (default: "
+                   "~/.cache/unetkit/ per TensorRT version and GPU)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="device for verification (default auto)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+@dataclass
+class Artifact:
+    path: Path
+    precision: str
+    build_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    verification: Verification | None = None
+    kept: bool = False
+    note: str = ""
+
+    def line(self) -> str:
+        head = f"{self.path.name:<22} {self.precision.upper():<5}"
+        if self.note:
+            return f"{head} {self.note}"
+        size = f"{self.path.stat().st_size / 1e6:7.1f} MB" if self.kept else "   NOT KEPT"
+        timing = f"built {self.build_seconds:5.1f}s"
+        if self.verification is None:
+            return f"{head} {size}  {timing}  not verified (--no-verify)"
+        return f"{head} {size}  {timing}  verified {self.verify_seconds:5.1f}s  {self.verification.summary()}"
+
+
+class _Rejected(Exception):
+    """Verification failed: the temporary file is removed and the artifact is not kept."""
+
+
+def produce(
+    path: Path, precision: str, build: Callable[[Path], None], check: Callable[[Path], Verification] | None
+) -> Artifact:
+    """Build into a temporary file, verify it, and rename it into place only if it passes."""
+    result = Artifact(path, precision)
+    try:
+        with atomic_path(path) as tmp:
+            start = time.perf_counter()
+            build(tmp)
+            result.build_seconds = time.perf_counter() - start
+            if check is not None:
+                result.verification = check(tmp)
+                result.verify_seconds = time.perf_counter() - start - result.build_seconds
+                if not result.verification.passed:
+                    raise _Rejected
+    except _Rejected:
+        return result
+    result.kept = True
+    return result
+
+
+def default_timing_cache(trt_version: str, gpu: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unetkit"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu}-trt{trt_version}").strip("-")
+    return base / f"timing-{slug}.cache"
+
+
+def _export(args: argparse.Namespace) -> int:
+    model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
+    trt_reason = tensorrt_unavailable() if args.trt is not False else None
+    if args.trt and trt_reason:
+        raise UnetkitError(f"--trt: {trt_reason}")
+    profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
+    device = resolve_device(args.device)
+    out_dir = args.out_dir or args.checkpoint.parent
+    target = out_dir / args.checkpoint.name
+    metadata: dict[str, Any] = {k: meta[k] for k in META_KEYS if k in meta}
+    metadata.update(source_checkpoint=args.checkpoint.name, source_sha256=sha256_file(args.checkpoint))
+    reference = Reference(model, meta) if args.verify else None
+    onnx_inputs = sample_inputs(meta) if args.verify else []
+
+    def onnx_check(exact: bool) -> Callable[[Path], Verification] | None:
+        if reference is None:
+            return None
+        return lambda tmp: verify(OnnxEngine(tmp, device), reference, onnx_inputs, exact)
+
+    results = []
+    for fp16, kind in ((False, "onnx"), (True, "onnx-fp16")):
+        results.append(
+            produce(
+                artifact_path(target, kind), "fp16" if fp16 else "fp32",
+                lambda tmp, fp16=fp16: export_onnx(model, metadata, tmp, fp16, args.exporter, args.opset),
+                onnx_check(exact=not fp16),
+            )
+        )  # fmt: skip
+        print(results[-1].line(), flush=True)
+
+    engine_path = artifact_path(target, "trt")
+    if args.trt is False:
+        print(f"{engine_path.name:<22} FP16  skipped (--no-trt)")
+    elif trt_reason:
+        print(f"{engine_path.name:<22} FP16  skipped: {trt_reason}")
+    elif not results[-1].kept:
+        results.append(Artifact(engine_path, "fp16", note="skipped: the FP16 ONNX it is built from was not kept"))
+        print(results[-1].line())
+    else:
+        results.append(_engine(args, results[-1].path, engine_path, profile, metadata, reference, device))
+        print(results[-1].line())
+    failed = [r.path.name for r in results if not r.kept]
+    if failed:
+        print(f"not kept: {', '.join(failed)} (see above); the exit code is {EXIT_FAILURES}")
+        return EXIT_FAILURES
+    print(f"wrote {len(results)} verified artifact(s) to {out_dir}" if args.verify else f"wrote to {out_dir}")
+    return EXIT_OK
+
+
+def _engine(
+    args: argparse.Namespace,
+    onnx_path: Path,
+    engine_path: Path,
+    profile: ShapeRange,
+    metadata: dict[str, Any],
+    reference: Reference | None,
+    device: torch.device,
+) -> Artifact:
+    import tensorrt as trt
+
+    gpu = gpu_identity(device)
+    cache = args.timing_cache or default_timing_cache(trt.__version__, gpu["gpu"])
+    settings = BuildSettings(profile, args.workspace, cache, progress=args.progress)
+    sidecar: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        sidecar.update(build_engine(onnx_path, tmp, settings, metadata))
+
+    def check(tmp: Path) -> Verification:
+        engine = TrtEngine(tmp, device, meta=metadata)
+        return verify(engine, reference, sample_inputs(metadata, engine.shapes), exact=False)
+
+    result = produce(engine_path, "fp16", build, check if reference else None)
+    if result.kept:
+        if result.verification:
+            sidecar["verification"] = result.verification.to_dict()
+        write_text_atomic(sidecar_path(engine_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _export(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""FP16 ONNX -> TensorRT engine (TensorRT 10.x and 11.x), checked for FP16 after building.
+
+Written from NVIDIA's TensorRT Python API documentation and samples; not run here, where TensorRT's
+builder cannot be installed. Key facts it follows:
+- TensorRT 11 networks are always strongly typed and BuilderFlag.FP16 no longer exists, so precision comes
+  from the FP16 ONNX. The STRONGLY_TYPED creation flag is required for that on 10.x and ignored on 11.x;
+  EXPLICIT_BATCH is gone from 11.x and never used.
+- A strongly typed FP32 graph silently builds an FP32 engine, so the built engine's layer formats are read
+  back with the engine inspector and an engine whose convolutions are not FP16 is refused.
+- The timing cache is loaded before and saved after each build; set_timing_cache takes both arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from unetkit.infer.artifacts import sha256_file
+from unetkit.infer.engines import ShapeRange
+from unetkit.infer.engines.trt import INSTALL_HINT, gpu_identity
+from unetkit.train.atomic import write_bytes_atomic
+
+from .onnx_export import ExportError
+
+log = logging.getLogger(__name__)
+#: Share of convolution layers that must run in FP16 for an engine to count as an FP16 engine.
+MIN_FP16_CONV_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    profile: ShapeRange
+    workspace_gib: float | None = None  # None: TensorRT's default (the device's memory)
+    timing_cache: Path | None = None
+    optimization_level: int | None = None  # None: TensorRT's default (3)
+    progress: bool = True
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why no engine can be built here, or None when TensorRT and a CUDA GPU are both present."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        return f"TensorRT is not installed ({exc}); to build engines: {INSTALL_HINT}"
+    if not torch.cuda.is_available():
+        return "TensorRT needs a CUDA GPU, and none is visible to PyTorch"
+    return None
+
+
+def precision_of(text: str) -> str:
+    """Map an inspector 'Format/Datatype' string ('Row major linear FP16 format', 'Half', ...) to a name."""
+    t = text.lower()
+    if "fp16" in t or "half" in t:
+        return "fp16"
+    if "bf16" in t:
+        return "bf16"
+    if "int8" in t:
+        return "int8"
+    if "fp32" in t or "float" in t:
+        return "fp32"
+    return "unknown"
+
+
+def conv_precisions(engine_info: str | dict[str, Any]) -> Counter:
+    """Count the output precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity)."""
+    data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
+    counts: Counter = Counter()
+    for layer in data.get("Layers", []):
+        if not isinstance(layer, dict) or not re.search("conv", str(layer.get("LayerType", "")), re.IGNORECASE):
+            continue
+        outputs = layer.get("Outputs") or [{}]
+        counts[precision_of(str(outputs[0].get("Format/Datatype", "")))] += 1
+    return counts
+
+
+def _progress_monitor(trt: Any) -> Any:
+    """A tqdm bar per build phase, through TensorRT's IProgressMonitor (TensorRT >= 10)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, tqdm] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.bars[phase_name] = tqdm(total=num_steps, desc=f"TensorRT: {phase_name}", leave=False)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            bar = self.bars.get(phase_name)
+            if bar is not None:
+                bar.n = step
+                bar.refresh()
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return Monitor()
+
+
+def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any]) -> dict[str, Any]:
+    """Build and write `engine_path` (a plain plan, no header, so trtexec and Triton load it) and return
+    the sidecar dict. Callers pass a temporary path and rename it once the engine is verified."""
+    import tensorrt as trt
+
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Required on 10.x for FP16 from the graph, retained and ignored on 11.x (always strongly typed).
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    input_name = network.get_input(0).name
+    config = builder.create_builder_config()
+    if settings.workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gib * (1 << 30)))
+    if settings.optimization_level is not None:
+        config.builder_optimization_level = settings.optimization_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # lets the inspector report layer formats
+    profile = builder.create_optimization_profile()
+    p = settings.profile
+    profile.set_shape(input_name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    cache_bytes = (
+        settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.exists() else b""
+    )
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    if settings.progress and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(trt)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"{onnx_path}: TensorRT could not build an engine (see its messages above)")
+    if settings.timing_cache:
+        write_bytes_atomic(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
+    engine_path.write_bytes(bytes(plan))
+    report = inspect_engine(trt, logger, engine_path, input_name, p.opt)
+    device = torch.device("cuda", torch.cuda.current_device())
+    return {
+        "format_version": 1,
+        "tensorrt_version": trt.__version__,
+        **gpu_identity(device),
+        "precision": "fp16",
+        "profile": {"input": input_name, **p.to_dict()},
+        "workspace_gib": settings.workspace_gib,
+        "source_onnx": onnx_path.name,
+        "source_onnx_sha256": sha256_file(onnx_path),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        **report,
+        "meta": meta,
+    }
+
+
+def inspect_engine(trt: Any, logger: Any, engine_path: Path, input_name: str, opt: tuple[int, ...]) -> dict[str, Any]:
+    """I/O dtypes and convolution precisions of a built engine; refuses an engine that is not FP16."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise ExportError(f"{engine_path}: the engine just built does not deserialize")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    io_dtypes = {n: str(engine.get_tensor_dtype(n)).split(".")[-1].lower() for n in names}
+    context = engine.create_execution_context()
+    context.set_input_shape(input_name, tuple(opt))  # with shapes set, formats are not "N/A (dynamic)"
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    counts = conv_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    total = sum(counts.values())
+    share = counts["fp16"] / total if total else 0.0
+    if total and share < MIN_FP16_CONV_SHARE:
+        raise ExportError(
+            f"{engine_path.name}: only {counts['fp16']} of {total} convolution layers run in FP16 "
+            f"({dict(counts)}); the engine is not an FP16 engine and was not kept"
+        )
+    if not total:
+        log.warning("could not read layer precisions from the engine inspector; FP16 not confirmed")
+    return {"io_dtypes": io_dtypes, "conv_layer_precisions": dict(counts), "fp16_conv_share": round(share, 4)}

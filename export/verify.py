@@ -1,0 +1,141 @@
+"""Each artifact against PyTorch FP32, through the same engine objects unet-infer uses.
+
+Inputs: a synthetic car image of Carvana's size (1918x1280) at the checkpoint's scale, which is what the
+model is for, and a random batch of two at an odd size, which is what the graph must survive.
+
+Criteria:
+- FP32 ONNX: probabilities within 1e-4 of PyTorch's on every input.
+- FP16 artifacts: masks agree with PyTorch's at Dice >= 0.999 on the car image, and no probability is off
+  by more than 0.05 on any input. On random noise many pixels sit at the decision threshold in FP32 itself,
+  so flipped pixels there say nothing about the artifact; their Dice is reported, the gap is what is gated.
+The reference runs in true FP32 (TF32 off), on the candidate's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.infer.engines import Engine, ShapeRange
+from unetkit.infer.engines.eager import EagerEngine
+from unetkit.train import UNet
+from unetkit.train.metrics import mask_agreement
+from unetkit.train.preprocess import normalize, resize_images, scaled_size
+from unetkit.train.synth import random_car, render
+
+FP32_MAX_ABS = 1e-4
+FP16_MIN_DICE = 0.999
+FP16_MAX_ABS = 0.05
+SAMPLE_HW = (1280, 1918)
+
+
+@dataclass
+class Sample:
+    name: str
+    x: torch.Tensor  # normalized float32 batch on the CPU
+    realistic: bool  # an image the model is meant for, rather than noise
+
+
+@dataclass
+class Verification:
+    exact: bool
+    per_input: list[dict[str, Any]] = field(default_factory=list)  # name, realistic, max_abs_diff, dice
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(r["max_abs_diff"] for r in self.per_input)
+
+    @property
+    def image_dice(self) -> float:
+        return min((r["dice"] for r in self.per_input if r["realistic"]), default=1.0)
+
+    @property
+    def criterion(self) -> str:
+        if self.exact:
+            return f"max |dp| <= {FP32_MAX_ABS:g}"
+        return f"image mask Dice >= {FP16_MIN_DICE}, max |dp| <= {FP16_MAX_ABS:g}"
+
+    @property
+    def passed(self) -> bool:
+        if self.exact:
+            return self.max_abs_diff <= FP32_MAX_ABS
+        return self.image_dice >= FP16_MIN_DICE and self.max_abs_diff <= FP16_MAX_ABS
+
+    def summary(self) -> str:
+        parts = [f"{r['name'].split()[0]}: Dice {r['dice']:.5f} |dp| {r['max_abs_diff']:.1e}" for r in self.per_input]
+        return f"{'; '.join(parts)}  [{self.criterion}] {'ok' if self.passed else 'FAILED'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "passed": self.passed, "inputs": self.per_input}
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (prob[:, 0] > threshold).long() if prob.shape[1] == 1 else prob.argmax(dim=1)
+
+
+def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
+    if shapes is None:
+        return hw
+    return tuple(min(max(v, lo), hi) for v, lo, hi in zip(hw, shapes.min[2:], shapes.max[2:], strict=True))
+
+
+def sample_inputs(meta: dict[str, Any], shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:
+    """The car image and the random batch, sized to fit `shapes` when an engine has limits."""
+    rng = np.random.default_rng(seed)
+    image, _ = render(random_car(rng), rng, SAMPLE_HW[1], SAMPLE_HW[0])
+    car = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    hw = _fit(scaled_size(*SAMPLE_HW, float(meta["scale"])), shapes)
+    car = normalize(resize_images(car, hw).round().clamp(0, 255), meta["mean"], meta["std"])
+    batch = 2 if shapes is None else min(max(2, shapes.min[0]), shapes.max[0])
+    odd = _fit((hw[0] * 3 // 4 + 1, hw[1] * 3 // 4 + 3), shapes)
+    noise = torch.randn(batch, 3, *odd, generator=torch.Generator().manual_seed(seed))
+    return [
+        Sample(f"car 1x{hw[1]}x{hw[0]}", car, realistic=True),
+        Sample(f"random {batch}x{odd[1]}x{odd[0]}", noise, realistic=False),
+    ]
+
+
+class Reference:
+    """PyTorch FP32 probabilities for the sample inputs, computed once per input and device."""
+
+    def __init__(self, model: UNet, meta: dict[str, Any]) -> None:
+        self.model, self.meta = model, meta
+        self._engines: dict[str, Engine] = {}
+        self._cache: dict[tuple[str, str, tuple[int, ...]], torch.Tensor] = {}
+
+    def __call__(self, sample: Sample, device: torch.device) -> torch.Tensor:
+        key = (sample.name, str(device), tuple(sample.x.shape))
+        if key not in self._cache:
+            if str(device) not in self._engines:
+                self._engines[str(device)] = EagerEngine(self.model, self.meta, device, "fp32")
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                out = self._engines[str(device)](sample.x.to(device))
+            self._cache[key] = probabilities(out).cpu()
+        return self._cache[key]
+
+
+def verify(candidate: Engine, reference: Reference, samples: list[Sample], exact: bool) -> Verification:
+    """Compare `candidate` with the FP32 reference on every sample; `exact` selects the FP32 criterion."""
+    threshold = float(candidate.meta["threshold"])
+    result = Verification(exact)
+    for sample in samples:
+        ref = reference(sample, candidate.device)
+        out = probabilities(candidate(sample.x.to(candidate.device))).cpu()
+        dice = mask_agreement(labels(out, threshold), labels(ref, threshold), candidate.n_classes)
+        result.per_input.append(
+            {
+                "name": sample.name,
+                "realistic": sample.realistic,
+                "max_abs_diff": float((out - ref).abs().max()),
+                "dice": dice,
+            }
+        )
+    return result

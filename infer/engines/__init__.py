@@ -1,0 +1,68 @@
+"""Engines by name: `create_engine("trt", checkpoint="runs/x/best.pth")` finds best.fp16.engine beside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from unetkit.train import load_checkpoint
+from unetkit.train.device import resolve_device
+
+from ..artifacts import ArtifactError, artifact_path
+from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
+from .eager import EagerEngine
+
+ENGINE_NAMES = ("torch", "onnx", "trt")
+
+__all__ = [
+    "ENGINE_NAMES",
+    "Engine",
+    "EngineShapeError",
+    "EngineUnavailable",
+    "ShapeRange",
+    "create_engine",
+]
+
+
+def default_precision(name: str, device: torch.device) -> str:
+    """FP16 where it is fast (CUDA), FP32 on the CPU, where half precision only adds casts."""
+    return "fp16" if device.type == "cuda" or name == "trt" else "fp32"
+
+
+def create_engine(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str | None = None,
+) -> Engine:
+    """Build engine `name` from an explicit artifact (`model`) or from the artifacts beside `checkpoint`."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if name not in ENGINE_NAMES:
+        raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
+    precision = precision or default_precision(name, dev)
+    if name == "torch":
+        source = Path(model or checkpoint or "best.pth")
+        net, meta = load_checkpoint(source)
+        return EagerEngine(net, meta, dev, precision, source)
+    if model is None and checkpoint is None:
+        checkpoint = "best.pth"
+    if name == "onnx":
+        from .ort import OnnxEngine
+
+        path = Path(model) if model else artifact_path(checkpoint, "onnx-fp16" if precision == "fp16" else "onnx")
+        _require(path, checkpoint)
+        return OnnxEngine(path, dev)
+    from .trt import TrtEngine
+
+    path = Path(model) if model else artifact_path(checkpoint, "trt")
+    _require(path, checkpoint)
+    return TrtEngine(path, dev)
+
+
+def _require(path: Path, checkpoint: str | os.PathLike | None) -> None:
+    if not path.is_file():
+        hint = f"run `unet-export {checkpoint}` first" if checkpoint else "check the path"
+        raise ArtifactError(f"{path}: not found; {hint}")

@@ -1,0 +1,113 @@
+"""TensorRT: a serialized engine run with execute_async_v3, torch CUDA tensors as its buffers.
+
+Written from NVIDIA's TensorRT 10/11 Python API documentation and samples (see shared research notes);
+`import tensorrt` happens only when a TensorRT engine is created. Inference runs on the caller's current
+CUDA stream, or on the engine's own stream when the caller is on the legacy default stream (TensorRT
+warns that the default stream costs extra synchronization).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artifacts import ArtifactError, read_sidecar, sidecar_path
+from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
+
+INSTALL_HINT = "pip install 'unetkit[trt]' (the libraries come from NVIDIA's index, https://pypi.nvidia.com)"
+
+
+def gpu_identity(device: torch.device) -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def compatibility_problem(sidecar: dict[str, Any], trt_version: str, gpu: dict[str, Any]) -> str | None:
+    """Why an engine built as `sidecar` describes cannot run with this TensorRT on this GPU, or None.
+
+    Plans are tied to the TensorRT version that built them and to the GPU's compute capability.
+    """
+    built_trt, built_cc = sidecar.get("tensorrt_version"), sidecar.get("compute_capability")
+    if built_trt != trt_version or built_cc != gpu["compute_capability"]:
+        return (
+            f"built with TensorRT {built_trt} for {sidecar.get('gpu')} (compute capability {built_cc}); this is "
+            f"TensorRT {trt_version} on {gpu['gpu']} (compute capability {gpu['compute_capability']}). "
+            "An engine only runs where it was built: re-export it here with unet-export"
+        )
+    return None
+
+
+class TrtEngine(Engine):
+    name = "trt"
+
+    def __init__(self, path: Path, device: torch.device, meta: dict[str, Any] | None = None) -> None:
+        path, device = Path(path), torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise EngineUnavailable("trt needs a CUDA GPU, and none is visible to PyTorch")
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise EngineUnavailable(f"TensorRT is not installed ({exc}): {INSTALL_HINT}") from None
+        if not path.is_file():
+            raise ArtifactError(f"{path}: engine not found; build it with unet-export (TensorRT {trt.__version__})")
+        sidecar = read_sidecar(path) if sidecar_path(path).exists() else {}
+        meta = meta or sidecar.get("meta")
+        if meta is None:
+            raise ArtifactError(f"{sidecar_path(path)}: sidecar not found; re-export with unet-export")
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        problem = sidecar and compatibility_problem(sidecar, trt.__version__, gpu_identity(device))
+        if problem:
+            raise EngineUnavailable(f"{path}: {problem}")
+        self._trt = trt
+        logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(device):
+            self.runtime = trt.Runtime(logger)
+            self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if self.engine is None:
+                raise EngineUnavailable(
+                    f"{path}: TensorRT {trt.__version__} cannot load this engine (built by another TensorRT "
+                    "version or for another GPU, or damaged); re-export it here with unet-export"
+                )
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ArtifactError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        in_dtype = dtypes.get(self.engine.get_tensor_dtype(self.input_name))
+        self.out_dtype = dtypes.get(self.engine.get_tensor_dtype(self.output_name))
+        if in_dtype is None or self.out_dtype is None:
+            raise ArtifactError(f"{path}: unsupported I/O data types; re-export with unet-export")
+        lo, opt, hi = (tuple(d) for d in self.engine.get_tensor_profile_shape(self.input_name, 0))
+        super().__init__(
+            device, sidecar.get("precision", "fp16"), meta, path, input_dtype=in_dtype,
+            shapes=ShapeRange(lo, opt, hi), detail=f"TensorRT {trt.__version__}",
+        )  # fmt: skip
+        self._out: torch.Tensor | None = None
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        if x.data_ptr() % 256:  # TensorRT requires 256-byte aligned buffers
+            x = x.clone()
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise EngineShapeError(f"{self.label}: TensorRT refused input shape {tuple(x.shape)}")
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        if self._out is None or tuple(self._out.shape) != shape:
+            self._out = torch.empty(shape, dtype=self.out_dtype, device=self.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, self._out.data_ptr())
+        caller = torch.cuda.current_stream(self.device)
+        stream = self.stream if caller.cuda_stream == 0 else caller
+        if stream is not caller:
+            stream.wait_stream(caller)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"{self.label}: execute_async_v3 failed")
+        if stream is not caller:
+            x.record_stream(stream)  # keep the input alive for the caching allocator until the engine is done
+            caller.wait_stream(stream)
+        return self._out

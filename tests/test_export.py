@@ -1,0 +1,166 @@
+"""unet-export on the CPU: ONNX FP32/FP16 through real ONNX Runtime sessions, metadata, verification, errors."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import error_lines, make_meta, run_cli
+from unetkit.export.onnx_export import export_onnx
+from unetkit.export.verify import Reference, sample_inputs, verify
+from unetkit.infer.artifacts import decode_metadata, sha256_file
+from unetkit.infer.engines.ort import OnnxEngine
+from unetkit.train import UNet, UNetConfig, load_checkpoint, save_checkpoint
+from unetkit.train.metrics import mask_agreement
+
+SHAPES = [(1, 64, 96), (4, 64, 96), (1, 128, 192), (4, 37, 53), (2, 1280 // 8, 1918 // 8), (1, 16, 16)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained_checkpoint):
+    """`unet-export` run once through the real CLI on a trained checkpoint."""
+    out = tmp_path_factory.mktemp("exported")
+    proc = run_cli("unet-export", trained_checkpoint, "--out-dir", out, "--no-progress", check=True)
+    return trained_checkpoint, out, proc
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_cli_writes_verified_onnx_and_reports(exported):
+    _, out, proc = exported
+    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.onnx"]
+    lines = proc.stdout.splitlines()
+    fp32 = next(line for line in lines if line.startswith("best.onnx"))
+    fp16 = next(line for line in lines if line.startswith("best.fp16.onnx"))
+    assert " MB " in fp32 and "built" in fp32 and "verified" in fp32 and fp32.endswith("ok")
+    assert "car: Dice" in fp16 and fp16.endswith("ok")
+    assert any(line.startswith("best.fp16.engine") and "skipped" in line for line in lines)
+    assert f"wrote 2 verified artifact(s) to {out}" in proc.stdout
+    for name in ("best.onnx", "best.fp16.onnx"):
+        onnx.checker.check_model(str(out / name), full_check=True)
+
+
+def test_onnx_graph_is_dynamic_single_file_and_named(exported):
+    _, out, _ = exported
+    model = onnx.load(str(out / "best.onnx"))
+    assert model.opset_import[0].version >= 17
+    [inp], [outp] = model.graph.input, model.graph.output
+    assert inp.name == "image" and outp.name == "logits"
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1] == 3 and isinstance(dims[2], str) and isinstance(dims[3], str)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert not list(out.glob("*.data"))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp32_onnx_agrees_with_pytorch(exported, shape):
+    ckpt, out, _ = exported
+    model, _ = load_checkpoint(ckpt)
+    x = torch.randn(shape[0], 3, *shape[1:], generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x)).numpy()
+    got = 1 / (1 + np.exp(-session(out / "best.onnx").run(None, {"image": x.numpy()})[0]))
+    assert got.shape == expected.shape == (shape[0], 1, *shape[1:])
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_fp16_onnx_computes_in_fp16_and_agrees_on_masks(exported):
+    ckpt, out, _ = exported
+    model = onnx.load(str(out / "best.fp16.onnx"))
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    dtypes = {t.data_type for t in model.graph.initializer if t.name in conv_weights}
+    assert dtypes == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O, documented
+    _, meta = load_checkpoint(ckpt)
+    x = sample_inputs(meta)[0].x  # the synthetic car, at the checkpoint's scale
+    fp16 = session(out / "best.fp16.onnx").run(None, {"image": x.numpy()})[0]
+    fp32 = session(out / "best.onnx").run(None, {"image": x.numpy()})[0]
+    assert fp16.dtype == np.float32
+    assert mask_agreement(fp16[:, 0] > 0, fp32[:, 0] > 0, 1) >= 0.999
+    assert (fp32[:, 0] > 0).mean() > 0.05  # the model does see the car: agreement is not about empty masks
+
+
+def test_metadata_round_trips(exported):
+    ckpt, out, _ = exported
+    _, meta = load_checkpoint(ckpt)
+    props = {p.key: p.value for p in onnx.load(str(out / "best.onnx")).metadata_props}
+    assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool)) for v in props.values())
+    decoded = decode_metadata(props, "best.onnx")
+    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "model"):
+        assert decoded[key] == meta[key], key
+    assert decoded["precision"] == "fp32" and "logits" in decoded["output"] and "mean" in decoded["input"]
+    assert decoded["source_sha256"] == sha256_file(ckpt) and decoded["source_checkpoint"] == "best.pth"
+    assert (
+        decode_metadata(session(out / "best.fp16.onnx").get_modelmeta().custom_metadata_map, "x")["precision"] == "fp16"
+    )
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_both_exporters_give_verified_graphs(tmp_path, exporter):
+    """torch 2.9+ defaults to dynamo, older torch uses TorchScript: both paths must verify."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, n_classes=3, bilinear=True)).eval()
+    meta = make_meta(n_classes=3)
+    path = export_onnx(model, meta, tmp_path / "m.onnx", exporter=exporter)
+    result = verify(OnnxEngine(path, torch.device("cpu")), Reference(model, meta), sample_inputs(meta), exact=True)
+    assert result.passed, result.summary()
+    assert session(path).run(None, {"image": np.zeros((3, 3, 50, 70), np.float32)})[0].shape == (3, 3, 50, 70)
+
+
+def test_fp16_overflow_is_caught_and_the_artifact_not_kept(tmp_path):
+    """Weights beyond FP16's range (65504) become inf in the FP16 graph: verification must refuse it.
+
+    The first BatchNorm's output is scaled up by 1e7 and the next conv's weights down by 1e7: through the
+    ReLU the FP32 network computes the same function, but the folded first conv no longer fits in FP16.
+    """
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4)).eval()
+    with torch.no_grad():
+        model.inc[1].weight.mul_(1e7)
+        model.inc[1].bias.mul_(1e7)
+        model.inc[3].weight.div_(1e7)
+    ckpt = tmp_path / "best.pth"
+    save_checkpoint(ckpt, model, make_meta())
+    proc = run_cli("unet-export", ckpt, "--no-trt", "--no-progress")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "NOT KEPT" in proc.stdout and "FAILED" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pth"]  # no temp file either
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.pth", "checkpoint not found"),
+        (lambda d: (d / "bad.pth").write_bytes(b"\x00" * 100) and d / "bad.pth", "truncated or not a PyTorch file"),
+        (lambda d: torch.save({"weights": torch.zeros(2)}, d / "sd.pth") or d / "sd.pth", "not a unetkit checkpoint"),
+    ],
+)
+def test_bad_checkpoints_give_one_line_and_leave_no_files(tmp_path, make, message):
+    path = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_cli("unet-export", path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert line.startswith(f"unet-export: error: {path}") and message in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_asking_for_trt_without_tensorrt_fails_before_writing(tmp_path, random_checkpoint):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    proc = run_cli("unet-export", random_checkpoint, "--trt", "--out-dir", out)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "--trt: TensorRT is not installed" in line and "pip install 'unetkit[trt]'" in line
+    assert not out.exists()
