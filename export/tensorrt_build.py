@@ -32,8 +32,8 @@ from unetkit.train.atomic import write_bytes_atomic
 from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
-#: Share of convolution layers that must run in FP16 for an engine to count as an FP16 engine.
-MIN_FP16_CONV_SHARE = 0.9
+#: Share of convolution (or compute) layers that must run in FP16 for an engine to count as FP16.
+MIN_FP16_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ def tensorrt_unavailable() -> str | None:
 def precision_of(text: str) -> str:
     """Map an inspector 'Format/Datatype' string ('Row major linear FP16 format', 'Half', ...) to a name."""
     t = text.lower()
+    if "bfloat16" in t or "bf16" in t:  # before "float": TensorRT writes "Row major linear BFloat16 format"
+        return "bf16"
     if "fp16" in t or "half" in t:
         return "fp16"
-    if "bf16" in t:
-        return "bf16"
     if "int8" in t:
         return "int8"
     if "fp32" in t or "float" in t:
@@ -70,16 +70,32 @@ def precision_of(text: str) -> str:
     return "unknown"
 
 
-def conv_precisions(engine_info: str | dict[str, Any]) -> Counter:
-    """Count the output precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity)."""
+def layer_precisions(engine_info: str | dict[str, Any]) -> tuple[Counter, str]:
+    """Output precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity).
+
+    Layers are recognised by ParameterType ("Convolution", "Deconvolution") or LayerType ("CaskConvolution").
+    When TensorRT has fused the convolutions into generated kernels that name neither, every compute layer
+    is counted instead (reformats excluded); the second value says which was counted.
+    """
     data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
-    counts: Counter = Counter()
-    for layer in data.get("Layers", []):
-        if not isinstance(layer, dict) or not re.search("conv", str(layer.get("LayerType", "")), re.IGNORECASE):
-            continue
-        outputs = layer.get("Outputs") or [{}]
-        counts[precision_of(str(outputs[0].get("Format/Datatype", "")))] += 1
-    return counts
+    layers = [layer for layer in data.get("Layers", []) if isinstance(layer, dict)]
+
+    def count(selected: list[dict[str, Any]]) -> Counter:
+        counts: Counter = Counter()
+        for layer in selected:
+            outputs = layer.get("Outputs") or [{}]
+            counts[precision_of(str(outputs[0].get("Format/Datatype", "")))] += 1
+        counts.pop("unknown", None)
+        return counts
+
+    convs = count([layer for layer in layers if re.search("conv", _kind(layer), re.IGNORECASE)])
+    if convs:
+        return convs, "convolution layers"
+    return count([layer for layer in layers if "reformat" not in _kind(layer).lower()]), "layers"
+
+
+def _kind(layer: dict[str, Any]) -> str:
+    return f"{layer.get('ParameterType', '')} {layer.get('LayerType', '')}"
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -96,7 +112,7 @@ def _progress_monitor(trt: Any) -> Any:
         def step_complete(self, phase_name: str, step: int) -> bool:
             bar = self.bars.get(phase_name)
             if bar is not None:
-                bar.n = step
+                bar.n = step + 1  # steps count from 0
                 bar.refresh()
             return True  # False would cancel the build
 
@@ -137,15 +153,19 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, me
         settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.exists() else b""
     )
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    if cache is None or not config.set_timing_cache(cache, False):  # another GPU's or TensorRT's cache
+        log.warning("timing cache %s does not fit this GPU/TensorRT; starting a new one", settings.timing_cache)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
     if settings.progress and hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ExportError(f"{onnx_path}: TensorRT could not build an engine (see its messages above)")
-    if settings.timing_cache:
-        write_bytes_atomic(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
     engine_path.write_bytes(bytes(plan))
+    timing = config.get_timing_cache()
+    if settings.timing_cache and timing is not None:
+        write_bytes_atomic(settings.timing_cache, bytes(timing.serialize()))
     report = inspect_engine(trt, logger, engine_path, input_name, p.opt)
     device = torch.device("cuda", torch.cuda.current_device())
     return {
@@ -169,19 +189,20 @@ def inspect_engine(trt: Any, logger: Any, engine_path: Path, input_name: str, op
     if engine is None:
         raise ExportError(f"{engine_path}: the engine just built does not deserialize")
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    io_dtypes = {n: str(engine.get_tensor_dtype(n)).split(".")[-1].lower() for n in names}
+    io_dtypes = {n: engine.get_tensor_dtype(n).name.lower() for n in names}
     context = engine.create_execution_context()
-    context.set_input_shape(input_name, tuple(opt))  # with shapes set, formats are not "N/A (dynamic)"
+    # With the input shape set, formats are reported instead of "N/A due to dynamic shapes".
+    if context is None or not context.set_input_shape(input_name, tuple(opt)):
+        raise ExportError(f"{engine_path}: cannot create an execution context at the profile's optimum shape")
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
-    counts = conv_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    counts, what = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     total = sum(counts.values())
     share = counts["fp16"] / total if total else 0.0
-    if total and share < MIN_FP16_CONV_SHARE:
-        raise ExportError(
-            f"{engine_path.name}: only {counts['fp16']} of {total} convolution layers run in FP16 "
-            f"({dict(counts)}); the engine is not an FP16 engine and was not kept"
-        )
-    if not total:
-        log.warning("could not read layer precisions from the engine inspector; FP16 not confirmed")
-    return {"io_dtypes": io_dtypes, "conv_layer_precisions": dict(counts), "fp16_conv_share": round(share, 4)}
+    if share < MIN_FP16_SHARE:
+        if total:
+            found = f"only {counts['fp16']} of {total} {what} run in FP16 ({dict(counts)})"
+        else:
+            found = "the engine inspector reports no layer precisions"
+        raise ExportError(f"{engine_path.name}: {found}; FP16 is not confirmed, so the engine was not kept")
+    return {"io_dtypes": io_dtypes, "layer_precisions": {"counted": what, **counts}, "fp16_share": round(share, 4)}

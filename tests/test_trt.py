@@ -9,7 +9,7 @@ import torch
 from conftest import error_lines, run_cli
 from unetkit.export.cli import default_timing_cache
 from unetkit.export.profile import default_shape, make_profile, parse_batch, parse_shape
-from unetkit.export.tensorrt_build import conv_precisions, precision_of
+from unetkit.export.tensorrt_build import layer_precisions, precision_of
 from unetkit.infer.engines.base import ShapeRange
 from unetkit.infer.engines.trt import compatibility_problem
 from unetkit.train.errors import UnetkitError
@@ -23,15 +23,24 @@ INSPECTOR = {
          "Outputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
         {"Name": "/ups.0/up/ConvTranspose", "LayerType": "CaskDeconvolution",
          "Outputs": [{"Format/Datatype": "Half"}]},
-        {"Name": "/head/Conv", "LayerType": "CaskConvolution", "Outputs": [{"Format/Datatype": "Float"}]},
+        {"Name": "/head/Conv", "LayerType": "CaskConvolution", "ParameterType": "Convolution",
+         "Outputs": [{"Format/Datatype": "Float"}]},
         {"Name": "/pool/MaxPool", "LayerType": "CaskPooling", "Outputs": [{"Format/Datatype": "Half"}]},
     ]
 }  # fmt: skip
 
 
-def test_conv_precisions_reads_the_inspector_json():
-    assert conv_precisions(json.dumps(INSPECTOR)) == {"fp16": 2, "fp32": 1}
+def test_layer_precisions_reads_the_inspector_json():
+    assert layer_precisions(json.dumps(INSPECTOR)) == ({"fp16": 2, "fp32": 1}, "convolution layers")
+    # Convolutions fused into generated kernels name no convolution: every compute layer counts then.
+    fused = {"Layers": [
+        {"Name": "reformat", "LayerType": "Reformat", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "myelin", "LayerType": "kgen", "Outputs": [{"Format/Datatype": "Half"}]},
+        {"Name": "myelin2", "LayerType": "kgen", "Outputs": [{"Format/Datatype": "N/A due to dynamic shapes"}]},
+    ]}  # fmt: skip
+    assert layer_precisions(fused) == ({"fp16": 1}, "layers")
     assert precision_of("N/A due to dynamic shapes") == "unknown"
+    assert precision_of("Channel major BFloat16 format where channel % 8 == 0") == "bf16"
     assert precision_of("Row major linear FP32") == "fp32"
     assert precision_of("Thirty-two wide channel vectorized row major Int8 format") == "int8"
 
@@ -91,7 +100,7 @@ def test_engine_is_plain_verified_fp16_with_a_sidecar(engine_dir):
     assert sidecar["tensorrt_version"] == trt.__version__
     assert sidecar["gpu"] == torch.cuda.get_device_name() and sidecar["precision"] == "fp16"
     assert sidecar["profile"]["min"] == [1, 3, 32, 32] and sidecar["profile"]["max"] == [4, 3, 128, 192]
-    assert sidecar["fp16_conv_share"] >= 0.9 and sidecar["verification"]["passed"]
+    assert sidecar["fp16_share"] >= 0.9 and sidecar["verification"]["passed"]
     assert sidecar["io_dtypes"] == {"image": "float", "logits": "float"}
     assert len(sidecar["source_onnx_sha256"]) == 64
 

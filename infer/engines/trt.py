@@ -51,7 +51,7 @@ class TrtEngine(Engine):
         except ImportError as exc:
             raise EngineUnavailable(f"TensorRT is not installed ({exc}): {INSTALL_HINT}") from None
         if not path.is_file():
-            raise ArtifactError(f"{path}: engine not found; build it with unet-export (TensorRT {trt.__version__})")
+            raise ArtifactError(f"{path}: not found; build it with unet-export on this machine")
         sidecar = read_sidecar(path) if sidecar_path(path).exists() else {}
         meta = meta or sidecar.get("meta")
         if meta is None:
