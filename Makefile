@@ -33,7 +33,10 @@ demo: venv
 	$(BIN)/unet-train --data $(DEMO)/data --out $(DEMO)/run --epochs 10 --base-channels 16 --lr 1e-3 \
 		--scale 0.125 --batch-size 8 --workers 2 --cache $(DEMO)/cache
 	$(BIN)/unet-export $(DEMO)/run/best.pth
-	@echo "demo done: checkpoint and exports in $(DEMO)/run, TensorBoard logs in $(DEMO)/run/tb"
+	$(BIN)/unet-data synth --out $(DEMO)/test --n 16 --size 1918x1280 --seed 1
+	$(BIN)/unet-infer $(DEMO)/test/train --checkpoint $(DEMO)/run/best.pth --engine onnx --out $(DEMO)/masks \
+		--overlay --rle $(DEMO)/submission.csv
+	@echo "demo done: checkpoint and exports in $(DEMO)/run (TensorBoard: $(DEMO)/run/tb), masks and overlays in $(DEMO)/masks"
 
 clean-demo:
 	rm -rf $(DEMO)

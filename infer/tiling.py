@@ -1,6 +1,63 @@
-"""Tiling arithmetic for sliding-window prediction: pure functions on sizes and weights."""
+"""Tiling arithmetic for sliding-window prediction: pure functions on sizes and weights.
+
+Tiles are spread evenly so the first starts at 0 and the last ends exactly at the edge (as nnU-Net and
+MONAI place them); the requested overlap is a minimum. Blending weighs each tile's probabilities with a
+gaussian (more weight to a tile's centre, where the network sees context on every side) or constant weight,
+and the result is normalized by the summed weights, as MONAI's sliding window does.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+
+import torch
+
 #: Default tile edge (model-input pixels) of `unet-infer --tile`; export's default TensorRT profile covers it.
 DEFAULT_TILE = 512
+BLEND_MODES = ("gaussian", "constant")
+#: Gaussian sigma as a fraction of the tile size (MONAI's default) and the floor that keeps weights positive.
+SIGMA_SCALE = 0.125
+MIN_WEIGHT = 1e-3
+
+
+def default_overlap(tile: int) -> int:
+    return tile // 4
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length `tile` covering [0, size) with at least `overlap` shared pixels.
+
+    A size no larger than the tile gets one tile at 0 (the caller pads the image up to the tile).
+    """
+    if tile < 1:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - tile) / (tile - overlap)) + 1
+    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(y, x) of every tile, row by row."""
+    return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_cpu(tile: int, mode: str) -> torch.Tensor:
+    if mode == "constant":
+        return torch.ones(tile, tile)
+    if mode != "gaussian":
+        raise ValueError(f"blend mode '{mode}' is not one of {', '.join(BLEND_MODES)}")
+    centre = (tile - 1) / 2
+    sigma = SIGMA_SCALE * tile
+    g = torch.exp(-((torch.arange(tile, dtype=torch.float64) - centre) ** 2) / (2 * sigma**2))
+    w = torch.outer(g, g)
+    return (w / w.max()).clamp(min=MIN_WEIGHT).float()
+
+
+def blend_weights(tile: int, mode: str = "gaussian", device: torch.device | str = "cpu") -> torch.Tensor:
+    """(tile, tile) float32 weights, all positive, largest 1."""
+    return _weights_cpu(tile, mode).to(device)

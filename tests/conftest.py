@@ -87,6 +87,16 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
     return target
 
 
+@pytest.fixture(scope="session")
+def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path):
+    """`unet-export` run once through the real CLI: (folder with best.pth, best.onnx, best.fp16.onnx, process)."""
+    folder = tmp_path_factory.mktemp("exported")
+    ckpt = folder / "best.pth"
+    ckpt.write_bytes(trained_checkpoint.read_bytes())
+    proc = run_cli("unet-export", ckpt, "--no-progress", check=True)
+    return folder, proc
+
+
 def _cuda_reason() -> str | None:
     return None if torch.cuda.is_available() else "needs a CUDA GPU (torch.cuda.is_available() is False)"
 

@@ -176,7 +176,7 @@ def fit(cfg: TrainConfig, resume_payload: dict[str, Any] | None = None) -> FitRe
     train_loader, val_loader = _loaders(cfg, index, device, run.sampler_rng)
     setup = BatchSetup(device, amp, cfg.mean, cfg.std)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    tb = TensorBoardLog(cfg.out / "tb", index.class_names)
+    tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
     log.info(
         "model: U-Net base %d (%s up-sampling), %s, %s, loss %s",
         cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv", device,

@@ -14,7 +14,7 @@ from ..artifacts import ArtifactError, artifact_path
 from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
 from .eager import EagerEngine
 
-ENGINE_NAMES = ("torch", "onnx", "trt")
+ENGINE_NAMES = ("torch", "compile", "onnx", "trt")
 
 __all__ = [
     "ENGINE_NAMES",
@@ -27,7 +27,7 @@ __all__ = [
 
 
 def default_precision(name: str, device: torch.device) -> str:
-    """FP16 where it is fast (CUDA), FP32 on the CPU, where half precision only adds casts."""
+    """FP16 where it is fast (CUDA; TensorRT engines are FP16), FP32 on the CPU, where FP16 only adds casts."""
     return "fp16" if device.type == "cuda" or name == "trt" else "fp32"
 
 
@@ -37,16 +37,25 @@ def create_engine(
     model: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     precision: str | None = None,
+    compile_mode: str | None = None,
 ) -> Engine:
-    """Build engine `name` from an explicit artifact (`model`) or from the artifacts beside `checkpoint`."""
+    """Build engine `name` from an explicit artifact (`model`) or from the artifacts beside `checkpoint`.
+
+    torch and compile run the checkpoint itself; onnx and trt find best.onnx / best.fp16.onnx /
+    best.fp16.engine beside it, unless `model` names the artifact.
+    """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if name not in ENGINE_NAMES:
         raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
     precision = precision or default_precision(name, dev)
-    if name == "torch":
+    if name in ("torch", "compile"):
         source = Path(model or checkpoint or "best.pth")
         net, meta = load_checkpoint(source)
-        return EagerEngine(net, meta, dev, precision, source)
+        if name == "torch":
+            return EagerEngine(net, meta, dev, precision, source)
+        from .compiled import CompiledEngine
+
+        return CompiledEngine(net, meta, dev, precision, compile_mode, source)
     if model is None and checkpoint is None:
         checkpoint = "best.pth"
     if name == "onnx":
@@ -55,11 +64,9 @@ def create_engine(
         path = Path(model) if model else artifact_path(checkpoint, "onnx-fp16" if precision == "fp16" else "onnx")
         _require(path, checkpoint)
         return OnnxEngine(path, dev)
-    from .trt import TrtEngine
+    from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
-    path = Path(model) if model else artifact_path(checkpoint, "trt")
-    _require(path, checkpoint)
-    return TrtEngine(path, dev)
+    return TrtEngine(Path(model) if model else artifact_path(checkpoint, "trt"), dev)
 
 
 def _require(path: Path, checkpoint: str | os.PathLike | None) -> None:

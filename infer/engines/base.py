@@ -49,6 +49,8 @@ class Engine(ABC):
     """Base class: subclasses set `name` and implement `run`; `__call__` checks the input first."""
 
     name: ClassVar[str]
+    #: True when every new input shape costs a recompile, so callers should keep batch shapes fixed.
+    static_shapes: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -1,0 +1,48 @@
+"""torch.compile: the FP16 (BatchNorm-folded, channels_last) network compiled by Inductor.
+
+Shapes are static (dynamic=False): each new input shape compiles once, which is why unet-infer pads the
+last batch to full size. On CUDA the default mode, "reduce-overhead", replays CUDA graphs; "max-autotune"
+also autotunes kernels (much longer first compile). The first call per shape is slow; warm up before timing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit.train import UNet
+
+from .base import Engine
+from .eager import DTYPES, prepare_model
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class CompiledEngine(Engine):
+    name = "compile"
+    static_shapes = True
+
+    def __init__(
+        self,
+        model: UNet,
+        meta: dict[str, Any],
+        device: torch.device,
+        precision: str = "fp16",
+        mode: str | None = None,
+        source: Path | None = None,
+    ) -> None:
+        super().__init__(device, precision, meta, source, input_dtype=DTYPES.get(precision, torch.float32))
+        mode = mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode '{mode}' is not one of {', '.join(COMPILE_MODES)}")
+        self.channels_last = precision != "fp32" and self.device.type == "cuda"
+        self.model = torch.compile(prepare_model(model, self.device, precision), mode=mode, dynamic=False)
+        self.detail = f"torch.compile mode={mode}, static shapes"
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)

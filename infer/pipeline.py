@@ -1,0 +1,344 @@
+"""The unet-infer pipeline: decode -> upload -> preprocess -> infer -> stitch -> postprocess -> download -> write.
+
+Decoding and encoding run on a thread pool; the device work is queued from one thread. On CUDA, uploads
+run on their own stream, compute on another and downloads on a third, ordered by stream waits, with pinned
+host buffers; the host thread only ever waits for the oldest image's download before handing it to a
+writer, so while one batch computes the next is uploading and the previous is downloading and being
+written. Bounded windows of in-flight decodes and writes keep memory flat however many images there are.
+On the CPU the same code runs without streams. One bad image is named, skipped and listed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from unetkit.train.atomic import atomic_path
+from unetkit.train.errors import DataError, UnetkitError
+from unetkit.train.layouts import palette as label_palette
+
+from .batching import BatchRunner, Job
+from .engines import Engine
+from .io import JPEG_EXTENSIONS, Item, decode_to_tensor, write_jpeg, write_png
+from .rle import rle_encode
+from .transforms import confidence, model_input, overlay, to_labels, to_size
+
+log = logging.getLogger(__name__)
+DECODERS = ("auto", "cpu", "nvjpeg")
+STAGES = ("decode", "upload", "compute", "download", "write")
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    tile: int = 0  # 0: whole images
+    overlap: int | None = None  # pixels; None: tile // 4
+    blend: str = "gaussian"
+    batch: int = 8
+    save_prob: bool = False
+    overlay: bool = False
+    palette: bool = False
+    rle: Path | None = None
+    resume: bool = False
+    workers: int = 4
+    decoder: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class RunSummary:
+    images: int = 0
+    written: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (stages overlap)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        s = self.settings
+        mode = f"tile {s['tile']} overlap {s['overlap']} ({s['blend']})" if s.get("tile") else "whole images"
+        out = [
+            f"{self.images} images: {self.written} written, {self.skipped} skipped (--resume), "
+            f"{len(self.failures)} failed; {self.seconds:.1f} s, {self.images_per_s:.2f} images/s",
+            f"engine {s['engine']} on {s['device']}, {mode}, batch {s['batch']}, decoder {s['decoder']}",
+        ]
+        if self.written:
+            per = ", ".join(f"{k} {1000 * self.stages.get(k, 0.0) / self.written:.1f}" for k in STAGES)
+            out.append(f"busy ms per image (stages overlap): {per}")
+        out += [f"failed: {path}: {why}" for path, why in self.failures]
+        return out
+
+
+class StageClock:
+    """Busy time per stage: wall time for host work, CUDA event time for device work."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._spans: deque[tuple[str, torch.cuda.Event, torch.cuda.Event]] = deque()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def host(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[stage] += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def device(self, stage: str, stream: torch.cuda.Stream | None) -> Iterator[None]:
+        if not self.cuda:
+            with self.host(stage):
+                yield
+            return
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record(stream)
+        yield
+        end.record(stream)
+        self._spans.append((stage, begin, end))
+        self.settle()
+
+    def settle(self, wait: bool = False) -> None:
+        """Add up the device spans that have finished (all of them with `wait`)."""
+        while self._spans and (wait or self._spans[0][2].query()):
+            stage, begin, end = self._spans.popleft()
+            end.synchronize()
+            self.seconds[stage] += begin.elapsed_time(end) / 1000
+
+
+class _Streams:
+    """Upload, compute and download streams on CUDA; plain calls on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.h2d, self.compute, self.d2h = (torch.cuda.Stream(device) for _ in range(3))
+        else:
+            self.h2d = self.compute = self.d2h = None
+
+    def computing(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.compute) if self.cuda else contextlib.nullcontext()
+
+    def upload(self, host: torch.Tensor) -> torch.Tensor:
+        if not self.cuda:
+            return host
+        with torch.cuda.stream(self.h2d):
+            dev = host.to(self.device, non_blocking=True)
+        self.compute.wait_stream(self.h2d)
+        dev.record_stream(self.compute)
+        return dev
+
+    def download(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        if not self.cuda:
+            return tensors, None
+        self.d2h.wait_stream(self.compute)
+        with torch.cuda.stream(self.d2h):
+            host = {}
+            for name, t in tensors.items():
+                host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                t.record_stream(self.d2h)
+            done = torch.cuda.Event()
+            done.record()
+        return host, done
+
+
+def _nvjpeg_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Pipeline:
+    """One folder run; see the module docstring."""
+
+    def __init__(self, engine: Engine, options: InferOptions) -> None:
+        self.engine, self.options, self.meta = engine, options, engine.meta
+        self.streams = _Streams(engine.device)
+        self.clock = StageClock(self.streams.cuda)
+        self.runner = BatchRunner(
+            engine, engine.n_classes, options.batch, options.tile, options.overlap, options.blend, engine.static_shapes
+        )
+        if options.decoder not in DECODERS:
+            raise UnetkitError(f"--decoder '{options.decoder}': choose one of {', '.join(DECODERS)}")
+        if options.decoder == "nvjpeg" and not _nvjpeg_available(engine.device):
+            raise UnetkitError("--decoder nvjpeg needs torchvision and a CUDA engine")
+        self.nvjpeg = options.decoder == "nvjpeg" or (options.decoder == "auto" and _nvjpeg_available(engine.device))
+        if options.rle and engine.n_classes != 1:
+            raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
+        self.palette = label_palette(engine.n_classes, self.meta.get("mask_kind", "binary"))
+        if engine.shapes is not None and options.tile:  # a TensorRT profile must take the tile batch
+            engine.check((options.batch, 3, options.tile, options.tile))
+
+    # ---- decode (thread pool) -------------------------------------------------------------------------------
+    def _read(self, item: Item) -> torch.Tensor | bytes:
+        with self.clock.host("decode"):
+            if self.nvjpeg and item.source.suffix.lower() in JPEG_EXTENSIONS:
+                return item.source.read_bytes()
+            return decode_to_tensor(item.source)
+
+    def _pixels(self, data: torch.Tensor | bytes, item: Item) -> torch.Tensor:
+        """uint8 (3, H, W) on the device."""
+        if isinstance(data, bytes):
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            with self.clock.device("decode", self.streams.compute):
+                try:
+                    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                    return decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.engine.device,
+                                       apply_exif_orientation=True)  # fmt: skip
+                except RuntimeError:  # nvJPEG refuses some files (CMYK, progressive): decode on the CPU
+                    data = decode_to_tensor(item.source)
+        with self.clock.device("upload", self.streams.h2d):
+            return self.streams.upload(data).permute(2, 0, 1)
+
+    # ---- write (thread pool) --------------------------------------------------------------------------------
+    def _write(self, item: Item, host: dict[str, torch.Tensor], done: Any) -> str | None:
+        if done is not None:
+            done.synchronize()
+        with self.clock.host("write"):
+            mask = host["mask"].numpy()
+            multi = self.engine.n_classes > 1
+            picture = mask if multi else mask * np.uint8(255)
+            write_png(item.mask, picture, self.palette if multi and self.options.palette else None)
+            if "prob" in host:
+                write_png(item.sibling(".prob.png"), host["prob"].numpy())
+            if "overlay" in host:
+                write_jpeg(item.sibling(".overlay.jpg"), host["overlay"].numpy())
+            return rle_encode(mask) if self.options.rle else None
+
+    def _existing_rle(self, item: Item) -> str:
+        with Image.open(item.mask) as img:
+            return rle_encode(np.asarray(img.convert("L")) > 127)
+
+    # ---- device work (this thread) --------------------------------------------------------------------------
+    def _emit(self, job: Job) -> tuple[dict[str, torch.Tensor], Any]:
+        with self.clock.device("compute", self.streams.compute):
+            prob = to_size(job.prob, job.extra["size"])
+            labels = to_labels(prob, float(self.meta["threshold"]))
+            out = {"mask": labels}
+            if self.options.save_prob:
+                out["prob"] = confidence(prob)
+            if self.options.overlay:
+                out["overlay"] = overlay(job.extra["pixels"], labels, self.engine.n_classes,
+                                         self.meta.get("mask_kind", "binary"))  # fmt: skip
+        with self.clock.device("download", self.streams.d2h):
+            return self.streams.download(out)
+
+    def run(self, items: list[Item]) -> RunSummary:
+        """Process `items` (a Pipeline runs once); masks already written are kept whatever happens."""
+        o = self.options
+        self.summary = summary = RunSummary(settings=self.settings())
+        todo = [it for it in items if not (o.resume and it.mask.exists())]
+        resumed = [it for it in items if o.resume and it.mask.exists()]
+        summary.images, summary.skipped = len(items), len(resumed)
+        window = max(2 * o.batch, 2 * o.workers, 4)  # images in flight per stage: memory stays flat
+        start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            self._decoders = stack.enter_context(ThreadPoolExecutor(o.workers, thread_name_prefix="decode"))
+            self._writers = stack.enter_context(ThreadPoolExecutor(o.workers, thread_name_prefix="write"))
+            # Runs first on the way out (Ctrl-C, an error): drop queued work, let running writes finish.
+            stack.callback(self._decoders.shutdown, cancel_futures=True)
+            stack.callback(self._writers.shutdown, cancel_futures=True)
+            self._bar = stack.enter_context(tqdm(total=len(items), unit="img", disable=not o.progress))
+            self._bar.update(len(resumed))
+            self._rle = stack.enter_context(self._rle_file()) if o.rle else None
+            self._writes: deque[tuple[Item, bool, Future]] = deque()
+            if self._rle is not None:  # rows for resumed images come first; the CSV order does not matter
+                self._writes.extend((it, True, self._writers.submit(self._existing_rle, it)) for it in resumed)
+            reads: deque[tuple[Item, Future]] = deque()
+            with self.streams.computing():
+                for item in todo:
+                    reads.append((item, self._decoders.submit(self._read, item)))
+                    if len(reads) >= window:
+                        self._step(*reads.popleft())
+                        self._collect(window)
+                while reads:
+                    self._step(*reads.popleft())
+                    self._collect(window)
+                for job in self.runner.flush():
+                    self._queue_write(job)
+            self._collect(0)
+            self.clock.settle(wait=True)
+        summary.seconds = time.perf_counter() - start
+        summary.stages = dict(self.clock.seconds)
+        return summary
+
+    def _step(self, item: Item, future: Future) -> None:
+        """One decoded image onto the device and into the runner; finished images go to the writers."""
+        try:
+            data = future.result()
+        except DataError as exc:
+            self.summary.failures.append((str(item.source), str(exc).split(": ", 1)[-1]))
+            log.warning("warning: skipped %s", exc)
+            return
+        pixels = self._pixels(data, item)
+        with self.clock.device("compute", self.streams.compute):
+            job = Job(item, model_input(pixels, self.meta, self.engine.input_dtype), {"size": tuple(pixels.shape[-2:])})
+            if self.options.overlay:
+                job.extra["pixels"] = pixels
+            finished = self.runner.push(job)
+        for done in finished:
+            self._queue_write(done)
+
+    def _queue_write(self, job: Job) -> None:
+        host, done = self._emit(job)
+        self._writes.append((job.key, False, self._writers.submit(self._write, job.key, host, done)))
+
+    def _collect(self, limit: int) -> None:
+        """Wait for the oldest writes until at most `limit` are in flight; count them and write RLE rows."""
+        while len(self._writes) > limit:
+            item, resumed, future = self._writes.popleft()
+            try:
+                row = future.result()
+            except (OSError, DataError) as exc:
+                self.summary.failures.append((str(item.source), str(exc)))
+                log.warning("warning: could not write %s: %s", item.mask, exc)
+                continue
+            if not resumed:
+                self.summary.written += 1
+                self._bar.update()
+            if self._rle is not None:
+                self._rle.write(f"{item.relative.as_posix()},{row}\n")
+
+    @contextlib.contextmanager
+    def _rle_file(self) -> Iterator[Any]:
+        with atomic_path(self.options.rle) as tmp, open(tmp, "w") as f:
+            f.write("img,rle_mask\n")
+            yield f
+
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "engine": self.engine.label,
+            "device": str(self.engine.device),
+            "tile": o.tile,
+            "overlap": self.runner.overlap,
+            "blend": o.blend,
+            "batch": o.batch,
+            "decoder": "nvjpeg" if self.nvjpeg else "cpu (PIL)",
+            "workers": o.workers,
+        }

@@ -1,0 +1,62 @@
+"""Into and out of the model, on the device: pixels to model input; logits to probabilities, the original
+size, labels, confidence pictures and overlays. The input side calls the same functions training used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from unetkit.train.layouts import palette
+from unetkit.train.preprocess import normalize, resize_images, scaled_size
+
+OVERLAY_ALPHA = 0.45
+#: Binary overlays tint the foreground in this colour.
+OVERLAY_COLOR = (255, 40, 40)
+
+
+def model_input(pixels: torch.Tensor, meta: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (3, H, W) pixels -> (3, h, w) model input: scaled by meta['scale'] and normalized by its mean/std."""
+    size = scaled_size(pixels.shape[-2], pixels.shape[-1], float(meta["scale"]))
+    x = resize_images(pixels[None].float(), size)
+    return normalize(x, meta["mean"], meta["std"], dtype)[0]
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) logits -> float32 probabilities: sigmoid for one channel, softmax over classes."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def to_size(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) probabilities resized bilinearly to the original (H, W); probabilities, not logits."""
+    if tuple(prob.shape[-2:]) == tuple(size):
+        return prob
+    return F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def to_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(C, H, W) -> uint8 (H, W): 0/1 by threshold for binary, class index by argmax otherwise."""
+    if prob.shape[0] == 1:
+        return (prob[0] > threshold).to(torch.uint8)
+    return prob.argmax(dim=0).to(torch.uint8)
+
+
+def confidence(prob: torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W) picture of the foreground probability (binary) or the winning class's (multi-class)."""
+    p = prob[0] if prob.shape[0] == 1 else prob.max(dim=0).values
+    return (p * 255).round_().to(torch.uint8)
+
+
+def overlay(image: torch.Tensor, labels: torch.Tensor, n_classes: int, mask_kind: str) -> torch.Tensor:
+    """uint8 (3, H, W) image with the prediction blended in: a red tint for binary, class colours otherwise."""
+    if n_classes == 1:
+        color = torch.tensor(OVERLAY_COLOR, dtype=torch.float32, device=image.device).view(3, 1, 1)
+        alpha = labels.float()[None] * OVERLAY_ALPHA
+    else:
+        lut = torch.from_numpy(palette(n_classes, mask_kind)).to(image.device).float()
+        color = lut[labels.long()].permute(2, 0, 1)
+        alpha = torch.full_like(labels, OVERLAY_ALPHA, dtype=torch.float32)[None]
+    out = image.float() * (1 - alpha) + color * alpha
+    return out.round_().clamp_(0, 255).to(torch.uint8)

@@ -1,0 +1,260 @@
+"""unet-infer and the Predictor API on the CPU: engines agree, outputs, image modes, bad input, resume, memory."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import BIN, error_lines, run_cli
+from unetkit.infer.engines import EngineUnavailable, create_engine
+from unetkit.infer.predictor import Predictor
+from unetkit.infer.rle import rle_encode
+from unetkit.train.metrics import mask_agreement
+from unetkit.train.synth import write_synthetic
+
+
+def rle_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
+    """Independent decoder of Kaggle's format: 1-indexed (start, length) pairs over row-major pixels."""
+    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    values = [int(v) for v in text.split()]
+    for start, length in zip(values[0::2], values[1::2], strict=True):
+        flat[start - 1 : start - 1 + length] = 1
+    return flat.reshape(shape)
+
+
+def read_mask(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Synthetic cars at several sizes and formats (in distribution for `trained_checkpoint`)."""
+    src = tmp_path_factory.mktemp("src")
+    write_synthetic(src, 3, (1918, 1280), seed=7, progress=False)
+    folder = tmp_path_factory.mktemp("images")
+    cars = sorted((src / "train").iterdir())
+    Image.open(cars[0]).save(folder / "a_full.jpg", quality=95)
+    # The checkpoint's scale is for Carvana's size; other sizes stay close so the cars stay recognizable.
+    Image.open(cars[1]).resize((1800, 1200)).save(folder / "b_medium.png")
+    Image.open(cars[2]).resize((1600, 1067)).save(folder / "c_small.jpg", quality=95)
+    Image.open(cars[0]).resize((2100, 1400)).save(folder / "d_large.webp", quality=95)
+    return folder
+
+
+def test_torch_and_onnx_engines_give_the_same_masks_through_the_cli(exported_checkpoint, images, tmp_path):
+    folder, _ = exported_checkpoint
+    outs = {}
+    for engine in ("torch", "onnx"):
+        outs[engine] = tmp_path / engine
+        proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", engine,
+                       "--out", outs[engine], "--no-progress", check=True)  # fmt: skip
+        assert "4 images: 4 written, 0 skipped (--resume), 0 failed" in proc.stdout
+        assert f"engine {engine} fp32 on cpu, whole images, batch 2" in proc.stdout
+        assert "busy ms per image" in proc.stdout
+    for src in sorted(images.iterdir()):
+        a, b = (read_mask(outs[e] / f"{src.stem}.png") for e in ("torch", "onnx"))
+        assert a.shape == b.shape == Image.open(src).size[::-1]
+        assert set(np.unique(a)) <= {0, 255}
+        assert (a > 0).mean() > 0.05  # a car was found
+        assert mask_agreement(a > 0, b > 0, 1) >= 0.999
+
+
+def test_fp16_onnx_agrees_with_torch_whole_and_tiled(exported_checkpoint, images):
+    ckpt, files = exported_checkpoint[0] / "best.pth", sorted(images.iterdir())
+    for tile in (0, 48):
+        reference = Predictor(ckpt, tile=tile, batch=3).predict(files)
+        fp16 = Predictor(ckpt, engine="onnx", precision="fp16", tile=tile, batch=3).predict(files)
+        for a, b in zip(reference, fp16, strict=True):
+            assert a.any() and mask_agreement(a, b, 1) >= 0.999
+
+
+def test_predictor_api_takes_paths_arrays_and_pil(exported_checkpoint, images):
+    predictor = Predictor(exported_checkpoint[0] / "best.onnx")  # the engine follows the file: onnx
+    assert predictor.engine.name == "onnx" and predictor.engine.device.type == "cpu"
+    path = images / "c_small.jpg"
+    mask = predictor.predict(path)
+    assert mask.dtype == np.uint8 and mask.shape == (1067, 1600) and set(np.unique(mask)) <= {0, 1}
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(predictor.predict(pixels), mask)
+    assert np.array_equal(predictor.predict([Image.open(path)])[0], mask)
+    prob = predictor.predict(path, return_prob=True)
+    assert prob.shape == (1, 1067, 1600) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+
+
+def test_outputs_overlay_prob_and_rle_round_trip(exported_checkpoint, images, tmp_path):
+    out, csv = tmp_path / "out", tmp_path / "submission.csv"
+    run_cli("unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+            "--overlay", "--save-prob", "--rle", csv, "--no-progress", check=True)  # fmt: skip
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "img,rle_mask" and len(rows) == 5
+    for row in rows[1:]:
+        name, rle = row.split(",")
+        mask = read_mask(out / f"{name.rsplit('.', 1)[0]}.png") > 0
+        assert np.array_equal(rle_decode(rle, mask.shape), mask)
+    overlay = Image.open(out / "a_full.overlay.jpg")
+    assert overlay.format == "JPEG" and overlay.size == (1918, 1280)
+    prob = read_mask(out / "a_full.prob.png")
+    mask = read_mask(out / "a_full.png") > 0
+    assert prob.shape == mask.shape and np.array_equal(prob > 127, mask)  # threshold 0.5 of the same map
+
+
+def test_rle_encode_hand_values():
+    assert rle_encode(np.array([[1, 1, 0, 1]])) == "1 2 4 1"
+    assert rle_encode(np.zeros((2, 3))) == ""
+    assert rle_encode(np.array([[0, 0], [1, 1]])) == "3 2"  # row by row
+    random = np.random.default_rng(0).random((37, 53)) > 0.6
+    assert np.array_equal(rle_decode(rle_encode(random), random.shape), random)
+
+
+def test_image_modes_follow_the_documented_rule(exported_checkpoint, images, tmp_path):
+    predictor = Predictor(exported_checkpoint[0] / "best.pth")
+    rgb = np.asarray(Image.open(images / "c_small.jpg").convert("RGB"))
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 30, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")  # alpha is dropped
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    Image.fromarray(gray).save(folder / "gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")  # 16 bit scales to 8 exactly
+    exif = Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1)))  # stored rotated, EXIF says turn it back
+    info = exif.getexif()
+    info[0x0112] = 6
+    exif.save(folder / "exif.png", exif=info)
+    out = tmp_path / "out"
+    run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+            "--no-progress", check=True)  # fmt: skip
+    masks = {p.stem: read_mask(p) for p in out.iterdir()}
+    assert all(m.shape == (1067, 1600) for m in masks.values())
+    assert np.array_equal(masks["rgba"], masks["rgb"])
+    assert np.array_equal(masks["gray16"], masks["gray8"])
+    assert mask_agreement(masks["exif"] > 0, masks["rgb"] > 0, 1) >= 0.999
+    assert np.array_equal(masks["rgb"] > 0, predictor.predict(rgb) > 0)
+    assert (masks["rgb"] > 0).mean() > 0.05 and (masks["gray8"] > 0).mean() > 0.05  # cars were found
+
+
+def test_a_corrupt_image_is_named_skipped_and_listed(exported_checkpoint, images, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for src in sorted(images.iterdir())[:2]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    out = tmp_path / "out"
+    proc = run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 1
+    assert "3 images: 2 written, 0 skipped (--resume), 1 failed" in proc.stdout
+    assert f"warning: skipped {folder / 'broken.jpg'}: cannot read image" in proc.stdout
+    assert f"failed: {folder / 'broken.jpg'}: cannot read image" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a_full.png", "b_medium.png"]
+
+
+def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
+    out = tmp_path / "out"
+    args = ["unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out, "--no-progress"]
+    run_cli(*args, check=True)
+    kept = out / "a_full.png"
+    stamp = kept.stat().st_mtime_ns
+    (out / "b_medium.png").unlink()
+    proc = run_cli(*args, "--resume", check=True)
+    assert "4 images: 1 written, 3 skipped (--resume), 0 failed" in proc.stdout
+    assert kept.stat().st_mtime_ns == stamp and (out / "b_medium.png").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda d: None, [], "folder not found"),
+        (lambda d: d.mkdir(), [], "no images found"),
+        (lambda d: (d / "sub").mkdir(parents=True) or (d / "sub" / "x.jpg").write_bytes(b"1"), [], "add --recursive"),
+        (lambda d: d.mkdir() or Image.new("RGB", (8, 8)).save(d / "x.png"), ["--engine", "trt"], "trt needs"),
+        (lambda d: d.mkdir() or Image.new("RGB", (8, 8)).save(d / "x.png"), ["--checkpoint", "nope.pth"], "not found"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, exported_checkpoint, setup, args, message):
+    folder = tmp_path / "in"
+    setup(folder)
+    if "--checkpoint" not in args:
+        args = [*args, "--checkpoint", exported_checkpoint[0] / "best.pth"]
+    proc = run_cli("unet-infer", folder, *args, "--no-progress")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    [line] = error_lines(proc)
+    assert line.startswith("unet-infer: error:") and message in line
+
+
+def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes(random_checkpoint.read_bytes())
+    with pytest.raises(Exception, match=r"best\.onnx: not found; run `unet-export .*best\.pth` first"):
+        create_engine("onnx", checkpoint=ckpt, device="cpu")
+    with pytest.raises(EngineUnavailable, match="trt needs a CUDA GPU"):
+        create_engine("trt", checkpoint=ckpt, device="cpu")
+
+
+def test_engines_say_what_they_accept(exported_checkpoint):
+    folder = exported_checkpoint[0]
+    torch_engine = create_engine("torch", checkpoint=folder / "best.pth", device="cpu")
+    onnx_engine = create_engine("onnx", checkpoint=folder / "best.pth", device="cpu", precision="fp16")
+    assert torch_engine.describe()["precision"] == "fp32" and torch_engine.shapes is None
+    described = onnx_engine.describe()
+    assert described["precision"] == "fp16" and described["device"] == "cpu"
+    assert described["source"].endswith("best.fp16.onnx") and "CPUExecutionProvider" in described["detail"]
+    with pytest.raises(Exception, match=r"expected \(N, 3, H, W\)"):
+        torch_engine(torch.zeros(1, 4, 16, 16))
+
+
+@pytest.mark.slow
+def test_compile_engine_matches_eager(exported_checkpoint, images):
+    ckpt = exported_checkpoint[0] / "best.pth"
+    files = sorted(images.iterdir())[:2]
+    eager = Predictor(ckpt, tile=48, batch=4).predict(files)
+    compiled = Predictor(ckpt, engine="compile", tile=48, batch=4)
+    assert compiled.engine.static_shapes and "torch.compile" in compiled.engine.detail
+    for a, b in zip(eager, compiled.predict(files), strict=True):
+        assert mask_agreement(a, b, 1) >= 0.999
+
+
+def _peak_rss_kib(args) -> int:
+    """Peak resident memory of a real unet-infer process, measured by the kernel (ru_maxrss of the child)."""
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_memory_stays_bounded_over_hundreds_of_images(exported_checkpoint, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(folder.iterdir())[:100]:
+        (few / p.name).write_bytes(p.read_bytes())
+    common = ["--checkpoint", exported_checkpoint[0] / "best.pth", "--no-progress", "--workers", "2"]
+    small = _peak_rss_kib([BIN / "unet-infer", few, "--out", tmp_path / "o1", *common])
+    large = _peak_rss_kib([BIN / "unet-infer", folder, "--out", tmp_path / "o2", *common])
+    assert len(list((tmp_path / "o2").iterdir())) == 600
+    assert large < small * 1.1 + 20_000, (small, large)  # 6x the images, no more than noise in peak memory
+
+
+@pytest.mark.gpu
+def test_streamed_cuda_path_matches_the_cpu(exported_checkpoint, images, tmp_path):
+    ckpt = exported_checkpoint[0] / "best.pth"
+    outs = {}
+    for device in ("cpu", "cuda"):
+        outs[device] = tmp_path / device
+        proc = run_cli("unet-infer", images, "--checkpoint", ckpt, "--device", device, "--precision", "fp32",
+                       "--out", outs[device], "--save-prob", "--overlay", "--no-progress", check=True)  # fmt: skip
+        assert "4 written" in proc.stdout
+    for src in sorted(images.iterdir()):
+        a, b = (read_mask(outs[d] / f"{src.stem}.png") for d in ("cpu", "cuda"))
+        assert mask_agreement(a > 0, b > 0, 1) >= 0.999
+    tiled = Predictor(ckpt, device="cuda", tile=32, batch=16).predict(sorted(images.iterdir()))
+    assert all(m.shape == Image.open(s).size[::-1] for m, s in zip(tiled, sorted(images.iterdir()), strict=True))
