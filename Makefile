@@ -36,7 +36,10 @@ demo: venv
 	$(BIN)/unet-data synth --out $(DEMO)/test --n 16 --size 1918x1280 --seed 1
 	$(BIN)/unet-infer $(DEMO)/test/train --checkpoint $(DEMO)/run/best.pth --engine onnx --out $(DEMO)/masks \
 		--overlay --rle $(DEMO)/submission.csv
-	@echo "demo done: checkpoint and exports in $(DEMO)/run (TensorBoard: $(DEMO)/run/tb), masks and overlays in $(DEMO)/masks"
+	$(BIN)/unet-bench --checkpoint $(DEMO)/run/best.pth --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md \
+		--plot $(DEMO)/bench.png
+	@echo "demo done: checkpoint and exports in $(DEMO)/run (TensorBoard: $(DEMO)/run/tb), masks and overlays in"
+	@echo "$(DEMO)/masks, benchmark report in $(DEMO)/bench.md and $(DEMO)/bench.png"
 
 clean-demo:
 	rm -rf $(DEMO)

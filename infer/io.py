@@ -69,10 +69,10 @@ def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool 
     return items
 
 
-def decode_to_tensor(path: Path) -> torch.Tensor:
-    """Decode by unetkit's reading rule into a uint8 (H, W, 3) tensor in pinned memory where CUDA exists."""
+def decode_to_tensor(path: Path, pin: bool = False) -> torch.Tensor:
+    """Decode by unetkit's reading rule into a uint8 (H, W, 3) tensor, in pinned memory for a CUDA upload."""
     array = torch.from_numpy(read_image(path))
-    if not torch.cuda.is_available():
+    if not pin:
         return array
     pinned = torch.empty(array.shape, dtype=torch.uint8, pin_memory=True)
     return pinned.copy_(array)

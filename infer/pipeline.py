@@ -33,6 +33,7 @@ from unetkit.train.layouts import palette as label_palette
 from .batching import BatchRunner, Job
 from .engines import Engine
 from .io import JPEG_EXTENSIONS, Item, decode_to_tensor, write_jpeg, write_png
+from .nvjpeg import GpuJpegDecoder, exif_rotated
 from .rle import rle_encode
 from .transforms import confidence, model_input, overlay, to_labels, to_size
 
@@ -122,7 +123,8 @@ class StageClock:
         while self._spans and (wait or self._spans[0][2].query()):
             stage, begin, end = self._spans.popleft()
             end.synchronize()
-            self.seconds[stage] += begin.elapsed_time(end) / 1000
+            with self._lock:  # decode time is also added by worker threads
+                self.seconds[stage] += begin.elapsed_time(end) / 1000
 
 
 class _Streams:
@@ -149,27 +151,17 @@ class _Streams:
         return dev
 
     def download(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """Copy to pinned host memory on the download stream (which the caller made wait for compute)."""
         if not self.cuda:
             return tensors, None
-        self.d2h.wait_stream(self.compute)
         with torch.cuda.stream(self.d2h):
             host = {}
             for name, t in tensors.items():
                 host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                 t.record_stream(self.d2h)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=True)  # writers sleep on it instead of spinning
             done.record()
         return host, done
-
-
-def _nvjpeg_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        import torchvision.io  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class Pipeline:
@@ -184,9 +176,12 @@ class Pipeline:
         )
         if options.decoder not in DECODERS:
             raise UnetkitError(f"--decoder '{options.decoder}': choose one of {', '.join(DECODERS)}")
-        if options.decoder == "nvjpeg" and not _nvjpeg_available(engine.device):
-            raise UnetkitError("--decoder nvjpeg needs torchvision and a CUDA engine")
-        self.nvjpeg = options.decoder == "nvjpeg" or (options.decoder == "auto" and _nvjpeg_available(engine.device))
+        self.jpeg: GpuJpegDecoder | None = None
+        if options.decoder != "cpu":
+            reason = GpuJpegDecoder.unavailable(engine.device)
+            if reason and options.decoder == "nvjpeg":
+                raise UnetkitError(f"--decoder nvjpeg: {reason}")
+            self.jpeg = None if reason else GpuJpegDecoder(engine.device)
         if options.rle and engine.n_classes != 1:
             raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
         self.palette = label_palette(engine.n_classes, self.meta.get("mask_kind", "binary"))
@@ -195,23 +190,22 @@ class Pipeline:
 
     # ---- decode (thread pool) -------------------------------------------------------------------------------
     def _read(self, item: Item) -> torch.Tensor | bytes:
+        """Worker thread: JPEG bytes for the GPU decoder, else pixels decoded by the CPU reading rule."""
         with self.clock.host("decode"):
-            if self.nvjpeg and item.source.suffix.lower() in JPEG_EXTENSIONS:
-                return item.source.read_bytes()
-            return decode_to_tensor(item.source)
+            if self.jpeg is not None and item.source.suffix.lower() in JPEG_EXTENSIONS:
+                data = item.source.read_bytes()
+                if not exif_rotated(data):
+                    return data
+            return decode_to_tensor(item.source, pin=self.streams.cuda)
 
     def _pixels(self, data: torch.Tensor | bytes, item: Item) -> torch.Tensor:
-        """uint8 (3, H, W) on the device."""
+        """uint8 (3, H, W) on the device, ready for the compute stream."""
         if isinstance(data, bytes):
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            with self.clock.device("decode", self.streams.compute):
+            with self.clock.host("decode"):  # the decoder blocks the host until its stream is done
                 try:
-                    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                    return decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.engine.device,
-                                       apply_exif_orientation=True)  # fmt: skip
-                except RuntimeError:  # nvJPEG refuses some files (CMYK, progressive): decode on the CPU
-                    data = decode_to_tensor(item.source)
+                    return self.jpeg.decode(data, self.streams.compute)
+                except RuntimeError:  # nvJPEG refuses some files (CMYK, some progressive): decode on the CPU
+                    data = decode_to_tensor(item.source, pin=True)
         with self.clock.device("upload", self.streams.h2d):
             return self.streams.upload(data).permute(2, 0, 1)
 
@@ -245,6 +239,8 @@ class Pipeline:
             if self.options.overlay:
                 out["overlay"] = overlay(job.extra["pixels"], labels, self.engine.n_classes,
                                          self.meta.get("mask_kind", "binary"))  # fmt: skip
+        if self.streams.cuda:  # outside the timed span, so waiting for compute is not counted as download
+            self.streams.d2h.wait_stream(self.streams.compute)
         with self.clock.device("download", self.streams.d2h):
             return self.streams.download(out)
 
@@ -290,12 +286,11 @@ class Pipeline:
     def _step(self, item: Item, future: Future) -> None:
         """One decoded image onto the device and into the runner; finished images go to the writers."""
         try:
-            data = future.result()
+            pixels = self._pixels(future.result(), item)
         except DataError as exc:
             self.summary.failures.append((str(item.source), str(exc).split(": ", 1)[-1]))
             log.warning("warning: skipped %s", exc)
             return
-        pixels = self._pixels(data, item)
         with self.clock.device("compute", self.streams.compute):
             job = Job(item, model_input(pixels, self.meta, self.engine.input_dtype), {"size": tuple(pixels.shape[-2:])})
             if self.options.overlay:
@@ -339,6 +334,6 @@ class Pipeline:
             "overlap": self.runner.overlap,
             "blend": o.blend,
             "batch": o.batch,
-            "decoder": "nvjpeg" if self.nvjpeg else "cpu (PIL)",
+            "decoder": "nvjpeg" if self.jpeg is not None else "cpu (PIL)",
             "workers": o.workers,
         }

@@ -46,18 +46,14 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[in
 
 
 @functools.lru_cache(maxsize=8)
-def _weights_cpu(tile: int, mode: str) -> torch.Tensor:
+def blend_weights(tile: int, mode: str = "gaussian", device: torch.device | str = "cpu") -> torch.Tensor:
+    """(tile, tile) float32 weights, all positive, largest 1; made once per device (no copy per batch)."""
     if mode == "constant":
-        return torch.ones(tile, tile)
+        return torch.ones(tile, tile, device=device)
     if mode != "gaussian":
         raise ValueError(f"blend mode '{mode}' is not one of {', '.join(BLEND_MODES)}")
     centre = (tile - 1) / 2
     sigma = SIGMA_SCALE * tile
     g = torch.exp(-((torch.arange(tile, dtype=torch.float64) - centre) ** 2) / (2 * sigma**2))
     w = torch.outer(g, g)
-    return (w / w.max()).clamp(min=MIN_WEIGHT).float()
-
-
-def blend_weights(tile: int, mode: str = "gaussian", device: torch.device | str = "cpu") -> torch.Tensor:
-    """(tile, tile) float32 weights, all positive, largest 1."""
-    return _weights_cpu(tile, mode).to(device)
+    return (w / w.max()).clamp(min=MIN_WEIGHT).float().to(device)

@@ -3,6 +3,7 @@ size, labels, confidence pictures and overlays. The input side calls the same fu
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -49,14 +50,21 @@ def confidence(prob: torch.Tensor) -> torch.Tensor:
     return (p * 255).round_().to(torch.uint8)
 
 
+@functools.lru_cache(maxsize=8)
+def _colors(n_classes: int, mask_kind: str, device: torch.device) -> torch.Tensor:
+    """The overlay tint (3, 1, 1) for binary, the class palette (256, 3) otherwise; made once per device."""
+    if n_classes == 1:
+        return torch.tensor(OVERLAY_COLOR, dtype=torch.float32).view(3, 1, 1).to(device)
+    return torch.from_numpy(palette(n_classes, mask_kind)).float().to(device)
+
+
 def overlay(image: torch.Tensor, labels: torch.Tensor, n_classes: int, mask_kind: str) -> torch.Tensor:
     """uint8 (3, H, W) image with the prediction blended in: a red tint for binary, class colours otherwise."""
     if n_classes == 1:
-        color = torch.tensor(OVERLAY_COLOR, dtype=torch.float32, device=image.device).view(3, 1, 1)
+        color = _colors(1, mask_kind, image.device)
         alpha = labels.float()[None] * OVERLAY_ALPHA
     else:
-        lut = torch.from_numpy(palette(n_classes, mask_kind)).to(image.device).float()
-        color = lut[labels.long()].permute(2, 0, 1)
+        color = _colors(n_classes, mask_kind, image.device)[labels.long()].permute(2, 0, 1)
         alpha = torch.full_like(labels, OVERLAY_ALPHA, dtype=torch.float32)[None]
     out = image.float() * (1 - alpha) + color * alpha
     return out.round_().clamp_(0, 255).to(torch.uint8)

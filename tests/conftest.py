@@ -17,11 +17,13 @@ from unetkit.train.synth import write_synthetic
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args: str | os.PathLike, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | os.PathLike, check: bool = False, timeout: float = 600, cwd: str | os.PathLike | None = None
+) -> subprocess.CompletedProcess:
     """Run one of unetkit's console scripts as a real subprocess; returns the finished process."""
     cmd = [str(BIN / str(args[0])), *map(str, args[1:])]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc

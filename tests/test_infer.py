@@ -258,3 +258,39 @@ def test_streamed_cuda_path_matches_the_cpu(exported_checkpoint, images, tmp_pat
         assert mask_agreement(a > 0, b > 0, 1) >= 0.999
     tiled = Predictor(ckpt, device="cuda", tile=32, batch=16).predict(sorted(images.iterdir()))
     assert all(m.shape == Image.open(s).size[::-1] for m, s in zip(tiled, sorted(images.iterdir()), strict=True))
+
+
+def test_jpeg_exif_detection_and_decoder_choice(tmp_path, exported_checkpoint):
+    import io
+
+    from unetkit.infer.nvjpeg import GpuJpegDecoder, exif_rotated
+
+    plain, rotated = io.BytesIO(), io.BytesIO()
+    image = Image.new("RGB", (8, 4))
+    image.save(plain, format="JPEG")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(rotated, format="JPEG", exif=exif)
+    assert not exif_rotated(plain.getvalue()) and exif_rotated(rotated.getvalue())
+    assert not exif_rotated(b"not a jpeg")
+    assert GpuJpegDecoder.unavailable(torch.device("cpu")) == "the engine does not run on CUDA"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image.save(folder / "x.jpg")
+    proc = run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--device", "cpu",
+                   "--decoder", "nvjpeg")  # fmt: skip
+    assert proc.returncode == 2
+    assert error_lines(proc) == ["unet-infer: error: --decoder nvjpeg: the engine does not run on CUDA"]
+
+
+@pytest.mark.gpu
+def test_gpu_jpeg_decoding_matches_the_cpu_decoder(exported_checkpoint, images, tmp_path):
+    ckpt = exported_checkpoint[0] / "best.pth"
+    outs = {}
+    for decoder in ("cpu", "nvjpeg"):
+        outs[decoder] = tmp_path / decoder
+        run_cli("unet-infer", images, "--checkpoint", ckpt, "--device", "cuda", "--decoder", decoder,
+                "--out", outs[decoder], "--no-progress", check=True)  # fmt: skip
+    for src in sorted(images.glob("*.jpg")):
+        a, b = (read_mask(outs[d] / f"{src.stem}.png") for d in ("cpu", "nvjpeg"))
+        assert mask_agreement(a > 0, b > 0, 1) >= 0.99  # two JPEG decoders may differ by a level here and there

@@ -74,7 +74,8 @@ class _Run:
     def restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # a disabled scaler (CPU, bf16) saved {}; an fp16 GPU resuming starts it afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.stopper.load_state_dict(state["early_stopping"])
         self.sampler_rng.set_state(state["rng"]["sampler"])
         torch.set_rng_state(state["rng"]["torch"])

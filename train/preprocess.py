@@ -7,6 +7,7 @@ mean and std stored in the checkpoint.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -44,9 +45,17 @@ def normalize(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """uint8 (N, 3, H, W) in [0, 255] -> normalized float tensor of `dtype`, on the images' device."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
+    m, s = _pixel_stats(tuple(mean), tuple(std), images.device)
     return ((images.float() - m) / s).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Mean and std in pixel units on `device`, made once: copying a constant to a GPU each call would make
+    the host wait for the device's queue every time."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return m.to(device), s.to(device)
 
 
 def scale_uint8_image(image: torch.Tensor, scale: float) -> torch.Tensor:

@@ -43,6 +43,6 @@ class CompiledEngine(Engine):
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # One memory format whatever decoded the pixels, or each layout compiles a graph of its own.
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
         return self.model(x)

@@ -1,0 +1,192 @@
+"""unet-bench: how fast, against what — every engine vs PyTorch eager FP32, the target and the hardware."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from unetkit.infer.engines.compiled import COMPILE_MODES
+from unetkit.train import UNet, UNetConfig, read_checkpoint, save_checkpoint
+from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
+from unetkit.train.device import resolve_device
+from unetkit.train.errors import UnetkitError
+from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD, scaled_size
+
+from .e2e import bench_e2e, synthetic_jpegs
+from .env import environment
+from .flops import counted_flops
+from .report import Report, render_text, write_json, write_markdown, write_plot
+from .runner import (
+    ALL_SPECS,
+    BASELINE,
+    EngineSpec,
+    Row,
+    bench_engine,
+    car_input,
+    default_skip,
+    engine_factory,
+    finish_rows,
+)
+from .timing import TimingPlan, matmul_peak_tflops
+
+PROG = "unet-bench"
+log = logging.getLogger("unetkit.bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Latency of every engine on 1918x1280 images against PyTorch eager FP32, a per-image target "
+        "and the hardware's measured matmul peak; model-only and end-to-end.",
+        epilog="examples:\n  unet-bench                                  # best.pth here, or a random-weight U-Net\n"
+        "  unet-bench --checkpoint runs/x/best.pth --json bench.json --markdown bench.md --plot bench.png\n"
+        "  unet-bench --device cpu --shape 256x384 --scope model --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default best.pth if it exists, else the default "
+                   "U-Net with random weights); its exported artifacts are benchmarked too")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--shape", default="1280x1918", help="image HxW (default 1280x1918, Carvana's); the model "
+                   "input is this at the checkpoint's scale")  # fmt: skip
+    p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
+    p.add_argument("--engines", help="ENGINE:PRECISION list instead of the defaults, e.g. torch:fp32,trt:fp16")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for compile rows")
+    p.add_argument("--base-channels", type=int, default=64, help="width of the random-weight U-Net (default 64)")
+    p.add_argument("--scope", choices=("model", "e2e", "both"), default="both", help="default both")
+    p.add_argument("--images", type=Path, help="folder of images for the e2e scope (default: synthetic JPEGs)")
+    p.add_argument("--e2e-images", type=int, help="synthetic images for e2e (default 200 on CUDA, 8 on the CPU)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="e2e decode/encode threads")
+    p.add_argument("--target-ms", type=float, default=150.0, help="per-image latency target (default 150)")
+    p.add_argument("--check", action="store_true", help="exit 1 when the fastest engine misses the target")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    p.add_argument("--min-iters", type=int, default=20, help="at least this many timed calls (default 20)")
+    p.add_argument("--min-time", type=float, default=2.0, help="at least this many seconds of timed calls (default 2)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (stable keys)")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="write the report as Markdown")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="plot latency per engine and batch size")
+    return p
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UnetkitError(f"--shape '{text}': expected HxW, e.g. 1280x1918") from None
+    if h < 1 or w < 1:
+        raise UnetkitError(f"--shape '{text}': sizes must be positive")
+    return h, w
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise UnetkitError(f"--batch '{text}': expected sizes like 1,8") from None
+    if not values or values[0] < 1:
+        raise UnetkitError(f"--batch '{text}': sizes must be at least 1")
+    return values
+
+
+def _checkpoint(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
+    """The checkpoint to benchmark and how to describe it; a random-weight U-Net when there is none."""
+    if args.checkpoint is not None:
+        read_checkpoint(args.checkpoint)  # a missing or bad file fails here with its one line
+        return args.checkpoint, str(args.checkpoint)
+    if Path("best.pth").exists():
+        return Path("best.pth"), "best.pth"
+    torch.manual_seed(0)
+    config = UNetConfig(base_channels=args.base_channels)
+    meta = {"n_classes": 1, "class_names": ["foreground"], "scale": 1.0, "mean": list(DEFAULT_MEAN),
+            "std": list(DEFAULT_STD), "threshold": 0.5}  # fmt: skip
+    path = scratch / "random.pth"
+    save_checkpoint(path, UNet(config).eval(), meta)
+    log.info("no best.pth here: benchmarking the default U-Net (base %d) with random weights", args.base_channels)
+    return path, f"default U-Net (base {args.base_channels}), random weights"
+
+
+def _specs(args: argparse.Namespace, device: torch.device) -> list[tuple[EngineSpec, str | None]]:
+    if args.engines:
+        specs = [EngineSpec.parse(t.strip()) for t in args.engines.split(",") if t.strip()]
+        if BASELINE not in specs:
+            specs.insert(0, BASELINE)  # every speedup is measured against it in the same run
+        return [(s, None) for s in specs]
+    return [(s, default_skip(s, device)) for s in ALL_SPECS]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    image_hw, batches = _hw(args.shape), _batches(args.batch)
+    plan = TimingPlan(warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
+    with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
+        ckpt, described = _checkpoint(args, Path(scratch))
+        payload = read_checkpoint(ckpt)
+        meta, config = payload["meta"], UNetConfig(**payload["model"])
+        model_hw = scaled_size(*image_hw, float(meta["scale"]))
+        specs = _specs(args, device)
+        runnable = [s for s, skip in specs if skip is None]
+        # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
+        peaks = {p: matmul_peak_tflops(p, device) for p in sorted({s.precision for s in runnable})
+                 if device.type == "cuda" or p == "fp32"}  # fmt: skip
+        report = Report(
+            environment=environment(device),
+            settings={
+                "model": described,
+                "image_hw": list(image_hw),
+                "model_hw": list(model_hw),
+                "scale": float(meta["scale"]),
+                "batches": batches,
+                "target_ms": args.target_ms,
+                "warmup": plan.warmup,
+                "min_iters": plan.min_iters,
+                "min_time_s": plan.min_time,
+                "rotated_inputs": plan.rotate,
+                "scope": args.scope,
+            },
+            flops_per_image=counted_flops(config, *model_hw),
+            peaks_tflops=peaks,
+        )
+        car = car_input(meta, image_hw, device)
+        make = engine_factory(ckpt, device, args.compile_mode)
+        reference = None
+        if args.scope in ("model", "both"):
+            for spec, skip in specs:
+                if skip is not None:
+                    report.model += [Row(spec.name, spec.precision, b, "skipped", skip) for b in batches]
+                    continue
+                log.info("benchmarking %s at batch %s ...", spec.label, ",".join(map(str, batches)))
+                rows, labels = bench_engine(spec, make, batches, model_hw, plan, reference, car, device)
+                if spec == BASELINE:
+                    reference = labels
+                report.model += rows
+            finish_rows(report.model, report.flops_per_image, peaks, args.target_ms)
+        if args.scope in ("e2e", "both"):
+            ran = [s for s in runnable if any(r.label == s.label and r.status == "ok" for r in report.model)]
+            e2e_specs = ran if args.scope == "both" else runnable
+            images = args.images
+            if images is None:
+                n = args.e2e_images or (200 if device.type == "cuda" else 8)
+                log.info("writing %d synthetic %dx%d JPEGs for the end-to-end scope ...", n, image_hw[1], image_hw[0])
+                images = synthetic_jpegs(Path(scratch) / "e2e", n, image_hw)
+            report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model)
+    print(render_text(report))
+    for path, write in ((args.json, write_json), (args.markdown, write_markdown), (args.plot, write_plot)):
+        if path is not None:
+            write(report, path)
+            print(f"wrote {path}")
+    if args.check and not report.verdict()["meets_target"]:
+        return EXIT_FAILURES
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _bench(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

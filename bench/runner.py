@@ -1,0 +1,211 @@
+"""The model-only scope: every engine at every batch size on device-resident inputs, against eager FP32.
+
+Each row is one engine at one batch size: latency per batch and per image, images/s, peak device memory,
+speedup over eager FP32 measured in the same run, mask agreement with eager FP32 on a synthetic car, and
+achieved TFLOP/s against a matmul peak measured now in the same precision. An engine that cannot run is a
+row with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.infer.engines import Engine, EngineShapeError, create_engine
+from unetkit.infer.transforms import model_input, probabilities, to_labels
+from unetkit.train.errors import UnetkitError
+from unetkit.train.metrics import mask_agreement
+from unetkit.train.synth import random_car, render
+
+from .stats import HIGH_CV, images_per_second, per_image, summarize
+from .timing import TimingPlan, random_inputs, synchronize, time_calls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.precision}"
+
+    @classmethod
+    def parse(cls, text: str) -> EngineSpec:
+        """'onnx:fp16' -> EngineSpec('onnx', 'fp16')."""
+        name, _, precision = text.partition(":")
+        if name not in ("torch", "compile", "onnx", "trt") or precision not in ("fp32", "fp16", "bf16"):
+            raise UnetkitError(f"--engines '{text}': expected ENGINE:PRECISION, e.g. torch:fp32, onnx:fp16, trt:fp16")
+        return cls(name, precision)
+
+
+BASELINE = EngineSpec("torch", "fp32")
+ALL_SPECS = (
+    BASELINE,
+    EngineSpec("torch", "fp16"),
+    EngineSpec("torch", "bf16"),
+    EngineSpec("compile", "fp16"),
+    EngineSpec("onnx", "fp32"),
+    EngineSpec("onnx", "fp16"),
+    EngineSpec("trt", "fp16"),
+)
+
+
+def default_skip(spec: EngineSpec, device: torch.device) -> str | None:
+    """Why an engine is left out of a default run here (it stays in the report with this reason)."""
+    if device.type == "cpu":
+        if spec.name == "compile":
+            return "compiling for the CPU takes minutes per shape; ask for it with --engines compile:fp32"
+        if spec.name == "torch" and spec.precision != "fp32":
+            return "FP16/BF16 eager on the CPU is emulated and very slow; ask for it with --engines"
+    if spec.name == "compile" and spec.precision == "fp32":
+        return "not a default row; ask for it with --engines"
+    if spec.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no BF16"
+    return None
+
+
+@dataclass
+class Row:
+    engine: str
+    precision: str
+    batch: int
+    status: str = "ok"  # ok, unavailable, failed
+    reason: str = ""
+    latency_ms: dict[str, float] = field(default_factory=dict)  # per batch
+    per_image_ms: dict[str, float] = field(default_factory=dict)
+    images_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    speedup_vs_eager_fp32: float | None = None
+    dice_vs_eager_fp32: float | None = None
+    tflops: float | None = None
+    peak_share: float | None = None
+    meets_target: bool | None = None
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def car_input(meta: dict[str, Any], image_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A synthetic car of the benchmark's image size, prepared as every engine's input (batch of 1)."""
+    rng = np.random.default_rng(0)
+    pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
+    return model_input(torch.from_numpy(pixels).permute(2, 0, 1).to(device), meta)[None]
+
+
+class DeviceMemory:
+    """Peak device memory attributable to one engine: torch's own peak, or what left the device's free
+    memory (for ONNX Runtime and TensorRT, which allocate outside torch), whichever is larger."""
+
+    def __init__(self, device: torch.device) -> None:
+        """Take the baseline before the engine is created, so its weights count."""
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.allocated = torch.cuda.memory_allocated(device)
+            self.free = torch.cuda.mem_get_info(device)[0]
+            self.lowest_free = self.free
+
+    def sample(self) -> None:
+        if self.cuda:
+            self.lowest_free = min(self.lowest_free, torch.cuda.mem_get_info(self.device)[0])
+
+    def peak_mb(self) -> float | None:
+        if not self.cuda:
+            return None
+        torch_peak = torch.cuda.max_memory_allocated(self.device) - self.allocated
+        return max(torch_peak, self.free - self.lowest_free) / 2**20
+
+
+def bench_engine(
+    spec: EngineSpec,
+    make: Callable[[EngineSpec], Engine],
+    batches: list[int],
+    model_hw: tuple[int, int],
+    plan: TimingPlan,
+    reference: torch.Tensor | None,
+    car: torch.Tensor,
+    device: torch.device,
+) -> tuple[list[Row], torch.Tensor | None]:
+    """Rows for one engine at each batch size, and its labels on the car (the reference for the baseline)."""
+    rows = [Row(spec.name, spec.precision, b) for b in batches]
+    memory = DeviceMemory(device)
+    try:
+        engine = make(spec)
+    except UnetkitError as exc:
+        for row in rows:
+            row.status, row.reason = "unavailable", str(exc)
+        return rows, None
+    labels = to_labels(probabilities(engine(car.to(engine.device)))[0], float(engine.meta["threshold"])).cpu()
+    dice = mask_agreement(labels, reference, engine.n_classes) if reference is not None else 1.0
+    for row in rows:
+        row.detail = engine.detail
+        shape = (row.batch, 3, *model_hw)
+        try:
+            engine.check(shape)
+            inputs = random_inputs(shape, engine.input_dtype, engine.device, plan.rotate)
+            memory.sample()
+            times = time_calls(engine, inputs, plan)
+            memory.sample()
+        except EngineShapeError as exc:
+            row.status, row.reason = "unavailable", str(exc)
+            continue
+        except torch.cuda.OutOfMemoryError:
+            row.status, row.reason = "failed", f"out of device memory at batch {row.batch}"
+            torch.cuda.empty_cache()
+            continue
+        row.latency_ms = summarize(times)
+        row.per_image_ms = per_image(row.latency_ms, row.batch)
+        row.images_per_s = images_per_second(row.latency_ms["p50"], row.batch)
+        row.peak_memory_mb = memory.peak_mb() if engine.device.type == "cuda" else None
+        row.dice_vs_eager_fp32 = dice
+        if row.latency_ms["cv"] > HIGH_CV:
+            log.warning("warning: %s batch %d varies by %.1f%% between calls; its figures are less reliable",
+                        spec.label, row.batch, 100 * row.latency_ms["cv"])  # fmt: skip
+        del inputs
+    del engine
+    return rows, labels
+
+
+def finish_rows(rows: list[Row], flops_per_image: int, peaks: dict[str, float], target_ms: float) -> None:
+    """Fill what compares rows: speedup over eager FP32 at the same batch, TFLOP/s and share of peak, verdict."""
+    base = {r.batch: r for r in rows if (r.engine, r.precision) == (BASELINE.name, BASELINE.precision)}
+    for row in rows:
+        if row.status != "ok":
+            continue
+        ref = base.get(row.batch)
+        if ref is not None and ref.status == "ok":
+            row.speedup_vs_eager_fp32 = ref.per_image_ms["p50"] / row.per_image_ms["p50"]
+        row.tflops = flops_per_image * row.images_per_s / 1e12
+        peak = peaks.get(row.precision)
+        row.peak_share = row.tflops / peak if peak else None
+        row.meets_target = row.per_image_ms["p50"] <= target_ms
+
+
+def best_row(rows: list[Row]) -> Row | None:
+    ok = [r for r in rows if r.status == "ok"]
+    return min(ok, key=lambda r: r.per_image_ms["p50"]) if ok else None
+
+
+def engine_factory(checkpoint: Path, device: torch.device, compile_mode: str | None) -> Callable[[EngineSpec], Engine]:
+    def make(spec: EngineSpec) -> Engine:
+        return create_engine(spec.name, checkpoint=checkpoint, device=device, precision=spec.precision,
+                             compile_mode=compile_mode)  # fmt: skip
+
+    return make

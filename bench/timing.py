@@ -1,0 +1,81 @@
+"""Measuring an engine the way trtexec and careful papers do: warm up, rotate inputs, time each call with
+CUDA events (wall clock on the CPU), repeat until enough time and iterations have passed."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    warmup: int = 5
+    min_iters: int = 20
+    min_time: float = 2.0  # seconds of measured calls
+    max_iters: int = 2000
+    rotate: int = 3  # distinct inputs cycled through, so no cache sees the same data twice in a row
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[torch.Tensor], object], inputs: list[torch.Tensor], plan: TimingPlan) -> list[float]:
+    """Seconds per call of `fn`, one entry per timed call, inputs rotated."""
+    device = inputs[0].device
+    for i in range(plan.warmup):
+        fn(inputs[i % len(inputs)])
+    synchronize(device)
+    times: list[float] = []
+    while (len(times) < plan.min_iters or sum(times) < plan.min_time) and len(times) < plan.max_iters:
+        x = inputs[len(times) % len(inputs)]
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn(x)
+            end.record()
+            end.synchronize()  # one call at a time: latency, not queue depth
+            times.append(begin.elapsed_time(end) / 1000)
+        else:
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def random_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(n)]
+
+
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool) -> Iterator[None]:
+    """Set matmul TF32 for the duration of a probe and restore it (PyTorch's default is off for matmul)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def matmul_peak_tflops(precision: str, device: torch.device, size: int | None = None) -> float:
+    """Dense matrix-multiply throughput measured now, in the given precision: the hardware's practical peak.
+
+    FP32 on CUDA is probed with TF32 as cuDNN's convolutions use it (PyTorch's default: on), so an FP32
+    convolution network is compared with the matrix rate it actually gets.
+    """
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a, b = random_inputs((n, n), DTYPES[precision], device, 2)
+    plan = TimingPlan(warmup=3, min_iters=10, min_time=0.5 if device.type == "cuda" else 0.2)
+    with matmul_tf32(torch.backends.cudnn.allow_tf32 if device.type == "cuda" else False):
+        times = time_calls(lambda _: torch.mm(a, b), [a], plan)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2] / 1e12

@@ -1,0 +1,167 @@
+"""unet-bench on the CPU: statistics and FLOP arithmetic by hand, the report's schema, rows, verdict, --check."""
+
+import json
+import math
+
+import pytest
+
+from conftest import error_lines, run_cli
+from unetkit.bench.flops import counted_flops, unet_conv_flops
+from unetkit.bench.runner import Row, best_row, finish_rows
+from unetkit.bench.stats import images_per_second, per_image, percentile, summarize
+from unetkit.train.model import UNetConfig
+
+
+def test_percentiles_by_hand():
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 50) == 2.5  # halfway between the 2nd and 3rd of 1, 2, 3, 4
+    assert percentile(values, 90) == pytest.approx(3.7)  # position 0.9 * 3 = 2.7 -> 3 + 0.7 * (4 - 3)
+    assert percentile(values, 99) == pytest.approx(3.97)
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summary_in_milliseconds():
+    s = summarize([0.010, 0.020, 0.030, 0.040])  # seconds
+    assert s["p50"] == pytest.approx(25.0) and s["mean"] == pytest.approx(25.0)
+    assert s["std"] == pytest.approx(math.sqrt(125.0))  # population std of 10, 20, 30, 40 ms
+    assert s["cv"] == pytest.approx(math.sqrt(125.0) / 25.0) and s["n"] == 4
+    img = per_image(s, 8)
+    assert img["p50"] == pytest.approx(25.0 / 8) and img["cv"] == s["cv"] and img["n"] == 4
+    assert images_per_second(25.0, 8) == pytest.approx(320.0)
+
+
+def test_flops_by_hand_for_a_one_channel_unet():
+    """base 1, 3 input channels, 16x16: every conv written out in the comment below, 2 FLOPs per MAC.
+
+    encoder (3x3 pairs): 3->1->1 @256 px: 13824 + 4608; then 6912 at each of the four lower levels
+    decoder: 2x2 transposed 1024 + 3x3 pair 9216 + 4608 at each of four levels; head 1x1: 512
+    """
+    config = UNetConfig(in_channels=3, n_classes=1, base_channels=1)
+    expected = 18432 + 4 * 6912 + 4 * (1024 + 9216 + 4608) + 512
+    assert expected == 105_984
+    assert unet_conv_flops(config, 16, 16) == expected
+    assert counted_flops(config, 16, 16) == expected
+    assert counted_flops(config, 13, 15) == expected  # padded to 16x16 by the model, so it costs the same
+
+
+@pytest.mark.parametrize(
+    "config, hw",
+    [(UNetConfig(), (1280, 1918)), (UNetConfig(base_channels=8, n_classes=19, bilinear=True), (100, 70))],
+)
+def test_counted_flops_match_the_layer_arithmetic(config, hw):
+    assert counted_flops(config, *hw) == unet_conv_flops(config, *hw)
+
+
+def test_default_unet_costs_3_6_tflop_on_a_carvana_image():
+    assert counted_flops(UNetConfig(), 1280, 1918) == 3_612_554_035_200
+
+
+def _row(engine, precision, batch, p50_ms):
+    row = Row(engine, precision, batch)
+    row.latency_ms = summarize([p50_ms / 1000])
+    row.per_image_ms = per_image(row.latency_ms, batch)
+    row.images_per_s = images_per_second(p50_ms, batch)
+    return row
+
+
+def test_speedup_throughput_share_and_verdict():
+    rows = [_row("torch", "fp32", 8, 800.0), _row("trt", "fp16", 8, 80.0), Row("onnx", "fp16", 8, "unavailable", "x")]
+    finish_rows(rows, flops_per_image=10**12, peaks={"fp32": 50.0, "fp16": 500.0}, target_ms=15.0)
+    base, trt, missing = rows
+    assert base.speedup_vs_eager_fp32 == pytest.approx(1.0) and trt.speedup_vs_eager_fp32 == pytest.approx(10.0)
+    assert trt.images_per_s == pytest.approx(100.0) and trt.tflops == pytest.approx(100.0)  # 1 TFLOP x 100 img/s
+    assert trt.peak_share == pytest.approx(0.2) and base.peak_share == pytest.approx(10 / 50)
+    assert trt.meets_target and not base.meets_target  # 10 ms/image vs 100 ms/image against 15
+    assert missing.speedup_vs_eager_fp32 is None and best_row(rows) is trt
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, exported_checkpoint):
+    out = tmp_path_factory.mktemp("bench")
+    ckpt = exported_checkpoint[0] / "best.pth"
+    proc = run_cli(
+        "unet-bench", "--device", "cpu", "--shape", "256x384", "--checkpoint", ckpt, "--warmup", "1",
+        "--min-iters", "3", "--min-time", "0.1", "--e2e-images", "4", "--json", out / "b.json",
+        "--markdown", out / "b.md", "--plot", out / "b.png", check=True,
+    )  # fmt: skip
+    return out, proc
+
+
+def test_cpu_report_json_schema_and_rows(bench_run):
+    out, _ = bench_run
+    report = json.loads((out / "b.json").read_text())
+    assert report["schema"] == "unetkit.bench/1"
+    assert set(report) == {"schema", "environment", "settings", "flops_per_image", "peaks_tflops", "model", "e2e",
+                           "verdict"}  # fmt: skip
+    assert report["settings"]["image_hw"] == [256, 384] and report["settings"]["model_hw"] == [13, 19]  # scale 0.05
+    assert report["flops_per_image"] == counted_flops(UNetConfig(base_channels=8), 13, 19)
+    assert {"torch", "onnxruntime", "tensorrt", "cpu", "python", "date"} <= set(report["environment"])
+    rows = {(r["engine"], r["precision"], r["batch"]): r for r in report["model"]}
+    assert len(rows) == 14  # seven engines x batch 1 and 8: none silently dropped
+    base = rows[("torch", "fp32", 8)]
+    assert base["status"] == "ok" and base["speedup_vs_eager_fp32"] == pytest.approx(1.0)
+    assert base["latency_ms"]["p50"] <= base["latency_ms"]["p90"] <= base["latency_ms"]["p99"]
+    assert base["per_image_ms"]["p50"] == pytest.approx(base["latency_ms"]["p50"] / 8)
+    assert base["tflops"] > 0 and base["peak_share"] > 0 and base["dice_vs_eager_fp32"] == 1.0
+    onnx = rows[("onnx", "fp16", 1)]
+    assert onnx["status"] == "ok" and onnx["dice_vs_eager_fp32"] >= 0.99
+    assert rows[("trt", "fp16", 1)]["status"] == "unavailable" and "CUDA" in rows[("trt", "fp16", 1)]["reason"]
+    assert rows[("compile", "fp16", 8)]["status"] == "skipped" and "--engines" in rows[("compile", "fp16", 8)]["reason"]
+    e2e = {(r["engine"], r["precision"]): r for r in report["e2e"]}
+    assert e2e[("torch", "fp32")]["images"] == 4 and e2e[("torch", "fp32")]["images_per_s"] > 0
+    assert set(e2e[("torch", "fp32")]["stage_ms_per_image"]) >= {"decode", "compute", "write"}
+    assert report["verdict"]["meets_target"] and report["verdict"]["target_ms"] == 150.0
+
+
+def test_cpu_report_text_markdown_and_plot(bench_run):
+    out, proc = bench_run
+    assert "model only" in proc.stdout and "end to end" in proc.stdout
+    assert "trt fp16" in proc.stdout and "unavailable: trt needs a CUDA GPU" in proc.stdout
+    assert "verdict: fastest is" in proc.stdout and "meets the 150 ms/image target" in proc.stdout
+    md = (out / "b.md").read_text()
+    assert "| engine | batch | ms/batch p50 |" in md and "**End to end**" in md
+    assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("target, code", [("0.001", 1), ("100000", 0)])
+def test_check_turns_a_missed_target_into_an_exit_code(exported_checkpoint, target, code):
+    ckpt = exported_checkpoint[0] / "best.pth"
+    proc = run_cli("unet-bench", "--device", "cpu", "--shape", "128x192", "--checkpoint", ckpt, "--engines",
+                   "torch:fp32", "--batch", "1", "--scope", "model", "--warmup", "1", "--min-iters", "2",
+                   "--min-time", "0", "--target-ms", target, "--check")  # fmt: skip
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert ("MISSES" in proc.stdout) == (code == 1)
+
+
+def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):
+    proc = run_cli("unet-bench", "--device", "cpu", "--shape", "64x96", "--base-channels", "4", "--engines",
+                   "torch:fp32", "--batch", "1", "--scope", "model", "--min-iters", "2", "--min-time", "0",
+                   cwd=tmp_path, check=True)  # fmt: skip
+    assert "no best.pth here: benchmarking the default U-Net (base 4) with random weights" in proc.stdout
+    assert "model: default U-Net (base 4), random weights" in proc.stdout
+
+
+def test_bad_arguments_give_one_line(tmp_path):
+    for args, message in [(["--shape", "big"], "--shape 'big'"), (["--batch", "0"], "--batch '0'"),
+                          (["--checkpoint", tmp_path / "no.pth"], "checkpoint not found"),
+                          (["--engines", "tensorflow:fp32"], "--engines 'tensorflow:fp32'")]:  # fmt: skip
+        proc = run_cli("unet-bench", "--device", "cpu", *args)
+        assert proc.returncode == 2
+        [line] = error_lines(proc)
+        assert message in line
+
+
+@pytest.mark.gpu
+def test_gpu_report_times_every_cuda_engine(exported_checkpoint, tmp_path):
+    proc = run_cli("unet-bench", "--checkpoint", exported_checkpoint[0] / "best.pth", "--device", "cuda",
+                   "--shape", "640x960", "--engines", "torch:fp32,torch:fp16,onnx:fp32", "--min-time", "0.2",
+                   "--min-iters", "5", "--e2e-images", "16", "--json", tmp_path / "b.json", check=True)  # fmt: skip
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["environment"]["gpu"] and report["peaks_tflops"]["fp16"] > report["peaks_tflops"]["fp32"] > 0
+    rows = {(r["engine"], r["precision"], r["batch"]): r for r in report["model"]}
+    fp16 = rows[("torch", "fp16", 8)]
+    assert fp16["status"] == "ok" and fp16["peak_memory_mb"] > 0 and fp16["dice_vs_eager_fp32"] >= 0.999
+    assert all(r["status"] == "ok" for r in report["e2e"]), proc.stdout
