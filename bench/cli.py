@@ -16,6 +16,7 @@ from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
 from unetkit.train.device import resolve_device
 from unetkit.train.errors import UnetkitError
 from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD, scaled_size
+from unetkit.train.sizes import parse_pair
 
 from .e2e import bench_e2e, synthetic_jpegs
 from .env import environment
@@ -74,12 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hw(text: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        return parse_pair(text)
     except ValueError:
-        raise UnetkitError(f"--shape '{text}': expected HxW, e.g. 1280x1918") from None
-    if h < 1 or w < 1:
-        raise UnetkitError(f"--shape '{text}': sizes must be positive")
-    return h, w
+        raise UnetkitError(f"--shape '{text}': expected positive HxW, e.g. 1280x1918") from None
 
 
 def _batches(text: str) -> list[int]:

@@ -13,6 +13,7 @@ from unetkit.infer.tiling import DEFAULT_TILE
 from unetkit.train.errors import UnetkitError
 from unetkit.train.model import DOWNSAMPLE
 from unetkit.train.preprocess import scaled_size
+from unetkit.train.sizes import parse_pair
 
 CARVANA_HW = (1280, 1918)
 DEFAULT_BATCH = (1, 8, 8)
@@ -34,12 +35,9 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 def _hw(text: str, whole: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        return parse_pair(text)
     except ValueError:
-        raise UnetkitError(f"--shape '{whole}': expected HxW or MIN:OPT:MAX as HxW each, e.g. 640x959") from None
-    if h < 1 or w < 1:
-        raise UnetkitError(f"--shape '{whole}': sizes must be positive")
-    return h, w
+        raise UnetkitError(f"--shape '{whole}': expected positive HxW or MIN:OPT:MAX, e.g. 640x959") from None
 
 
 def parse_shape(text: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .sizes import parse_pair
 
 VIEWS_PER_CAR = 16
 # Common car paints: white, silver, black, grey, red, blue, plus any colour now and then.
@@ -129,7 +130,7 @@ def render(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarr
 def parse_size(text: str) -> tuple[int, int]:
     """'1918x1280' -> (1918, 1280): width then height."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        w, h = parse_pair(text)
     except ValueError:
         raise ValueError(f"size '{text}' is not WIDTHxHEIGHT, e.g. 1918x1280") from None
     if w < 16 or h < 16:
