@@ -21,6 +21,7 @@ import torch
 
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
+from unetkit.infer.transforms import probabilities
 from unetkit.train import UNet
 from unetkit.train.metrics import mask_agreement
 from unetkit.train.preprocess import normalize, resize_images, scaled_size
@@ -70,11 +71,6 @@ class Verification:
 
     def to_dict(self) -> dict[str, Any]:
         return {"criterion": self.criterion, "passed": self.passed, "inputs": self.per_input}
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
