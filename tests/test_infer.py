@@ -294,3 +294,31 @@ def test_gpu_jpeg_decoding_matches_the_cpu_decoder(exported_checkpoint, images, 
     for src in sorted(images.glob("*.jpg")):
         a, b = (read_mask(outs[d] / f"{src.stem}.png") for d in ("cpu", "nvjpeg"))
         assert mask_agreement(a > 0, b > 0, 1) >= 0.99  # two JPEG decoders may differ by a level here and there
+
+
+def test_ctrl_c_leaves_only_complete_files(exported_checkpoint, tmp_path):
+    import signal
+    import time
+
+    folder, out = tmp_path / "many", tmp_path / "out"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
+    cmd = [BIN / "unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+           "--overlay", "--save-prob", "--rle", tmp_path / "sub.csv", "--batch", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*[0-9].png"))) < 10 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished outputs are kept" in stderr
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if n.startswith(".")]  # no temporary file left behind
+    masks = sorted(out.glob("*[0-9].png"))
+    assert 10 <= len(masks) < 300
+    for path in out.iterdir():
+        Image.open(path).load()  # every file that exists is complete
+    assert not (tmp_path / "sub.csv").exists()  # the CSV only appears once the run has finished
