@@ -16,7 +16,7 @@ import torch
 
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
 from unetkit.infer.engines import ShapeRange
-from unetkit.infer.engines.ort import OnnxEngine
+from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 from unetkit.train import load_checkpoint
 from unetkit.train.atomic import atomic_path, write_text_atomic
@@ -26,7 +26,7 @@ from unetkit.train.errors import UnetkitError
 
 from .onnx_export import EXPORTERS, export_onnx
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
-from .tensorrt_build import BuildSettings, build_engine, tensorrt_unavailable
+from .tensorrt_build import BuildSettings, build_engine, engine_skip_reason, tensorrt_unavailable
 from .verify import Reference, Verification, sample_inputs, verify
 
 PROG = "unet-export"
@@ -117,11 +117,14 @@ def default_timing_cache(trt_version: str, gpu: str) -> Path:
 
 def _export(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
-    trt_reason = tensorrt_unavailable() if args.trt is not False else None
+    device = resolve_device(args.device)
+    missing = onnxruntime_missing() if args.verify else None
+    if missing:
+        raise UnetkitError(f"verification runs the ONNX files in ONNX Runtime: {missing}; or pass --no-verify")
+    trt_reason = engine_skip_reason(device, tensorrt_unavailable()) if args.trt is not False else None
     if args.trt and trt_reason:
         raise UnetkitError(f"--trt: {trt_reason}")
     profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
-    device = resolve_device(args.device)
     out_dir = args.out_dir or args.checkpoint.parent
     target = out_dir / args.checkpoint.name
     metadata: dict[str, Any] = {k: meta[k] for k in META_KEYS if k in meta}
@@ -181,7 +184,7 @@ def _engine(
     sidecar: dict[str, Any] = {}
 
     def build(tmp: Path) -> None:
-        sidecar.update(build_engine(onnx_path, tmp, settings, metadata))
+        sidecar.update(build_engine(onnx_path, tmp, settings, metadata, device))
 
     def check(tmp: Path) -> Verification:
         engine = TrtEngine(tmp, device, meta=metadata)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from unetkit.infer.artifacts import sha256_file
 from unetkit.infer.engines import ShapeRange
-from unetkit.infer.engines.trt import INSTALL_HINT, gpu_identity
+from unetkit.infer.engines.trt import INSTALL_HINT, gpu_identity, trt_logger
 from unetkit.train.atomic import write_bytes_atomic
 
 from .onnx_export import ExportError
@@ -56,8 +56,21 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
+def engine_skip_reason(device: torch.device, unavailable: str | None) -> str | None:
+    """Why this export builds no TensorRT engine, or None: TensorRT must be usable here and the verification
+    device a CUDA GPU, since an engine can only be built and verified on one (never after a build)."""
+    if unavailable:
+        return unavailable
+    if device.type != "cuda":
+        return (
+            f"--device {device.type}: a TensorRT engine is built and verified on a CUDA GPU; "
+            "export with --device cuda (or auto) to build it"
+        )
+    return None
+
+
 def precision_of(text: str) -> str:
-    """Map an inspector 'Format/Datatype' string ('Row major linear FP16 format', 'Half', ...) to a name."""
+    """Map an inspector data type or format string ('Half', 'Row major linear FP16 format', ...) to a name."""
     t = text.lower()
     if "bfloat16" in t or "bf16" in t:  # before "float": TensorRT writes "Row major linear BFloat16 format"
         return "bf16"
@@ -70,32 +83,63 @@ def precision_of(text: str) -> str:
     return "unknown"
 
 
+#: Where a layer's output precision is spelled: TensorRT 10 writes "Format/Datatype" ("Row major linear FP16
+#: format", or just "Half" in Myelin's layers); TensorRT 11 split it into "DataType" ("Half") and "Format",
+#: and NVIDIA's own 11.x tooling spells the first "Datatype". The data type is read first when present.
+PRECISION_KEYS = ("DataType", "Datatype", "Format/Datatype", "Format")
+#: Layers that only move or convert data at the engine's boundary (the FP32 input and output casts).
+_IO_LAYER = re.compile(r"reformat|copynode|(?<![a-z])cast|shuffle", re.IGNORECASE)  # not "broadcast"
+_CONV = re.compile(r"conv", re.IGNORECASE)
+
+
+def tensor_precision(tensor: dict[str, Any]) -> str:
+    """The precision of one inspector tensor entry, in either TensorRT's 10.x or 11.x spelling."""
+    for key in PRECISION_KEYS:
+        precision = precision_of(str(tensor.get(key, "")))
+        if precision != "unknown":
+            return precision
+    return "unknown"
+
+
 def layer_precisions(engine_info: str | dict[str, Any]) -> tuple[Counter, str]:
     """Output precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity).
 
-    Layers are recognised by ParameterType ("Convolution", "Deconvolution") or LayerType ("CaskConvolution").
-    When TensorRT has fused the convolutions into generated kernels that name neither, every compute layer
-    is counted instead (reformats excluded); the second value says which was counted.
+    A layer is convolution-like when its ParameterType or LayerType says so ("Convolution",
+    "CaskConvolution", "CaskDeconvolution") or, for kernels Myelin generated from fused ONNX nodes (LayerType
+    "kgen"), when its Name or Metadata names an ONNX Conv node. Layers that only reformat or cast at the
+    engine's boundary are never counted: the FP32 input and output casts of an FP16 graph are not a sign of
+    an FP32 engine. If no layer is convolution-like, the other compute layers are counted; the second value
+    says which were counted.
     """
     data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
-    layers = [layer for layer in data.get("Layers", []) if isinstance(layer, dict)]
+    layers = [layer for layer in data.get("Layers", []) if isinstance(layer, dict) and not _is_io(layer)]
 
     def count(selected: list[dict[str, Any]]) -> Counter:
         counts: Counter = Counter()
         for layer in selected:
             outputs = layer.get("Outputs") or [{}]
-            counts[precision_of(str(outputs[0].get("Format/Datatype", "")))] += 1
+            counts[tensor_precision(outputs[0])] += 1
         counts.pop("unknown", None)
         return counts
 
-    convs = count([layer for layer in layers if re.search("conv", _kind(layer), re.IGNORECASE)])
+    convs = count([layer for layer in layers if _CONV.search(_describe(layer))])
     if convs:
         return convs, "convolution layers"
-    return count([layer for layer in layers if "reformat" not in _kind(layer).lower()]), "layers"
+    return count(layers), "layers"
 
 
 def _kind(layer: dict[str, Any]) -> str:
     return f"{layer.get('ParameterType', '')} {layer.get('LayerType', '')}"
+
+
+def _describe(layer: dict[str, Any]) -> str:
+    return f"{_kind(layer)} {layer.get('Name', '')} {layer.get('Metadata', '')}"
+
+
+def _is_io(layer: dict[str, Any]) -> bool:
+    """A boundary reformat or cast: its kind or name says so and it names no convolution."""
+    text = f"{_kind(layer)} {layer.get('Name', '')}"
+    return bool(_IO_LAYER.search(text)) and not _CONV.search(_describe(layer))
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -124,13 +168,22 @@ def _progress_monitor(trt: Any) -> Any:
     return Monitor()
 
 
-def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any]) -> dict[str, Any]:
-    """Build and write `engine_path` (a plain plan, no header, so trtexec and Triton load it) and return
-    the sidecar dict. Callers pass a temporary path and rename it once the engine is verified."""
+def build_engine(
+    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """Build and write `engine_path` on `device` (a plain plan, no header, so trtexec and Triton load it) and
+    return the sidecar dict. Callers pass a temporary path and rename it once the engine is verified."""
+    with torch.cuda.device(device):  # TensorRT builds for the current CUDA device: make it the one asked for
+        return _build(onnx_path, engine_path, settings, meta, device)
+
+
+def _build(
+    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
     import tensorrt as trt
 
     start = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
     # Required on 10.x for FP16 from the graph, retained and ignored on 11.x (always strongly typed).
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -167,7 +220,6 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, me
     if settings.timing_cache and timing is not None:
         write_bytes_atomic(settings.timing_cache, bytes(timing.serialize()))
     report = inspect_engine(trt, logger, engine_path, input_name, p.opt)
-    device = torch.device("cuda", torch.cuda.current_device())
     return {
         "format_version": 1,
         "tensorrt_version": trt.__version__,

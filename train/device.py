@@ -1,4 +1,10 @@
-"""Choosing the device and the mixed-precision type, the same way in every command."""
+"""Choosing the device and the mixed-precision type, the same way in every command.
+
+Every CUDA device unetkit holds carries an explicit index (`cuda:0`, never bare `cuda`): a CUDA tensor's
+`.device` always has one, and `torch.device` equality compares the index, so `torch.device("cuda")` never
+equals a tensor's device. `canonical_device` is the one place that adds it and `same_device` the one
+comparison.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,45 @@ import torch
 from .errors import UnetkitError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks the first CUDA GPU when there is one, else the CPU; an unusable choice is an error."""
+def canonical_device(device: str | torch.device, current_index: int | None = None) -> torch.device:
+    """`device` with an explicit index for CUDA: bare 'cuda' becomes the current CUDA device.
+
+    `current_index` is the index bare 'cuda' stands for; by default the process's current CUDA device
+    (asked only when needed, so CPU devices never touch CUDA).
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    index = torch.cuda.current_device() if current_index is None else current_index
+    return torch.device("cuda", index)
+
+
+def same_device(a: str | torch.device, b: str | torch.device, current_index: int | None = None) -> bool:
+    """True when `a` and `b` name the same device once both carry an explicit index."""
+    return canonical_device(a, current_index) == canonical_device(b, current_index)
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' picks the current CUDA GPU when there is one, else the CPU; an unusable choice is an error.
+
+    CUDA devices come back with their index (`cuda:0`), see `canonical_device`.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return canonical_device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UnetkitError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UnetkitError(f"--device {name}: unetkit runs on cpu or cuda (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UnetkitError(f"--device {name}: no CUDA GPU is visible to PyTorch {torch.__version__}")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UnetkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return device
+    return canonical_device(device)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -44,7 +44,7 @@ def create_engine(
     torch and compile run the checkpoint itself; onnx and trt find best.onnx / best.fp16.onnx /
     best.fp16.engine beside it, unless `model` names the artifact.
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(device)
     if name not in ENGINE_NAMES:
         raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
     precision = precision or default_precision(name, dev)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from unetkit.train.device import canonical_device, same_device
 from unetkit.train.errors import UnetkitError
 
 
@@ -62,7 +63,7 @@ class Engine(ABC):
         shapes: ShapeRange | None = None,
         detail: str = "",
     ) -> None:
-        self.device = torch.device(device)
+        self.device = canonical_device(device)  # cuda -> cuda:N, as a tensor's .device says
         self.precision = precision
         self.meta = meta
         self.source = source
@@ -90,9 +91,19 @@ class Engine(ABC):
                 f"width {shape[3]}: re-export with a wider --batch/--shape, or use --tile/--batch that fit"
             )
 
+    def check_batch(self, batch: int) -> None:
+        """Raise EngineShapeError unless batches of 1 to `batch` inputs fit the engine's batch range."""
+        if self.shapes is None or (self.shapes.min[0] <= 1 and batch <= self.shapes.max[0]):
+            return
+        where = f" ({self.source})" if self.source else ""
+        raise EngineShapeError(
+            f"--batch {batch}: {self.label}{where} accepts {self.shapes.describe()}; use --batch "
+            f"{min(batch, self.shapes.max[0])} or re-export with --batch 1:{batch}:{batch}"
+        )
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.check(tuple(x.shape))
-        if x.device != self.device:
+        if not same_device(x.device, self.device):
             raise EngineShapeError(f"{self.label}: input is on {x.device}, the engine runs on {self.device}")
         return self.run(x.to(self.input_dtype))
 

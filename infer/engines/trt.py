@@ -8,15 +8,27 @@ warns that the default stream costs extra synchronization).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unetkit.train.device import canonical_device
+
 from ..artifacts import ArtifactError, read_sidecar, sidecar_path
 from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
 
 INSTALL_HINT = "pip install 'unetkit[trt]' (the libraries come from NVIDIA's index, https://pypi.nvidia.com)"
+
+
+@functools.lru_cache(maxsize=1)
+def trt_logger() -> Any:
+    """The process's one TensorRT logger: TensorRT keeps the first ILogger it is given for the whole process
+    and warns when builders and runtimes are handed different ones."""
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def gpu_identity(device: torch.device) -> dict[str, Any]:
@@ -44,8 +56,10 @@ class TrtEngine(Engine):
 
     def __init__(self, path: Path, device: torch.device, meta: dict[str, Any] | None = None) -> None:
         path, device = Path(path), torch.device(device)
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise EngineUnavailable("trt needs a CUDA GPU, and none is visible to PyTorch")
+        if not torch.cuda.is_available():
+            raise EngineUnavailable("trt runs on a CUDA GPU, and none is visible to PyTorch")
+        if device.type != "cuda":
+            raise EngineUnavailable(f"trt runs on a CUDA GPU, not on the {device.type} that was asked for")
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -56,14 +70,13 @@ class TrtEngine(Engine):
         meta = meta or sidecar.get("meta")
         if meta is None:
             raise ArtifactError(f"{sidecar_path(path)}: sidecar not found; re-export with unet-export")
-        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        device = canonical_device(device)
         problem = sidecar and compatibility_problem(sidecar, trt.__version__, gpu_identity(device))
         if problem:
             raise EngineUnavailable(f"{path}: {problem}")
         self._trt = trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        with torch.cuda.device(device):
-            self.runtime = trt.Runtime(logger)
+        with torch.cuda.device(device):  # the engine's memory and context live on the device the user named
+            self.runtime = trt.Runtime(trt_logger())
             self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise EngineUnavailable(
@@ -89,25 +102,36 @@ class TrtEngine(Engine):
             shapes=ShapeRange(lo, opt, hi), detail=f"TensorRT {trt.__version__}",
         )  # fmt: skip
         self._out: torch.Tensor | None = None
+        self._out_stream = 0  # the stream the output buffer was allocated on
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.device(self.device):  # execute on the engine's GPU whatever the caller's current one is
+            return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         if x.data_ptr() % 256:  # TensorRT requires 256-byte aligned buffers
             x = x.clone()
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
             raise EngineShapeError(f"{self.label}: TensorRT refused input shape {tuple(x.shape)}")
         shape = tuple(self.context.get_tensor_shape(self.output_name))
+        caller = torch.cuda.current_stream(self.device)
         if self._out is None or tuple(self._out.shape) != shape:
-            self._out = torch.empty(shape, dtype=self.out_dtype, device=self.device)
+            self._out = torch.empty(shape, dtype=self.out_dtype, device=self.device)  # allocated on `caller`
+            self._out_stream = caller.cuda_stream
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         self.context.set_tensor_address(self.output_name, self._out.data_ptr())
-        caller = torch.cuda.current_stream(self.device)
         stream = self.stream if caller.cuda_stream == 0 else caller
         if stream is not caller:
             stream.wait_stream(caller)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"{self.label}: execute_async_v3 failed")
+        for used in (caller,) if stream is caller else (caller, stream):
+            # The caching allocator only knows the stream a block was allocated on: tell it about every other
+            # stream that touches the input or the reused output, or a later free could recycle them too early.
+            if used.cuda_stream != self._out_stream:
+                self._out.record_stream(used)
         if stream is not caller:
-            x.record_stream(stream)  # keep the input alive for the caching allocator until the engine is done
+            x.record_stream(stream)
             caller.wait_stream(stream)
         return self._out
