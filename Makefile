@@ -10,14 +10,14 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv test lint demo clean-demo
+.PHONY: venv test lint demo clean-demo gpu-check
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cpu]"
 	touch $@
 
 lint: venv
@@ -43,3 +43,12 @@ demo: venv
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Verify a CUDA machine end to end (tests with gpu/trt markers, training, export, unet-infer, unet-bench) into
+# one folder of at most 8 files. Uses .venv when there is one, else the python3 that has unetkit installed
+# (as on an offline GPU machine, see the README). Exits 2 on a machine without CUDA.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+GPU_CHECK_OUT ?= gpu-check
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
