@@ -170,7 +170,7 @@ def _bench(args: argparse.Namespace) -> int:
                 n = args.e2e_images or (200 if device.type == "cuda" else 8)
                 log.info("writing %d synthetic %dx%d JPEGs for the end-to-end scope ...", n, image_hw[1], image_hw[0])
                 images = synthetic_jpegs(Path(scratch) / "e2e", n, image_hw)
-            report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model)
+            report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model, device)
     print(render_text(report))
     for path, write in ((args.json, write_json), (args.markdown, write_markdown), (args.plot, write_plot)):
         if path is not None:

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unetkit.infer.engines import Engine
 from unetkit.infer.io import discover
 from unetkit.infer.pipeline import InferOptions, Pipeline
 from unetkit.train.errors import UnetkitError
 from unetkit.train.synth import write_synthetic
 
-from .runner import EngineSpec, Row
+from .runner import EngineSpec, Row, device_problem
 
 
 @dataclass
@@ -58,6 +60,7 @@ def bench_e2e(
     batch: int,
     workers: int,
     model_rows: list[Row],
+    device: torch.device,
 ) -> list[E2ERow]:
     rows = []
     model = {(r.engine, r.precision, r.batch): r for r in model_rows}
@@ -70,6 +73,10 @@ def bench_e2e(
                 engine = make(spec)
             except UnetkitError as exc:
                 row.status, row.reason = "unavailable", str(exc)
+                continue
+            problem = device_problem(engine, device)
+            if problem:
+                row.status, row.reason = "unavailable", problem
                 continue
             options = InferOptions(batch=batch, workers=workers, progress=False)
             warm = discover(images, Path(scratch) / f"{spec.name}-{spec.precision}-warm")[: 2 * batch]

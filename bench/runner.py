@@ -73,6 +73,14 @@ def default_skip(spec: EngineSpec, device: torch.device) -> str | None:
     return None
 
 
+def device_problem(engine: Engine, device: torch.device) -> str | None:
+    """Why an engine's figures would not answer the question asked: it fell back to another device (ONNX
+    Runtime without its CUDA provider runs on the CPU), so its row would time the CPU in a GPU report."""
+    if engine.device.type == device.type:
+        return None
+    return f"runs on the {engine.device.type} here, not the {device.type}: {engine.detail}"
+
+
 @dataclass
 class Row:
     engine: str
@@ -151,6 +159,11 @@ def bench_engine(
     except UnetkitError as exc:
         for row in rows:
             row.status, row.reason = "unavailable", str(exc)
+        return rows, None
+    problem = device_problem(engine, device)
+    if problem:
+        for row in rows:
+            row.status, row.reason = "unavailable", problem
         return rows, None
     labels = to_labels(probabilities(engine(car.to(engine.device)))[0], float(engine.meta["threshold"])).cpu()
     dice = mask_agreement(labels, reference, engine.n_classes) if reference is not None else 1.0

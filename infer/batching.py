@@ -21,6 +21,7 @@ from .tiling import blend_weights, default_overlap, tile_grid
 from .transforms import probabilities
 
 Infer = Callable[[torch.Tensor], torch.Tensor]
+Check = Callable[[tuple[int, ...]], None]
 
 
 @dataclass
@@ -49,6 +50,7 @@ class BatchRunner:
         overlap: int | None = None,
         blend: str = "gaussian",
         static_shapes: bool = False,
+        check: Check | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -57,6 +59,7 @@ class BatchRunner:
         self.overlap = default_overlap(tile) if overlap is None and tile else (overlap or 0)
         self.blend = blend
         self.static_shapes = static_shapes
+        self.check = check  # raises for an input shape the engine cannot take (a TensorRT profile's limits)
         self._queue: deque[Job] = deque()  # jobs not yet handed back, in order
         self._pending: list[Any] = []  # whole mode: jobs; tiled mode: (job, y, x)
         if tile:
@@ -64,6 +67,10 @@ class BatchRunner:
             blend_weights(tile, blend)
 
     def push(self, job: Job) -> list[Job]:
+        """Queue `job`; returns the jobs finished so far, in order. An image the engine cannot take whole
+        raises (EngineShapeError) before it is queued, so it fails alone and the run goes on."""
+        if not self.tile and self.check is not None:
+            self.check((1, *job.image.shape))
         self._queue.append(job)
         if self.tile:
             self._add_tiles(job)

@@ -1,18 +1,26 @@
-"""GPU JPEG decoding with torchvision's nvJPEG decoder, made safe for a pipeline that runs ahead.
+"""GPU JPEG decoding with torchvision's nvJPEG decoder: a batch of files per call, safe for a pipeline that
+runs ahead.
 
-torchvision (0.26) allocates the decoded image on the caller's current stream but writes it from a stream
-of its own, without waiting for the caller's queued work; if the caller's stream still has kernels reading
-a freed block, the decode can overwrite it (pytorch/vision PR #9606). So decoding happens under a stream
-that runs nothing else, and the consumer stream waits for it. nvJPEG ignores EXIF orientation on CUDA, so
-images that carry a rotation are left to the CPU decoder, which applies it as training did.
+torchvision decodes a list of JPEGs in one call from 0.20 on (one host wait per batch instead of one per
+image: each call synchronises its own decoding stream before returning). It allocates the decoded images
+on the caller's current stream but writes them from a stream of its own, without waiting for the caller's
+queued work; if the caller's stream still has kernels reading a freed block, the decode can overwrite it
+(pytorch/vision PR #9606). So decoding happens under a stream that runs nothing else, and the consumer
+stream waits for it. One bad file fails the whole call, so a failed batch is decoded again file by file.
+nvJPEG ignores EXIF orientation on CUDA, so images that carry a rotation are left to the CPU decoder,
+which applies it as training did.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import torch
 from PIL import Image
+
+#: The first torchvision whose decode_jpeg takes a list of JPEGs on CUDA (release notes, PR #8496).
+BATCHED_SINCE = (0, 20)
 
 
 def exif_rotated(data: bytes) -> bool:
@@ -24,35 +32,52 @@ def exif_rotated(data: bytes) -> bool:
         return False
 
 
+def batched_decode_supported(torchvision_version: str) -> bool:
+    """Whether this torchvision decodes a list of JPEGs on the GPU in one call ('0.26.0+cu130' -> True)."""
+    try:
+        major, minor = (int(p) for p in torchvision_version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= BATCHED_SINCE
+
+
 class GpuJpegDecoder:
-    """decode(bytes, consumer stream) -> uint8 (3, H, W) on the device, ready for the consumer stream."""
+    """decode([bytes, ...], consumer stream) -> [uint8 (3, H, W) on the device, ready for the consumer]."""
 
     def __init__(self, device: torch.device) -> None:
+        import torchvision
         from torchvision.io import ImageReadMode, decode_jpeg
 
         self.device = device
         self.stream = torch.cuda.Stream(device)
+        self.batched = batched_decode_supported(torchvision.__version__)
         self._decode, self._rgb = decode_jpeg, ImageReadMode.RGB
 
     @staticmethod
     def unavailable(device: torch.device) -> str | None:
-        """Why nvJPEG cannot decode here, or None; probed by decoding a tiny JPEG once."""
+        """Why nvJPEG cannot decode here, or None; probed by decoding two tiny JPEGs once."""
         if device.type != "cuda":
             return "the engine does not run on CUDA"
         try:
             buffer = io.BytesIO()
             Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="JPEG")
             decoder = GpuJpegDecoder(device)
-            out = decoder.decode(buffer.getvalue(), torch.cuda.current_stream(device))
+            out = decoder.decode([buffer.getvalue()] * 2, torch.cuda.current_stream(device))
             torch.cuda.synchronize(device)
         except Exception as exc:  # no torchvision, no image extension, a build without nvJPEG
             return f"torchvision's GPU JPEG decoder is not usable ({type(exc).__name__}: {exc})"
-        return None if tuple(out.shape) == (3, 16, 16) else "torchvision's GPU JPEG decoder gave a wrong shape"
+        return None if [tuple(o.shape) for o in out] == [(3, 16, 16)] * 2 else "nvJPEG gave a wrong shape"
 
-    def decode(self, data: bytes, consumer: torch.cuda.Stream) -> torch.Tensor:
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        with torch.cuda.stream(self.stream):
-            image = self._decode(raw, mode=self._rgb, device=self.device)
+    def decode(self, datas: list[bytes], consumer: torch.cuda.Stream) -> list[torch.Tensor]:
+        """Decode every file in one call where torchvision can; raises RuntimeError if any file fails."""
+        raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        with torch.cuda.stream(self.stream), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision >= 0.29 points CUDA decoding to TorchCodec on each call
+            if self.batched:
+                images = self._decode(raws, mode=self._rgb, device=self.device)
+            else:
+                images = [self._decode(raw, mode=self._rgb, device=self.device) for raw in raws]
         consumer.wait_stream(self.stream)
-        image.record_stream(consumer)
-        return image
+        for image in images:
+            image.record_stream(consumer)
+        return list(images)

@@ -31,7 +31,7 @@ from unetkit.train.errors import DataError, UnetkitError
 from unetkit.train.layouts import palette as label_palette
 
 from .batching import BatchRunner, Job
-from .engines import Engine
+from .engines import Engine, EngineShapeError
 from .io import JPEG_EXTENSIONS, Item, decode_to_tensor, write_jpeg, write_png
 from .nvjpeg import GpuJpegDecoder, exif_rotated
 from .rle import rle_encode
@@ -172,8 +172,9 @@ class Pipeline:
         self.streams = _Streams(engine.device)
         self.clock = StageClock(self.streams.cuda)
         self.runner = BatchRunner(
-            engine, engine.n_classes, options.batch, options.tile, options.overlap, options.blend, engine.static_shapes
-        )
+            engine, engine.n_classes, options.batch, options.tile, options.overlap, options.blend, engine.static_shapes,
+            check=engine.check,
+        )  # fmt: skip
         if options.decoder not in DECODERS:
             raise UnetkitError(f"--decoder '{options.decoder}': choose one of {', '.join(DECODERS)}")
         self.jpeg: GpuJpegDecoder | None = None
@@ -185,7 +186,8 @@ class Pipeline:
         if options.rle and engine.n_classes != 1:
             raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
         self.palette = label_palette(engine.n_classes, self.meta.get("mask_kind", "binary"))
-        if engine.shapes is not None and options.tile:  # a TensorRT profile must take the tile batch
+        engine.check_batch(options.batch)  # a TensorRT profile must take the batch: one line before any work
+        if engine.shapes is not None and options.tile:  # and the tile; whole images are checked one by one
             engine.check((options.batch, 3, options.tile, options.tile))
 
     # ---- decode (thread pool) -------------------------------------------------------------------------------
@@ -198,16 +200,47 @@ class Pipeline:
                     return data
             return decode_to_tensor(item.source, pin=self.streams.cuda)
 
-    def _pixels(self, data: torch.Tensor | bytes, item: Item) -> torch.Tensor:
-        """uint8 (3, H, W) on the device, ready for the compute stream."""
-        if isinstance(data, bytes):
+    def _pixels(self, group: list[tuple[Item, Future]]) -> list[torch.Tensor | DataError]:
+        """Each read of `group` as uint8 (3, H, W) on the device, ready for the compute stream, or the DataError
+        that image raised. The group's JPEG bytes are decoded on the GPU in one call."""
+        datas: list[torch.Tensor | bytes | DataError] = []
+        for _, future in group:
+            try:
+                datas.append(future.result())
+            except DataError as exc:
+                datas.append(exc)
+        jpegs = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
+        if jpegs:
             with self.clock.host("decode"):  # the decoder blocks the host until its stream is done
+                decoded = self._decode_jpegs([datas[i] for i in jpegs], [group[i][0] for i in jpegs])
+            for i, image in zip(jpegs, decoded, strict=True):
+                datas[i] = image
+        out: list[torch.Tensor | DataError] = []
+        for data in datas:
+            if isinstance(data, DataError) or data.is_cuda:  # an error, or already (3, H, W) on the GPU
+                out.append(data)
+                continue
+            with self.clock.device("upload", self.streams.h2d):
+                out.append(self.streams.upload(data).permute(2, 0, 1))
+        return out
+
+    def _decode_jpegs(self, datas: list[bytes], items: list[Item]) -> list[torch.Tensor | DataError]:
+        """nvJPEG for the whole list; when it fails (one bad file fails the call) file by file, and the CPU
+        reading rule for the files nvJPEG refuses (CMYK, some progressive JPEGs, corrupt ones)."""
+        try:
+            return list(self.jpeg.decode(datas, self.streams.compute))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | DataError] = []
+        for data, item in zip(datas, items, strict=True):
+            try:
+                out.append(self.jpeg.decode([data], self.streams.compute)[0])
+            except RuntimeError:
                 try:
-                    return self.jpeg.decode(data, self.streams.compute)
-                except RuntimeError:  # nvJPEG refuses some files (CMYK, some progressive): decode on the CPU
-                    data = decode_to_tensor(item.source, pin=True)
-        with self.clock.device("upload", self.streams.h2d):
-            return self.streams.upload(data).permute(2, 0, 1)
+                    out.append(decode_to_tensor(item.source, pin=True))
+                except DataError as exc:
+                    out.append(exc)
+        return out
 
     # ---- write (thread pool) --------------------------------------------------------------------------------
     def _write(self, item: Item, host: dict[str, torch.Tensor], done: Any) -> str | None:
@@ -270,10 +303,10 @@ class Pipeline:
                 for item in todo:
                     reads.append((item, self._decoders.submit(self._read, item)))
                     if len(reads) >= window:
-                        self._step(*reads.popleft())
+                        self._advance(reads)
                         self._collect(window)
                 while reads:
-                    self._step(*reads.popleft())
+                    self._advance(reads)
                     self._collect(window)
                 for job in self.runner.flush():
                     self._queue_write(job)
@@ -283,19 +316,29 @@ class Pipeline:
         summary.stages = dict(self.clock.seconds)
         return summary
 
-    def _step(self, item: Item, future: Future) -> None:
-        """One decoded image onto the device and into the runner; finished images go to the writers."""
-        try:
-            pixels = self._pixels(future.result(), item)
-        except DataError as exc:
-            self.summary.failures.append((str(item.source), str(exc).split(": ", 1)[-1]))
-            log.warning("warning: skipped %s", exc)
-            return
+    def _advance(self, reads: deque[tuple[Item, Future]]) -> None:
+        """The oldest batch of reads onto the device (JPEGs decoded together) and into the runner."""
+        group = [reads.popleft() for _ in range(min(self.options.batch, len(reads)))]
+        for (item, _), pixels in zip(group, self._pixels(group), strict=True):
+            if isinstance(pixels, DataError):
+                self.summary.failures.append((str(item.source), str(pixels).split(": ", 1)[-1]))
+                log.warning("warning: skipped %s", pixels)
+            else:
+                self._step(item, pixels)
+
+    def _step(self, item: Item, pixels: torch.Tensor) -> None:
+        """One image's pixels on the device into the runner; finished images go to the writers."""
         with self.clock.device("compute", self.streams.compute):
             job = Job(item, model_input(pixels, self.meta, self.engine.input_dtype), {"size": tuple(pixels.shape[-2:])})
             if self.options.overlay:
                 job.extra["pixels"] = pixels
-            finished = self.runner.push(job)
+        try:
+            with self.clock.device("compute", self.streams.compute):
+                finished = self.runner.push(job)
+        except EngineShapeError as exc:  # this image is outside a TensorRT profile: it fails, the others go on
+            self.summary.failures.append((str(item.source), str(exc)))
+            log.warning("warning: skipped %s: %s", item.source, exc)
+            return
         for done in finished:
             self._queue_write(done)
 

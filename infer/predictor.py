@@ -69,7 +69,9 @@ class Predictor:
 
     def _runner(self) -> BatchRunner:
         e = self.engine
-        return BatchRunner(e, e.n_classes, self.batch, self.tile, self.overlap, self.blend, e.static_shapes)
+        return BatchRunner(
+            e, e.n_classes, self.batch, self.tile, self.overlap, self.blend, e.static_shapes, check=e.check
+        )
 
     @staticmethod
     def _pixels(image: ImageLike) -> np.ndarray:
