@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
     p.add_argument("--threshold", type=float, help=f"binary decision threshold stored for inference (default "
                    f"{d.threshold})")  # fmt: skip
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes: the epoch in "
+                   "progress is cut short, validated and saved (default: no limit)")  # fmt: skip
     p.add_argument("--resume", nargs="?", const=True, metavar="LAST_PTH",
                    help="continue a run from its last.pth (default: RUN_DIR/last.pth); only --epochs, --device, "
                    "--workers and --cache may change")  # fmt: skip
@@ -88,7 +90,8 @@ def _train(args: argparse.Namespace) -> int:
     result = fit(cfg, payload)
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
-        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}); "
+        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"
+        f"{', time limit reached' if result.out_of_time else ''}); "
         f"checkpoint: {result.run_dir / 'best.pth'}"
     )
     return EXIT_OK

@@ -11,7 +11,7 @@ from .errors import UnetkitError
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class TrainConfig:
     patience: int = 5  # early stopping, in epochs without a better validation Dice
     lr_patience: int = 3  # ReduceLROnPlateau
     threshold: float = 0.5
+    max_minutes: float | None = None  # stop once this much time has passed: the epoch in progress is cut short
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
     progress: bool = True
@@ -51,6 +52,7 @@ class TrainConfig:
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
             "--patience must be at least 1": self.patience >= 1,
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
+            "--max-minutes must be positive": self.max_minutes is None or self.max_minutes > 0,
         }
         for message, ok in checks.items():
             if not ok:

@@ -40,6 +40,7 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     run_dir: Path
+    out_of_time: bool = False
 
 
 @dataclass
@@ -185,10 +186,10 @@ def fit(cfg: TrainConfig, resume_payload: dict[str, Any] | None = None) -> FitRe
     )  # fmt: skip
     try:
         with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
-            _epochs(cfg, run, index, train_loader, val_loader, loss_fn, setup, tb)
+            out_of_time = _epochs(cfg, run, index, train_loader, val_loader, loss_fn, setup, tb)
     finally:
         tb.close()
-    return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out)
+    return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out, out_of_time)
 
 
 def _epochs(
@@ -200,14 +201,16 @@ def _epochs(
     loss_fn: LossFn,
     setup: BatchSetup,
     tb: TensorBoardLog,
-) -> None:
+) -> bool:
+    """Run epochs until the last, early stopping or the time limit; True when the time limit ended it."""
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     while run.epoch < cfg.epochs and not run.stopper.stop:
         epoch = run.epoch + 1
         start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
         train_loss, img_s = train_one_epoch(
             run.model, train_loader, loss_fn, run.optimizer, run.scaler, setup,
-            desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress,
+            desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, deadline=deadline,
         )  # fmt: skip
         result = evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress)
         improved = run.stopper.step(result.mean_dice)
@@ -232,8 +235,12 @@ def _epochs(
             epoch, cfg.epochs, train_loss, result.loss, result.mean_dice, result.mean_iou, lr, img_s,
             time.perf_counter() - start, "  [best]" if improved else "",
         )  # fmt: skip
+        if deadline is not None and time.monotonic() > deadline:
+            log.info("time limit: %g minutes of training reached", cfg.max_minutes)
+            return True
     if run.stopper.stop:
         log.info("early stopping: no better validation Dice for %d epochs", cfg.patience)
+    return False
 
 
 def _append_history(path: Path, epoch: int, scalars: dict[str, float], result: EvalResult) -> None:

@@ -91,8 +91,10 @@ def train_one_epoch(
     setup: BatchSetup,
     desc: str = "train",
     progress: bool = True,
+    deadline: float | None = None,
 ) -> tuple[float, float]:
-    """Train over `loader` once; returns (mean loss per image, images per second)."""
+    """Train over `loader` once, or until `time.monotonic()` passes `deadline` (after at least one batch);
+    returns (mean loss per image, images per second)."""
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
     start = time.perf_counter()
@@ -110,6 +112,8 @@ def train_one_epoch(
         seen += len(images)
         if progress:  # .item() is a device sync: only pay for it when a bar shows it
             bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        if deadline is not None and time.monotonic() > deadline:
+            break
     seconds = time.perf_counter() - start
     return total.item() / max(seen, 1), seen / max(seconds, 1e-9)
 
