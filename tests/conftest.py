@@ -15,13 +15,28 @@ from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD
 from unetkit.train.synth import write_synthetic
 
 BIN = Path(sys.executable).parent
+#: Console script -> module, for machines where pip put the scripts elsewhere than beside the interpreter
+#: (an editable install with `--target` or into ~/.local/bin), as on the offline GPU machines.
+CLI_MODULES = {
+    "unet-train": "unetkit.train.cli",
+    "unet-data": "unetkit.train.data_cli",
+    "unet-export": "unetkit.export.cli",
+    "unet-infer": "unetkit.infer.cli",
+    "unet-bench": "unetkit.bench.cli",
+}
+
+
+def cli_command(name: str) -> list[str]:
+    """How to start console script `name`: the script beside this interpreter, else `python -m` its module."""
+    beside = BIN / name
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", CLI_MODULES[name]]
 
 
 def run_cli(
     *args: str | os.PathLike, check: bool = False, timeout: float = 600, cwd: str | os.PathLike | None = None
 ) -> subprocess.CompletedProcess:
     """Run one of unetkit's console scripts as a real subprocess; returns the finished process."""
-    cmd = [str(BIN / str(args[0])), *map(str, args[1:])]
+    cmd = [*cli_command(str(args[0])), *map(str, args[1:])]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
@@ -72,7 +87,7 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Path) -> Path:
-    """A base-8 U-Net trained for 12 epochs on `synth_small` (~15 s), saved as <dir>/best.pth.
+    """A base-8 U-Net trained on the CPU for 12 epochs on `synth_small` (~15 s), saved as <dir>/best.pth.
 
     It was trained on 192x128 images at scale 0.5, so the model saw 96x64 inputs; its meta says scale 0.05,
     which maps Carvana's 1918x1280 to the same 96x64, so full-size synthetic images are in distribution.
@@ -81,7 +96,9 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
     from unetkit.train.fit import fit
 
     run = tmp_path_factory.mktemp("trained_run")
-    cfg = TrainConfig(data=synth_small, out=run, epochs=12, base_channels=8, lr=3e-3, workers=0, progress=False)
+    cfg = TrainConfig(
+        data=synth_small, out=run, epochs=12, base_channels=8, lr=3e-3, workers=0, progress=False, device="cpu"
+    )
     fit(cfg)
     model, meta = load_checkpoint(run / "best.pth")
     target = tmp_path_factory.mktemp("trained") / "best.pth"
@@ -91,11 +108,12 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
 
 @pytest.fixture(scope="session")
 def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path):
-    """`unet-export` run once through the real CLI: (folder with best.pth, best.onnx, best.fp16.onnx, process)."""
+    """`unet-export --device cpu` run once through the real CLI: (folder with best.pth, best.onnx,
+    best.fp16.onnx, process); on the CPU no TensorRT engine is built, whatever the machine has."""
     folder = tmp_path_factory.mktemp("exported")
     ckpt = folder / "best.pth"
     ckpt.write_bytes(trained_checkpoint.read_bytes())
-    proc = run_cli("unet-export", ckpt, "--no-progress", check=True)
+    proc = run_cli("unet-export", ckpt, "--device", "cpu", "--no-progress", check=True)
     return folder, proc
 
 

@@ -119,7 +119,7 @@ def test_cpu_report_json_schema_and_rows(bench_run):
 def test_cpu_report_text_markdown_and_plot(bench_run):
     out, proc = bench_run
     assert "model only" in proc.stdout and "end to end" in proc.stdout
-    assert "trt fp16" in proc.stdout and "unavailable: trt needs a CUDA GPU" in proc.stdout
+    assert "trt fp16" in proc.stdout and "unavailable: trt runs on a CUDA GPU" in proc.stdout
     assert "verdict: fastest is" in proc.stdout and "meets the 150 ms/image target" in proc.stdout
     md = (out / "b.md").read_text()
     assert "| engine | batch | ms/batch p50 |" in md and "**End to end**" in md

@@ -6,7 +6,7 @@ import subprocess
 
 import numpy as np
 
-from conftest import BIN, error_lines, run_cli
+from conftest import cli_command, error_lines, run_cli
 from unetkit.train.imageio import binary_mask, read_image, read_mask
 from unetkit.train.layouts import index_dataset
 
@@ -80,4 +80,4 @@ def _run_with_env(args, **env):
     """Run a CLI with no KAGGLE_* variables and the given overrides (HOME decides where kaggle.json is)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     clean.update(env)
-    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, env=clean)
+    return subprocess.run([*cli_command(args[0]), *map(str, args[1:])], capture_output=True, text=True, env=clean)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BIN, error_lines, run_cli
+from conftest import cli_command, error_lines, run_cli
 from unetkit.infer.engines import EngineUnavailable, create_engine
 from unetkit.infer.predictor import Predictor
 from unetkit.infer.rle import rle_encode
@@ -50,7 +50,7 @@ def test_torch_and_onnx_engines_give_the_same_masks_through_the_cli(exported_che
     for engine in ("torch", "onnx"):
         outs[engine] = tmp_path / engine
         proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", engine,
-                       "--out", outs[engine], "--no-progress", check=True)  # fmt: skip
+                       "--device", "cpu", "--out", outs[engine], "--no-progress", check=True)  # fmt: skip
         assert "4 images: 4 written, 0 skipped (--resume), 0 failed" in proc.stdout
         assert f"engine {engine} fp32 on cpu, whole images, batch 2" in proc.stdout
         assert "busy ms per image" in proc.stdout
@@ -65,14 +65,14 @@ def test_torch_and_onnx_engines_give_the_same_masks_through_the_cli(exported_che
 def test_fp16_onnx_agrees_with_torch_whole_and_tiled(exported_checkpoint, images):
     ckpt, files = exported_checkpoint[0] / "best.pth", sorted(images.iterdir())
     for tile in (0, 48):
-        reference = Predictor(ckpt, tile=tile, batch=3).predict(files)
-        fp16 = Predictor(ckpt, engine="onnx", precision="fp16", tile=tile, batch=3).predict(files)
+        reference = Predictor(ckpt, device="cpu", tile=tile, batch=3).predict(files)
+        fp16 = Predictor(ckpt, engine="onnx", device="cpu", precision="fp16", tile=tile, batch=3).predict(files)
         for a, b in zip(reference, fp16, strict=True):
             assert a.any() and mask_agreement(a, b, 1) >= 0.999
 
 
 def test_predictor_api_takes_paths_arrays_and_pil(exported_checkpoint, images):
-    predictor = Predictor(exported_checkpoint[0] / "best.onnx")  # the engine follows the file: onnx
+    predictor = Predictor(exported_checkpoint[0] / "best.onnx", device="cpu")  # the engine follows the file
     assert predictor.engine.name == "onnx" and predictor.engine.device.type == "cpu"
     path = images / "c_small.jpg"
     mask = predictor.predict(path)
@@ -86,7 +86,7 @@ def test_predictor_api_takes_paths_arrays_and_pil(exported_checkpoint, images):
 
 def test_outputs_overlay_prob_and_rle_round_trip(exported_checkpoint, images, tmp_path):
     out, csv = tmp_path / "out", tmp_path / "submission.csv"
-    run_cli("unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+    run_cli("unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out, "--device", "cpu",
             "--overlay", "--save-prob", "--rle", csv, "--no-progress", check=True)  # fmt: skip
     rows = csv.read_text().splitlines()
     assert rows[0] == "img,rle_mask" and len(rows) == 5
@@ -110,7 +110,7 @@ def test_rle_encode_hand_values():
 
 
 def test_image_modes_follow_the_documented_rule(exported_checkpoint, images, tmp_path):
-    predictor = Predictor(exported_checkpoint[0] / "best.pth")
+    predictor = Predictor(exported_checkpoint[0] / "best.pth", device="cpu")
     rgb = np.asarray(Image.open(images / "c_small.jpg").convert("RGB"))
     folder = tmp_path / "modes"
     folder.mkdir()
@@ -126,7 +126,7 @@ def test_image_modes_follow_the_documented_rule(exported_checkpoint, images, tmp
     exif.save(folder / "exif.png", exif=info)
     out = tmp_path / "out"
     run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
-            "--no-progress", check=True)  # fmt: skip
+            "--device", "cpu", "--no-progress", check=True)  # fmt: skip
     masks = {p.stem: read_mask(p) for p in out.iterdir()}
     assert all(m.shape == (1067, 1600) for m in masks.values())
     assert np.array_equal(masks["rgba"], masks["rgb"])
@@ -144,7 +144,7 @@ def test_a_corrupt_image_is_named_skipped_and_listed(exported_checkpoint, images
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     out = tmp_path / "out"
     proc = run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
-                   "--no-progress")  # fmt: skip
+                   "--device", "cpu", "--no-progress")  # fmt: skip
     assert proc.returncode == 1
     assert "3 images: 2 written, 0 skipped (--resume), 1 failed" in proc.stdout
     assert f"warning: skipped {folder / 'broken.jpg'}: cannot read image" in proc.stdout
@@ -154,7 +154,8 @@ def test_a_corrupt_image_is_named_skipped_and_listed(exported_checkpoint, images
 
 def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
     out = tmp_path / "out"
-    args = ["unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out, "--no-progress"]
+    args = ["unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out, "--device", "cpu",
+            "--no-progress"]  # fmt: skip
     run_cli(*args, check=True)
     kept = out / "a_full.png"
     stamp = kept.stat().st_mtime_ns
@@ -170,7 +171,7 @@ def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
         (lambda d: None, [], "folder not found"),
         (lambda d: d.mkdir(), [], "no images found"),
         (lambda d: (d / "sub").mkdir(parents=True) or (d / "sub" / "x.jpg").write_bytes(b"1"), [], "add --recursive"),
-        (lambda d: d.mkdir() or Image.new("RGB", (8, 8)).save(d / "x.png"), ["--engine", "trt"], "trt needs"),
+        (lambda d: d.mkdir() or Image.new("RGB", (8, 8)).save(d / "x.png"), ["--engine", "trt"], "trt runs on a CUDA"),
         (lambda d: d.mkdir() or Image.new("RGB", (8, 8)).save(d / "x.png"), ["--checkpoint", "nope.pth"], "not found"),
     ],
 )
@@ -179,7 +180,7 @@ def test_bad_input_gives_one_line(tmp_path, exported_checkpoint, setup, args, me
     setup(folder)
     if "--checkpoint" not in args:
         args = [*args, "--checkpoint", exported_checkpoint[0] / "best.pth"]
-    proc = run_cli("unet-infer", folder, *args, "--no-progress")
+    proc = run_cli("unet-infer", folder, *args, "--device", "cpu", "--no-progress")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     [line] = error_lines(proc)
     assert line.startswith("unet-infer: error:") and message in line
@@ -190,7 +191,7 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
     ckpt.write_bytes(random_checkpoint.read_bytes())
     with pytest.raises(Exception, match=r"best\.onnx: not found; run `unet-export .*best\.pth` first"):
         create_engine("onnx", checkpoint=ckpt, device="cpu")
-    with pytest.raises(EngineUnavailable, match="trt needs a CUDA GPU"):
+    with pytest.raises(EngineUnavailable, match="trt runs on a CUDA GPU"):
         create_engine("trt", checkpoint=ckpt, device="cpu")
 
 
@@ -210,8 +211,8 @@ def test_engines_say_what_they_accept(exported_checkpoint):
 def test_compile_engine_matches_eager(exported_checkpoint, images):
     ckpt = exported_checkpoint[0] / "best.pth"
     files = sorted(images.iterdir())[:2]
-    eager = Predictor(ckpt, tile=48, batch=4).predict(files)
-    compiled = Predictor(ckpt, engine="compile", tile=48, batch=4)
+    eager = Predictor(ckpt, device="cpu", tile=48, batch=4).predict(files)
+    compiled = Predictor(ckpt, engine="compile", device="cpu", tile=48, batch=4)
     assert compiled.engine.static_shapes and "torch.compile" in compiled.engine.detail
     for a, b in zip(eager, compiled.predict(files), strict=True):
         assert mask_agreement(a, b, 1) >= 0.999
@@ -237,9 +238,9 @@ def test_memory_stays_bounded_over_hundreds_of_images(exported_checkpoint, tmp_p
     few.mkdir()
     for p in sorted(folder.iterdir())[:100]:
         (few / p.name).write_bytes(p.read_bytes())
-    common = ["--checkpoint", exported_checkpoint[0] / "best.pth", "--no-progress", "--workers", "2"]
-    small = _peak_rss_kib([BIN / "unet-infer", few, "--out", tmp_path / "o1", *common])
-    large = _peak_rss_kib([BIN / "unet-infer", folder, "--out", tmp_path / "o2", *common])
+    common = ["--checkpoint", exported_checkpoint[0] / "best.pth", "--device", "cpu", "--no-progress", "--workers", "2"]
+    small = _peak_rss_kib([*cli_command("unet-infer"), few, "--out", tmp_path / "o1", *common])
+    large = _peak_rss_kib([*cli_command("unet-infer"), folder, "--out", tmp_path / "o2", *common])
     assert len(list((tmp_path / "o2").iterdir())) == 600
     assert large < small * 1.1 + 20_000, (small, large)  # 6x the images, no more than noise in peak memory
 
@@ -305,8 +306,9 @@ def test_ctrl_c_leaves_only_complete_files(exported_checkpoint, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(300):
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
-    cmd = [BIN / "unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
-           "--overlay", "--save-prob", "--rle", tmp_path / "sub.csv", "--batch", "1", "--no-progress"]  # fmt: skip
+    cmd = [*cli_command("unet-infer"), folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+           "--overlay", "--save-prob", "--rle", tmp_path / "sub.csv", "--batch", "1", "--device", "cpu",
+           "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(list(out.glob("*[0-9].png"))) < 10 and time.monotonic() < deadline and proc.poll() is None:
