@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
+from unetkit.core import ModelMeta, UNet, UNetConfig, read_checkpoint, save_checkpoint
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, parse_pair, run_cli
+from unetkit.core.device import resolve_device
+from unetkit.core.errors import UnetkitError
+from unetkit.core.preprocess import scaled_size
 from unetkit.infer.engines.compiled import COMPILE_MODES
-from unetkit.train import UNet, UNetConfig, read_checkpoint, save_checkpoint
-from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
-from unetkit.train.device import resolve_device
-from unetkit.train.errors import UnetkitError
-from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD, scaled_size
-from unetkit.train.sizes import parse_pair
 
 from .e2e import bench_e2e, synthetic_jpegs
 from .env import environment
@@ -99,8 +98,7 @@ def _checkpoint(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
         return Path("best.pth"), "best.pth"
     torch.manual_seed(0)
     config = UNetConfig(base_channels=args.base_channels)
-    meta = {"n_classes": 1, "class_names": ["foreground"], "scale": 1.0, "mean": list(DEFAULT_MEAN),
-            "std": list(DEFAULT_STD), "threshold": 0.5}  # fmt: skip
+    meta = ModelMeta(n_classes=1, scale=1.0, class_names=("foreground",))
     path = scratch / "random.pth"
     save_checkpoint(path, UNet(config).eval(), meta)
     log.info("no best.pth here: benchmarking the default U-Net (base %d) with random weights", args.base_channels)
@@ -122,9 +120,9 @@ def _bench(args: argparse.Namespace) -> int:
     plan = TimingPlan(warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
         ckpt, described = _checkpoint(args, Path(scratch))
-        payload = read_checkpoint(ckpt)
-        meta, config = payload["meta"], UNetConfig(**payload["model"])
-        model_hw = scaled_size(*image_hw, float(meta["scale"]))
+        checkpoint = read_checkpoint(ckpt)
+        meta, config = checkpoint.meta, checkpoint.config
+        model_hw = scaled_size(*image_hw, meta.scale)
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
         # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
@@ -136,7 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
                 "model": described,
                 "image_hw": list(image_hw),
                 "model_hw": list(model_hw),
-                "scale": float(meta["scale"]),
+                "scale": meta.scale,
                 "batches": batches,
                 "target_ms": args.target_ms,
                 "warmup": plan.warmup,

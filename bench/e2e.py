@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 
+from unetkit.core.errors import UnetkitError
 from unetkit.infer.engines import Engine
 from unetkit.infer.io import discover
-from unetkit.infer.pipeline import InferOptions, Pipeline
-from unetkit.train.errors import UnetkitError
-from unetkit.train.synth import write_synthetic
+from unetkit.infer.pipeline import RunSummary
+from unetkit.infer.predictor import Predictor
+from unetkit.infer.settings import InferSettings, OutputOptions
+from unetkit.train.data.synth import write_synthetic
 
 from .runner import EngineSpec, Row, device_problem
 
@@ -74,18 +76,10 @@ def bench_e2e(
             except UnetkitError as exc:
                 row.status, row.reason = "unavailable", str(exc)
                 continue
-            problem = device_problem(engine, device)
-            if problem:
-                row.status, row.reason = "unavailable", problem
-                continue
-            options = InferOptions(batch=batch, workers=workers, progress=False)
-            warm = discover(images, Path(scratch) / f"{spec.name}-{spec.precision}-warm")[: 2 * batch]
-            try:
-                Pipeline(engine, options).run(warm)
-                items = discover(images, Path(scratch) / f"{spec.name}-{spec.precision}")
-                summary = Pipeline(engine, options).run(items)
-            except UnetkitError as exc:
-                row.status, row.reason = "failed", str(exc)
+            with engine:
+                summary = _run(engine, device, images, Path(scratch) / f"{spec.name}-{spec.precision}", batch,
+                               workers, row)  # fmt: skip
+            if summary is None:
                 continue
             row.seconds, row.images_per_s = summary.seconds, summary.images_per_s
             row.decoder = summary.settings["decoder"]
@@ -95,5 +89,22 @@ def bench_e2e(
             if ref is not None and ref.images_per_s:
                 row.model_images_per_s = ref.images_per_s
                 row.e2e_over_model = row.images_per_s / ref.images_per_s
-            del engine
     return rows
+
+
+def _run(
+    engine: Engine, device: torch.device, images: Path, scratch: Path, batch: int, workers: int, row: E2ERow
+) -> RunSummary | None:
+    """A warm-up pass over a few images, then the timed pass over all of them; None (row says why) on failure."""
+    problem = device_problem(engine, device)
+    if problem:
+        row.status, row.reason = "unavailable", problem
+        return None
+    predictor = Predictor.from_engine(engine, InferSettings(batch=batch, workers=workers))
+    try:
+        pipeline = predictor.pipeline(OutputOptions(progress=False))
+        pipeline.run(discover(images, scratch / "warm")[: 2 * batch])
+        return pipeline.run(discover(images, scratch / "timed"))
+    except UnetkitError as exc:
+        row.status, row.reason = "failed", str(exc)
+        return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unetkit.train.model import DOWNSAMPLE, UNet, UNetConfig
+from unetkit.core.model import DOWNSAMPLE, UNet, UNetConfig
 
 
 def counted_flops(config: UNetConfig, height: int, width: int) -> int:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unetkit.train.atomic import atomic_path, write_text_atomic
-from unetkit.train.errors import UnetkitError
+from unetkit.core.atomic import atomic_path, write_text_atomic
+from unetkit.core.errors import UnetkitError
 
 from .e2e import E2ERow
 from .runner import Row, best_row

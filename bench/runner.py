@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.infer.engines import Engine, EngineShapeError, create_engine
-from unetkit.infer.transforms import model_input, probabilities, to_labels
-from unetkit.train.errors import UnetkitError
-from unetkit.train.metrics import mask_agreement
-from unetkit.train.synth import random_car, render
+from unetkit.core.errors import UnetkitError
+from unetkit.core.labels import predict_labels
+from unetkit.core.meta import ModelMeta
+from unetkit.core.metrics import mask_agreement
+from unetkit.core.preprocess import model_input
+from unetkit.infer.engines import DTYPES, ENGINE_NAMES, Engine, EngineShapeError, create_engine
+from unetkit.train.data.synth import random_car, render
 
 from .stats import HIGH_CV, images_per_second, per_image, summarize
 from .timing import TimingPlan, random_inputs, synchronize, time_calls
@@ -42,7 +44,7 @@ class EngineSpec:
     def parse(cls, text: str) -> EngineSpec:
         """'onnx:fp16' -> EngineSpec('onnx', 'fp16')."""
         name, _, precision = text.partition(":")
-        if name not in ("torch", "compile", "onnx", "trt") or precision not in ("fp32", "fp16", "bf16"):
+        if name not in ENGINE_NAMES or precision not in DTYPES:
             raise UnetkitError(f"--engines '{text}': expected ENGINE:PRECISION, e.g. torch:fp32, onnx:fp16, trt:fp16")
         return cls(name, precision)
 
@@ -107,7 +109,7 @@ class Row:
         return dict(vars(self))
 
 
-def car_input(meta: dict[str, Any], image_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+def car_input(meta: ModelMeta, image_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
     """A synthetic car of the benchmark's image size, prepared as every engine's input (batch of 1)."""
     rng = np.random.default_rng(0)
     pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
@@ -160,12 +162,25 @@ def bench_engine(
         for row in rows:
             row.status, row.reason = "unavailable", str(exc)
         return rows, None
-    problem = device_problem(engine, device)
-    if problem:
-        for row in rows:
-            row.status, row.reason = "unavailable", problem
-        return rows, None
-    labels = to_labels(probabilities(engine(car.to(engine.device)))[0], float(engine.meta["threshold"])).cpu()
+    with engine:
+        problem = device_problem(engine, device)
+        if problem:
+            for row in rows:
+                row.status, row.reason = "unavailable", problem
+            return rows, None
+        return _bench_rows(engine, rows, model_hw, plan, reference, car, memory)
+
+
+def _bench_rows(
+    engine: Engine,
+    rows: list[Row],
+    model_hw: tuple[int, int],
+    plan: TimingPlan,
+    reference: torch.Tensor | None,
+    car: torch.Tensor,
+    memory: DeviceMemory,
+) -> tuple[list[Row], torch.Tensor | None]:
+    labels = predict_labels(engine(car.to(engine.device))[0], engine.meta.threshold).cpu()
     dice = mask_agreement(labels, reference, engine.n_classes) if reference is not None else 1.0
     for row in rows:
         row.detail = engine.detail
@@ -190,9 +205,8 @@ def bench_engine(
         row.dice_vs_eager_fp32 = dice
         if row.latency_ms["cv"] > HIGH_CV:
             log.warning("warning: %s batch %d varies by %.1f%% between calls; its figures are less reliable",
-                        spec.label, row.batch, 100 * row.latency_ms["cv"])  # fmt: skip
-        del inputs
-    del engine
+                        engine.label, row.batch, 100 * row.latency_ms["cv"])  # fmt: skip
+        del inputs  # before the next batch size allocates its own
     return rows, labels
 
 

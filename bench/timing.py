@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from unetkit.infer.engines import DTYPES
 
 
 @dataclass(frozen=True)

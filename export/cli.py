@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -14,15 +15,15 @@ from typing import Any
 
 import torch
 
+from unetkit.core import ModelMeta, load_checkpoint
+from unetkit.core.atomic import atomic_path, write_text_atomic
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, run_cli
+from unetkit.core.device import resolve_device
+from unetkit.core.errors import UnetkitError
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
-from unetkit.train import load_checkpoint
-from unetkit.train.atomic import atomic_path, write_text_atomic
-from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
-from unetkit.train.device import resolve_device
-from unetkit.train.errors import UnetkitError
 
 from .onnx_export import EXPORTERS, export_onnx
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
@@ -30,9 +31,6 @@ from .tensorrt_build import BuildSettings, build_engine, engine_skip_reason, ten
 from .verify import Reference, Verification, sample_inputs, verify
 
 PROG = "unet-export"
-#: Checkpoint meta copied into every artifact: what inference needs, and where the numbers came from.
-META_KEYS = ("n_classes", "class_names", "in_channels", "mask_kind", "scale", "mean", "std", "threshold",
-             "ignore_index", "val_dice", "val_iou", "epoch", "model")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,22 +125,30 @@ def _export(args: argparse.Namespace) -> int:
     profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
     out_dir = args.out_dir or args.checkpoint.parent
     target = out_dir / args.checkpoint.name
-    metadata: dict[str, Any] = {k: meta[k] for k in META_KEYS if k in meta}
-    metadata.update(source_checkpoint=args.checkpoint.name, source_sha256=sha256_file(args.checkpoint))
+    # Every artifact carries the model's description and where it came from; training details stay behind.
+    artifact_meta = dataclasses.replace(meta, extra={
+        "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,
+        "source_sha256": sha256_file(args.checkpoint),
+    })  # fmt: skip
     reference = Reference(model, meta) if args.verify else None
     onnx_inputs = sample_inputs(meta) if args.verify else []
 
     def onnx_check(exact: bool) -> Callable[[Path], Verification] | None:
         if reference is None:
             return None
-        return lambda tmp: verify(OnnxEngine(tmp, device), reference, onnx_inputs, exact)
+
+        def check(tmp: Path) -> Verification:
+            with OnnxEngine(tmp, device) as engine:
+                return verify(engine, reference, onnx_inputs, exact)
+
+        return check
 
     results = []
     for fp16, kind in ((False, "onnx"), (True, "onnx-fp16")):
         results.append(
             produce(
                 artifact_path(target, kind), "fp16" if fp16 else "fp32",
-                lambda tmp, fp16=fp16: export_onnx(model, metadata, tmp, fp16, args.exporter, args.opset),
+                lambda tmp, fp16=fp16: export_onnx(model, artifact_meta, tmp, fp16, args.exporter, args.opset),
                 onnx_check(exact=not fp16),
             )
         )  # fmt: skip
@@ -157,7 +163,7 @@ def _export(args: argparse.Namespace) -> int:
         results.append(Artifact(engine_path, "fp16", note="skipped: the FP16 ONNX it is built from was not kept"))
         print(results[-1].line())
     else:
-        results.append(_engine(args, results[-1].path, engine_path, profile, metadata, reference, device))
+        results.append(_engine(args, results[-1].path, engine_path, profile, artifact_meta, reference, device))
         print(results[-1].line())
     failed = [r.path.name for r in results if not r.kept]
     if failed:
@@ -172,7 +178,7 @@ def _engine(
     onnx_path: Path,
     engine_path: Path,
     profile: ShapeRange,
-    metadata: dict[str, Any],
+    meta: ModelMeta,
     reference: Reference | None,
     device: torch.device,
 ) -> Artifact:
@@ -184,11 +190,11 @@ def _engine(
     sidecar: dict[str, Any] = {}
 
     def build(tmp: Path) -> None:
-        sidecar.update(build_engine(onnx_path, tmp, settings, metadata, device))
+        sidecar.update(build_engine(onnx_path, tmp, settings, meta, device))
 
     def check(tmp: Path) -> Verification:
-        engine = TrtEngine(tmp, device, meta=metadata)
-        return verify(engine, reference, sample_inputs(metadata, engine.shapes), exact=False)
+        with TrtEngine(tmp, device, meta=meta) as engine:
+            return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False)
 
     result = produce(engine_path, "fp16", build, check if reference else None)
     if result.kept:

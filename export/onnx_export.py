@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from unetkit.core import ModelMeta, UNet, fuse_batchnorm
+from unetkit.core.errors import UnetkitError
 from unetkit.infer.artifacts import encode_metadata
-from unetkit.train import UNet, fuse_batchnorm
-from unetkit.train.errors import UnetkitError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -71,7 +71,7 @@ def _export_kwargs(exporter: str, opset: int | None) -> dict[str, Any]:
 
 def export_onnx(
     model: UNet,
-    metadata: dict[str, Any],
+    meta: ModelMeta,
     path: str | Path,
     fp16: bool = False,
     exporter: str = "auto",
@@ -99,15 +99,11 @@ def export_onnx(
             raise ExportError(f"torch.onnx ({exporter}) failed: {str(exc).strip().splitlines()[0]}") from None
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    info = {
-        **metadata,
-        "precision": "fp16" if fp16 else "fp32",
-        "input": INPUT_DOC,
-        "output": OUTPUT_DOC,
-        "exporter": exporter,
-        "opset": proto.opset_import[0].version,
-    }
-    onnx.helper.set_model_props(proto, encode_metadata(info))
+    props = encode_metadata(
+        meta, precision="fp16" if fp16 else "fp32", input=INPUT_DOC, output=OUTPUT_DOC, exporter=exporter,
+        opset=proto.opset_import[0].version,
+    )  # fmt: skip
+    onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)

@@ -6,14 +6,13 @@ Shapes are model-input sizes (after the checkpoint's scale). The defaults cover 
 
 from __future__ import annotations
 
-from typing import Any
-
+from unetkit.core.cli import parse_pair
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import ModelMeta
+from unetkit.core.model import DOWNSAMPLE
+from unetkit.core.preprocess import scaled_size
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.tiling import DEFAULT_TILE
-from unetkit.train.errors import UnetkitError
-from unetkit.train.model import DOWNSAMPLE
-from unetkit.train.preprocess import scaled_size
-from unetkit.train.sizes import parse_pair
 
 CARVANA_HW = (1280, 1918)
 DEFAULT_BATCH = (1, 8, 8)
@@ -53,9 +52,9 @@ def parse_shape(text: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int,
     return lo, opt, hi
 
 
-def default_shape(meta: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+def default_shape(meta: ModelMeta) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Tuned for a whole 1918x1280 image at the checkpoint's scale; wide enough for the default tile."""
-    opt = scaled_size(*CARVANA_HW, float(meta["scale"]))
+    opt = scaled_size(*CARVANA_HW, meta.scale)
     hi = (max(_round_up(opt[0]), DEFAULT_TILE), max(_round_up(opt[1]), DEFAULT_TILE))
     return (MIN_SIDE, MIN_SIDE), opt, hi
 

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from unetkit.core.atomic import write_bytes_atomic
+from unetkit.core.meta import ModelMeta
 from unetkit.infer.artifacts import sha256_file
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.trt import INSTALL_HINT, gpu_identity, trt_logger
-from unetkit.train.atomic import write_bytes_atomic
 
 from .onnx_export import ExportError
 
@@ -169,7 +170,7 @@ def _progress_monitor(trt: Any) -> Any:
 
 
 def build_engine(
-    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any], device: torch.device
+    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: ModelMeta, device: torch.device
 ) -> dict[str, Any]:
     """Build and write `engine_path` on `device` (a plain plan, no header, so trtexec and Triton load it) and
     return the sidecar dict. Callers pass a temporary path and rename it once the engine is verified."""
@@ -178,7 +179,7 @@ def build_engine(
 
 
 def _build(
-    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: dict[str, Any], device: torch.device
+    onnx_path: Path, engine_path: Path, settings: BuildSettings, meta: ModelMeta, device: torch.device
 ) -> dict[str, Any]:
     import tensorrt as trt
 
@@ -231,7 +232,7 @@ def _build(
         "source_onnx_sha256": sha256_file(onnx_path),
         "build_seconds": round(time.perf_counter() - start, 1),
         **report,
-        "meta": meta,
+        "meta": meta.to_dict(),
     }
 
 

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.core import UNet
+from unetkit.core.labels import probabilities, to_labels
+from unetkit.core.meta import ModelMeta
+from unetkit.core.metrics import mask_agreement
+from unetkit.core.preprocess import normalize, resize_pixels, scaled_size
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
-from unetkit.infer.transforms import probabilities
-from unetkit.train import UNet
-from unetkit.train.metrics import mask_agreement
-from unetkit.train.preprocess import normalize, resize_images, scaled_size
-from unetkit.train.synth import random_car, render
+from unetkit.train.data.synth import random_car, render
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_DICE = 0.999
@@ -73,23 +74,19 @@ class Verification:
         return {"criterion": self.criterion, "passed": self.passed, "inputs": self.per_input}
 
 
-def labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
-    return (prob[:, 0] > threshold).long() if prob.shape[1] == 1 else prob.argmax(dim=1)
-
-
 def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
     if shapes is None:
         return hw
     return tuple(min(max(v, lo), hi) for v, lo, hi in zip(hw, shapes.min[2:], shapes.max[2:], strict=True))
 
 
-def sample_inputs(meta: dict[str, Any], shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:
+def sample_inputs(meta: ModelMeta, shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:
     """The car image and the random batch, sized to fit `shapes` when an engine has limits."""
     rng = np.random.default_rng(seed)
     image, _ = render(random_car(rng), rng, SAMPLE_HW[1], SAMPLE_HW[0])
-    car = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    hw = _fit(scaled_size(*SAMPLE_HW, float(meta["scale"])), shapes)
-    car = normalize(resize_images(car, hw).round().clamp(0, 255), meta["mean"], meta["std"])
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    hw = _fit(scaled_size(*SAMPLE_HW, meta.scale), shapes)  # the model's own input rule, within the profile
+    car = normalize(resize_pixels(pixels, hw), meta.mean, meta.std)
     batch = 2 if shapes is None else min(max(2, shapes.min[0]), shapes.max[0])
     odd = _fit((hw[0] * 3 // 4 + 1, hw[1] * 3 // 4 + 3), shapes)
     noise = torch.randn(batch, 3, *odd, generator=torch.Generator().manual_seed(seed))
@@ -102,7 +99,7 @@ def sample_inputs(meta: dict[str, Any], shapes: ShapeRange | None = None, seed: 
 class Reference:
     """PyTorch FP32 probabilities for the sample inputs, computed once per input and device."""
 
-    def __init__(self, model: UNet, meta: dict[str, Any]) -> None:
+    def __init__(self, model: UNet, meta: ModelMeta) -> None:
         self.model, self.meta = model, meta
         self._engines: dict[str, Engine] = {}
         self._cache: dict[tuple[str, str, tuple[int, ...]], torch.Tensor] = {}
@@ -120,12 +117,12 @@ class Reference:
 
 def verify(candidate: Engine, reference: Reference, samples: list[Sample], exact: bool) -> Verification:
     """Compare `candidate` with the FP32 reference on every sample; `exact` selects the FP32 criterion."""
-    threshold = float(candidate.meta["threshold"])
+    threshold = candidate.meta.threshold
     result = Verification(exact)
     for sample in samples:
         ref = reference(sample, candidate.device)
         out = probabilities(candidate(sample.x.to(candidate.device))).cpu()
-        dice = mask_agreement(labels(out, threshold), labels(ref, threshold), candidate.n_classes)
+        dice = mask_agreement(to_labels(out, threshold), to_labels(ref, threshold), candidate.n_classes)
         result.per_input.append(
             {
                 "name": sample.name,

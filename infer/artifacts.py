@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unetkit.train.errors import UnetkitError
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import MetaError, ModelMeta
 
 SUFFIXES = {"onnx": ".onnx", "onnx-fp16": ".fp16.onnx", "trt": ".fp16.engine"}
 METADATA_PREFIX = "unetkit."
@@ -42,21 +43,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def encode_metadata(values: dict[str, Any]) -> dict[str, str]:
-    """Flat `unetkit.<key>` -> JSON text entries for ONNX metadata_props."""
+def encode_metadata(meta: ModelMeta, **artifact: Any) -> dict[str, str]:
+    """Flat `unetkit.<key>` -> JSON text entries for ONNX metadata_props: the model's description and what
+    the artifact itself is (precision, exporter, source checkpoint, ...)."""
+    values = {**meta.to_dict(), **artifact}
     return {METADATA_PREFIX + key: json.dumps(value, sort_keys=True) for key, value in values.items()}
 
 
-def decode_metadata(props: dict[str, str], source: str | os.PathLike) -> dict[str, Any]:
-    """The inverse of `encode_metadata`; an artifact without unetkit's keys is an ArtifactError."""
+def decode_metadata(props: dict[str, str], source: str | os.PathLike) -> ModelMeta:
+    """The inverse of `encode_metadata`; an artifact without unetkit's description is an ArtifactError."""
     try:
-        meta = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        values = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{source}: damaged unetkit metadata ({exc})") from None
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise ArtifactError(f"{source}: no unetkit metadata ({', '.join(missing)} missing); export it with unet-export")
-    return meta
+    if not values:
+        raise ArtifactError(f"{source}: no unetkit metadata; export it with unet-export")
+    return meta_from(values, source)
+
+
+def meta_from(values: dict[str, Any], source: str | os.PathLike) -> ModelMeta:
+    """A ModelMeta from an artifact's stored values, or an ArtifactError naming the file."""
+    try:
+        return ModelMeta.from_dict(values)
+    except MetaError as exc:
+        raise ArtifactError(f"{source}: {exc}; re-export it with unet-export") from None
 
 
 def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:

@@ -17,8 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unetkit.core.labels import probabilities
+
+from .engines.base import Engine
+from .settings import InferSettings
 from .tiling import blend_weights, default_overlap, tile_grid
-from .transforms import probabilities
 
 Infer = Callable[[torch.Tensor], torch.Tensor]
 Check = Callable[[tuple[int, ...]], None]
@@ -65,6 +68,16 @@ class BatchRunner:
         if tile:
             tile_grid(tile, tile, tile, self.overlap)  # validates tile and overlap now, not mid-run
             blend_weights(tile, blend)
+
+    @classmethod
+    def for_engine(cls, engine: Engine, settings: InferSettings) -> BatchRunner:
+        """The runner for `engine` with these settings (the batch already resolved for its device)."""
+        if settings.batch is None:
+            raise ValueError("resolve the batch for the engine's device first (InferSettings.for_device)")
+        return cls(
+            engine, engine.n_classes, settings.batch, settings.tile, settings.tile_overlap, settings.blend,
+            engine.static_shapes, check=engine.check,
+        )  # fmt: skip
 
     def push(self, job: Job) -> list[Job]:
         """Queue `job`; returns the jobs finished so far, in order. An image the engine cannot take whole

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from unetkit.train.cli_common import EXIT_FAILURES, EXIT_OK, run_cli
-from unetkit.train.errors import UnetkitError
+from unetkit.core.cli import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    add_device_argument,
+    add_progress_argument,
+    add_workers_argument,
+    run_cli,
+)
 
-from .engines import ENGINE_NAMES
+from .engines import DTYPES, ENGINE_NAMES
 from .engines.compiled import COMPILE_MODES
-from .engines.eager import DTYPES
 from .io import default_out_dir, discover
-from .pipeline import DECODERS, InferOptions, Pipeline
-from .predictor import Predictor
+from .predictor import DEFAULT_CHECKPOINT, Predictor
+from .settings import DECODERS, InferSettings, OutputOptions
 from .tiling import BLEND_MODES, DEFAULT_TILE
 
 PROG = "unet-infer"
@@ -34,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINE_NAMES, help="inference engine (default: torch for a checkpoint, "
                    "onnx for a .onnx --model, trt for a .engine --model)")  # fmt: skip
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, default=Path("best.pth"), help="checkpoint whose artifacts to use "
-                     "(default best.pth)")  # fmt: skip
+    src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint whose artifacts to "
+                     f"use (default {DEFAULT_CHECKPOINT})")  # fmt: skip
     src.add_argument("--model", type=Path, help="an exported artifact to run instead (.onnx or .engine)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_device_argument(p)
     p.add_argument("--precision", choices=sorted(DTYPES), help="torch/compile precision; onnx: which ONNX file "
                    "(default fp16 on CUDA, fp32 on the CPU)")  # fmt: skip
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for --engine compile "
@@ -55,30 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rle", type=Path, metavar="FILE.csv", help="also write Carvana's Kaggle submission CSV "
                    "(img,rle_mask)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="skip images whose mask already exists")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode/encode threads")
+    add_workers_argument(p, "decoding and writing threads")
     p.add_argument("--decoder", choices=DECODERS, default="auto", help="JPEG decoding: nvjpeg (torchvision, on the "
                    "GPU), cpu (Pillow), auto (nvjpeg where available)")  # fmt: skip
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(p)
     return p
 
 
 def _infer(args: argparse.Namespace) -> int:
-    if args.tile < 0 or (args.batch is not None and args.batch < 1) or args.workers < 1:
-        raise UnetkitError("--tile must be >= 0, --batch and --workers >= 1")
-    if args.overlap is not None and args.tile and not 0 <= args.overlap < args.tile:
-        raise UnetkitError(f"--overlap must be in [0, {args.tile}) for --tile {args.tile}")
+    settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
     out = args.out or default_out_dir(args.folder)
     items = discover(args.folder, out, args.recursive)  # a missing or empty folder fails before any loading
     predictor = Predictor(
-        args.model or args.checkpoint, args.engine, args.device, args.precision, args.tile, args.overlap,
-        args.batch, args.blend, args.compile_mode,
+        args.model or args.checkpoint, args.engine, args.device, args.precision, compile_mode=args.compile_mode,
+        **vars(settings),
     )  # fmt: skip
-    options = InferOptions(
-        tile=args.tile, overlap=args.overlap, blend=args.blend, batch=predictor.batch, save_prob=args.save_prob,
-        overlay=args.overlay, palette=args.palette, rle=args.rle, resume=args.resume, workers=args.workers,
-        decoder=args.decoder, progress=args.progress,
-    )  # fmt: skip
-    summary = Pipeline(predictor.engine, options).run(items)
+    outputs = OutputOptions(args.save_prob, args.overlay, args.palette, args.rle, args.resume, args.progress)
+    with predictor:
+        summary = predictor.pipeline(outputs).run(items)
     for line in summary.lines():
         print(line)
     print(f"masks in {out}" + (f", RLE in {args.rle}" if args.rle else ""))

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetkit.train.atomic import atomic_path
-from unetkit.train.errors import DataError
-from unetkit.train.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.atomic import atomic_path
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
 
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 

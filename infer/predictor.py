@@ -1,4 +1,5 @@
-"""The Python API for services and notebooks: `Predictor(...).predict(image)` and `.predict_folder(folder)`."""
+"""The Python API and the one owner of inference settings: `Predictor(...).predict(image)` and
+`.predict_folder(folder)`. `unet-infer` and `unet-bench`'s end-to-end scope are built on it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetkit.train.imageio import read_image
+from unetkit.core.cli import DEFAULT_WORKERS
+from unetkit.core.imageio import read_image
+from unetkit.core.labels import to_labels
+from unetkit.core.meta import ModelMeta
+from unetkit.core.preprocess import model_input
 
 from .batching import BatchRunner, Job, run_all
-from .engines import create_engine
+from .engines import Engine, create_engine
 from .io import default_out_dir, discover
-from .pipeline import InferOptions, Pipeline, RunSummary
-from .transforms import model_input, to_labels, to_size
+from .pipeline import Pipeline, RunSummary
+from .settings import InferSettings, OutputOptions
+from .transforms import to_size
 
 ImageLike = str | os.PathLike | np.ndarray | Image.Image
+DEFAULT_CHECKPOINT = Path("best.pth")
 
 
 def engine_for(source: Path, engine: str | None) -> str:
@@ -34,12 +41,12 @@ class Predictor:
 
     `Predictor("runs/x/best.pth", engine="trt")` finds best.fp16.engine beside the checkpoint;
     `Predictor("deploy/best.onnx")` runs that file. Masks are uint8 arrays of the image's own size: 0/1 for
-    binary models, class indices for multi-class ones.
+    binary models, class indices for multi-class ones. The settings are checked before the engine loads.
     """
 
     def __init__(
         self,
-        source: str | os.PathLike = "best.pth",
+        source: str | os.PathLike = DEFAULT_CHECKPOINT,
         engine: str | None = None,
         device: str | torch.device = "auto",
         precision: str | None = None,
@@ -48,30 +55,40 @@ class Predictor:
         batch: int | None = None,
         blend: str = "gaussian",
         compile_mode: str | None = None,
+        workers: int = DEFAULT_WORKERS,
+        decoder: str = "auto",
     ) -> None:
+        settings = InferSettings(tile, overlap, blend, batch, workers, decoder)  # bad values fail before loading
         source = Path(source)
-        name = engine_for(source, engine)
         is_checkpoint = source.suffix.lower() not in (".onnx", ".engine", ".plan")
-        self.engine = create_engine(
-            name,
+        built = create_engine(
+            engine_for(source, engine),
             checkpoint=source if is_checkpoint else None,
             model=None if is_checkpoint else source,
             device=device,
             precision=precision,
             compile_mode=compile_mode,
         )
-        self.tile, self.overlap, self.blend = tile, overlap, blend
-        self.batch = batch or (8 if self.engine.device.type == "cuda" else 2)
+        self._adopt(built, settings)
+
+    @classmethod
+    def from_engine(cls, engine: Engine, settings: InferSettings | None = None) -> Predictor:
+        """A Predictor around an engine that already exists (the benchmark builds its own)."""
+        predictor = cls.__new__(cls)
+        predictor._adopt(engine, settings or InferSettings())
+        return predictor
+
+    def _adopt(self, engine: Engine, settings: InferSettings) -> None:
+        self.engine = engine
+        self.settings = settings.for_device(engine.device.type)
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> ModelMeta:
         return self.engine.meta
 
-    def _runner(self) -> BatchRunner:
-        e = self.engine
-        return BatchRunner(
-            e, e.n_classes, self.batch, self.tile, self.overlap, self.blend, e.static_shapes, check=e.check
-        )
+    @property
+    def batch(self) -> int:
+        return self.settings.batch or 1
 
     @staticmethod
     def _pixels(image: ImageLike) -> np.ndarray:
@@ -95,22 +112,38 @@ class Predictor:
         batch = [images] if single else list(images)
         jobs = []
         for i, image in enumerate(batch):
-            pixels = torch.tensor(self._pixels(image), device=self.engine.device)
-            pixels = pixels.permute(2, 0, 1)
+            pixels = torch.tensor(self._pixels(image), device=self.engine.device).permute(2, 0, 1)
             x = model_input(pixels, self.meta, self.engine.input_dtype)
             jobs.append(Job(i, x, {"size": tuple(pixels.shape[-2:])}))
         results = []
-        for job in run_all(self._runner(), jobs):
+        for job in run_all(BatchRunner.for_engine(self.engine, self.settings), jobs):
             prob = to_size(job.prob, job.extra["size"])
-            out = prob if return_prob else to_labels(prob, float(self.meta["threshold"]))
+            out = prob if return_prob else to_labels(prob, self.meta.threshold)
             results.append(out.cpu().numpy())
         return results[0] if single else results
 
+    def pipeline(self, outputs: OutputOptions | None = None) -> Pipeline:
+        """The folder pipeline with these settings; its checks run now, before any image is read."""
+        return Pipeline(self.engine, self.settings, outputs or OutputOptions())
+
     def predict_folder(
-        self, folder: str | os.PathLike, out: str | os.PathLike | None = None, recursive: bool = False, **options: Any
+        self,
+        folder: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        recursive: bool = False,
+        **outputs: Any,
     ) -> RunSummary:
-        """Masks for every image in `folder`, written under `out` (default <folder>_masks); see unet-infer."""
-        out = Path(out) if out is not None else default_out_dir(folder)
-        items = discover(folder, out, recursive)
-        opts = InferOptions(tile=self.tile, overlap=self.overlap, blend=self.blend, batch=self.batch, **options)
-        return Pipeline(self.engine, opts).run(items)
+        """Masks for every image in `folder`, written under `out` (default <folder>_masks); `outputs` are
+        OutputOptions' fields (save_prob, overlay, palette, rle, resume, progress); see unet-infer."""
+        pipeline = self.pipeline(OutputOptions(**outputs))
+        target = Path(out) if out is not None else default_out_dir(folder)
+        return pipeline.run(discover(folder, target, recursive))
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,33 +1,20 @@
-"""Into and out of the model, on the device: pixels to model input; logits to probabilities, the original
-size, labels, confidence pictures and overlays. The input side calls the same functions training used."""
+"""Out of the model, on the device: probabilities back to the original size, confidence pictures and overlays.
+
+Pixels -> model input is `unetkit.core.preprocess.model_input` and probabilities -> labels is
+`unetkit.core.labels.to_labels`: the functions training, export and the benchmark use too."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from unetkit.train.layouts import palette
-from unetkit.train.preprocess import normalize, resize_images, scaled_size
+from unetkit.core.labels import palette
 
 OVERLAY_ALPHA = 0.45
 #: Binary overlays tint the foreground in this colour.
 OVERLAY_COLOR = (255, 40, 40)
-
-
-def model_input(pixels: torch.Tensor, meta: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (3, H, W) pixels -> (3, h, w) model input: scaled by meta['scale'] and normalized by its mean/std."""
-    size = scaled_size(pixels.shape[-2], pixels.shape[-1], float(meta["scale"]))
-    x = resize_images(pixels[None].float(), size)
-    return normalize(x, meta["mean"], meta["std"], dtype)[0]
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) logits -> float32 probabilities: sigmoid for one channel, softmax over classes."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def to_size(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -35,13 +22,6 @@ def to_size(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(prob.shape[-2:]) == tuple(size):
         return prob
     return F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def to_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(C, H, W) -> uint8 (H, W): 0/1 by threshold for binary, class index by argmax otherwise."""
-    if prob.shape[0] == 1:
-        return (prob[0] > threshold).to(torch.uint8)
-    return prob.argmax(dim=0).to(torch.uint8)
 
 
 def confidence(prob: torch.Tensor) -> torch.Tensor:

@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetkit.train import UNet, UNetConfig, load_checkpoint, save_checkpoint
-from unetkit.train.preprocess import DEFAULT_MEAN, DEFAULT_STD
-from unetkit.train.synth import write_synthetic
+from unetkit.core import ModelMeta, UNet, UNetConfig, load_checkpoint, save_checkpoint
+from unetkit.train.data.synth import write_synthetic
 
 BIN = Path(sys.executable).parent
 #: Console script -> module, for machines where pip put the scripts elsewhere than beside the interpreter
 #: (an editable install with `--target` or into ~/.local/bin), as on the offline GPU machines.
 CLI_MODULES = {
     "unet-train": "unetkit.train.cli",
-    "unet-data": "unetkit.train.data_cli",
+    "unet-data": "unetkit.train.data.cli",
     "unet-export": "unetkit.export.cli",
     "unet-infer": "unetkit.infer.cli",
     "unet-bench": "unetkit.bench.cli",
@@ -48,17 +47,15 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
-def make_meta(n_classes: int = 1, **extra) -> dict:
-    return {
-        "n_classes": n_classes,
-        "class_names": ["car"] if n_classes == 1 else [f"c{i}" for i in range(n_classes)],
-        "scale": 0.5,
-        "mean": list(DEFAULT_MEAN),
-        "std": list(DEFAULT_STD),
-        "threshold": 0.5,
-        "ignore_index": 255,
-        **extra,
-    }
+def make_meta(n_classes: int = 1, **changes) -> ModelMeta:
+    """A model description for hand-made checkpoints; `changes` replace fields or add extra keys."""
+    meta = ModelMeta(
+        n_classes=n_classes,
+        scale=0.5,
+        class_names=("car",) if n_classes == 1 else tuple(f"c{i}" for i in range(n_classes)),
+        mask_kind="binary" if n_classes == 1 else "multiclass",
+    )
+    return meta.replace(**changes) if changes else meta
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +99,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
     fit(cfg)
     model, meta = load_checkpoint(run / "best.pth")
     target = tmp_path_factory.mktemp("trained") / "best.pth"
-    save_checkpoint(target, model, {**meta, "scale": 0.05})
+    save_checkpoint(target, model, meta.replace(scale=0.05))
     return target
 
 

@@ -9,7 +9,7 @@ from conftest import error_lines, run_cli
 from unetkit.bench.flops import counted_flops, unet_conv_flops
 from unetkit.bench.runner import Row, best_row, finish_rows
 from unetkit.bench.stats import images_per_second, per_image, percentile, summarize
-from unetkit.train.model import UNetConfig
+from unetkit.core.model import UNetConfig
 
 
 def test_percentiles_by_hand():

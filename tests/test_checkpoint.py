@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import error_lines, make_meta, run_cli
-from unetkit.train import CheckpointError, UNet, UNetConfig, load_checkpoint, save_checkpoint
+from unetkit.core import CheckpointError, UNet, UNetConfig, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_rebuilds_an_identical_model(tmp_path):
@@ -20,10 +20,9 @@ def test_round_trip_rebuilds_an_identical_model(tmp_path):
     x = torch.randn(2, 3, 33, 47)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert meta["n_classes"] == 3 and meta["scale"] == 0.5 and meta["threshold"] == 0.5
-    assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
-    assert meta["versions"]["torch"] == str(torch.__version__)
-    assert meta["model"]["bilinear"] is True
+    assert meta.n_classes == 3 and meta.scale == 0.5 and meta.threshold == 0.5 and meta.val_dice == 0.5
+    assert len(meta.mean) == 3 and len(meta.std) == 3 and meta.mask_kind == "multiclass"
+    assert meta.extra["versions"]["torch"] == str(torch.__version__)
 
 
 def test_checkpoint_opens_with_weights_only(random_checkpoint):

@@ -6,8 +6,10 @@ import time
 import numpy as np
 import torch
 
-from unetkit.train.augment import Augmenter
-from unetkit.train.dataset import (
+from unetkit.core.labels import IGNORE_INDEX
+from unetkit.core.preprocess import scaled_size
+from unetkit.train.data.augment import Augmenter
+from unetkit.train.data.dataset import (
     SampleCache,
     SeededSampler,
     SegmentationDataset,
@@ -15,8 +17,7 @@ from unetkit.train.dataset import (
     pad_collate,
     split_pairs,
 )
-from unetkit.train.layouts import IGNORE_INDEX, index_dataset
-from unetkit.train.preprocess import scaled_size
+from unetkit.train.data.layouts import index_dataset
 
 
 def test_scale_is_bilinear_for_images_and_nearest_for_masks(synth_small):

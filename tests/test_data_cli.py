@@ -7,8 +7,8 @@ import subprocess
 import numpy as np
 
 from conftest import cli_command, error_lines, run_cli
-from unetkit.train.imageio import binary_mask, read_image, read_mask
-from unetkit.train.layouts import index_dataset
+from unetkit.core.imageio import binary_mask, read_image, read_mask
+from unetkit.train.data.layouts import index_dataset
 
 
 def digest(folder):

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import error_lines, make_meta, run_cli
+from unetkit.core import UNet, UNetConfig, load_checkpoint, save_checkpoint
+from unetkit.core.metrics import mask_agreement
 from unetkit.export.onnx_export import export_onnx
 from unetkit.export.verify import Reference, sample_inputs, verify
 from unetkit.infer.artifacts import decode_metadata, sha256_file
 from unetkit.infer.engines.ort import OnnxEngine
-from unetkit.train import UNet, UNetConfig, load_checkpoint, save_checkpoint
-from unetkit.train.metrics import mask_agreement
 
 SHAPES = [(1, 64, 96), (4, 64, 96), (1, 128, 192), (4, 37, 53), (2, 1280 // 8, 1918 // 8), (1, 16, 16)]
 
@@ -90,13 +90,15 @@ def test_metadata_round_trips(exported):
     props = {p.key: p.value for p in onnx.load(str(out / "best.onnx")).metadata_props}
     assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool)) for v in props.values())
     decoded = decode_metadata(props, "best.onnx")
-    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "model"):
-        assert decoded[key] == meta[key], key
-    assert decoded["precision"] == "fp32" and "logits" in decoded["output"] and "mean" in decoded["input"]
-    assert decoded["source_sha256"] == sha256_file(ckpt) and decoded["source_checkpoint"] == "best.pth"
-    assert (
-        decode_metadata(session(out / "best.fp16.onnx").get_modelmeta().custom_metadata_map, "x")["precision"] == "fp16"
-    )
+    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "mask_kind", "val_dice"):
+        assert getattr(decoded, key) == getattr(meta, key), key
+    extra = decoded.extra
+    assert extra["precision"] == "fp32" and "logits" in extra["output"] and "mean" in extra["input"]
+    assert extra["source_sha256"] == sha256_file(ckpt) and extra["source_checkpoint"] == "best.pth"
+    assert extra["model"] == load_checkpoint(ckpt)[0].config.to_dict()
+    assert "train_args" not in extra  # training details stay in the checkpoint
+    fp16 = decode_metadata(session(out / "best.fp16.onnx").get_modelmeta().custom_metadata_map, "x")
+    assert fp16.extra["precision"] == "fp16"
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

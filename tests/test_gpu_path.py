@@ -14,6 +14,9 @@ import torch
 from PIL import Image
 
 from conftest import error_lines, make_meta, run_cli
+from unetkit.core import UNet, UNetConfig
+from unetkit.core.device import canonical_device, resolve_device, same_device
+from unetkit.core.errors import UnetkitError
 from unetkit.export.tensorrt_build import engine_skip_reason, layer_precisions, tensor_precision
 from unetkit.infer.engines import EngineShapeError, ShapeRange, create_engine
 from unetkit.infer.engines.eager import EagerEngine
@@ -25,10 +28,8 @@ from unetkit.infer.engines.ort import (
 )
 from unetkit.infer.io import discover
 from unetkit.infer.nvjpeg import batched_decode_supported
-from unetkit.infer.pipeline import InferOptions, Pipeline
-from unetkit.train import UNet, UNetConfig
-from unetkit.train.device import canonical_device, resolve_device, same_device
-from unetkit.train.errors import UnetkitError
+from unetkit.infer.pipeline import Pipeline
+from unetkit.infer.settings import InferSettings, OutputOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,8 +215,8 @@ def test_an_image_outside_the_profile_fails_alone(tmp_path):
     for name, (h, w) in {"a.png": (48, 64), "big.png": (96, 128), "c.png": (40, 40)}.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
     out = tmp_path / "out"
-    options = InferOptions(batch=2, workers=1, progress=False)
-    summary = Pipeline(_profiled_engine((64, 64)), options).run(discover(folder, out))
+    pipeline = Pipeline(_profiled_engine((64, 64)), InferSettings(batch=2, workers=1), OutputOptions(progress=False))
+    summary = pipeline.run(discover(folder, out))
     assert summary.written == 2 and [Path(f).name for f, _ in summary.failures] == ["big.png"]
     assert "accepts batch 1..2, height 16..64, width 16..64" in summary.failures[0][1]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
@@ -223,7 +224,7 @@ def test_an_image_outside_the_profile_fails_alone(tmp_path):
 
 def test_a_batch_beyond_the_profile_is_refused_before_any_work():
     with pytest.raises(EngineShapeError, match=r"--batch 8: .* use --batch 2 or re-export with --batch 1:8:8"):
-        Pipeline(_profiled_engine((64, 64)), InferOptions(batch=8, progress=False))
+        Pipeline(_profiled_engine((64, 64)), InferSettings(batch=8), OutputOptions())
 
 
 # ---- make gpu-check ----------------------------------------------------------------------------------------

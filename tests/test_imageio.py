@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetkit.train.errors import DataError
-from unetkit.train.imageio import image_size, read_image, read_mask
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import image_size, read_image, read_mask
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from conftest import cli_command, error_lines, run_cli
+from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
 from unetkit.infer.predictor import Predictor
 from unetkit.infer.rle import rle_encode
-from unetkit.train.metrics import mask_agreement
-from unetkit.train.synth import write_synthetic
+from unetkit.train.data.synth import write_synthetic
 
 
 def rle_decode(text: str, shape: tuple[int, int]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Imports flow one way: infer imports train; export and bench import infer and train; nothing imports bench."""
+"""Imports flow one way: core imports nothing of unetkit; train and infer import core; export and bench import
+infer and core, and of train only the synthetic-data helper; nothing imports bench."""
 
 import ast
 from pathlib import Path
@@ -6,14 +7,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("train", "infer", "export", "bench")
-ALLOWED = {"train": set(), "infer": {"train"}, "export": {"train", "infer"}, "bench": {"train", "infer"}}
+STAGES = ("core", "train", "infer", "export", "bench")
+ALLOWED = {"core": set(), "train": {"core"}, "infer": {"core"}, "export": {"core", "infer"}, "bench": {"core", "infer"}}
+#: Training-side helpers that export and bench may use: sample images for verification and benchmarks.
+TRAIN_HELPERS = {"unetkit.train.data.synth"}
 
 
-def imported_stages(path: Path) -> set[str]:
-    """The unetkit stages a file imports, relative imports resolved against the file's own package."""
+def imported_modules(path: Path) -> set[str]:
+    """The unetkit modules a file imports (relative imports resolved against the file's own package), and
+    `top-level X` for a bare import of a stage folder."""
     package = ["unetkit", *path.parent.relative_to(ROOT).parts]  # infer/engines/x.py -> unetkit.infer.engines
-    stages = set()
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         names = []
         if isinstance(node, ast.Import):
@@ -24,20 +28,42 @@ def imported_stages(path: Path) -> set[str]:
         for name in names:
             parts = name.split(".")
             if parts[0] == "unetkit" and len(parts) > 1:
-                stages.add(parts[1])
+                modules.add(name)
             elif parts[0] in STAGES:
-                stages.add(f"top-level {parts[0]}")
-    return stages
+                modules.add(f"top-level {parts[0]}")
+    return modules
+
+
+def wrong_imports(stage: str, modules: set[str]) -> list[str]:
+    allowed = ALLOWED[stage] | {stage}
+    wrong = []
+    for module in modules:
+        if module.startswith("top-level"):
+            wrong.append(module)
+            continue
+        target = module.split(".")[1]
+        if target in allowed or (stage in ("export", "bench") and module in TRAIN_HELPERS):
+            continue
+        wrong.append(module)
+    return sorted(wrong)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_imports_flow_one_way(stage):
     folder = ROOT / stage
-    if not folder.is_dir():
-        pytest.skip(f"{stage}/ does not exist yet")
+    assert folder.is_dir(), f"{stage}/ is missing"
     for path in folder.rglob("*.py"):
-        wrong = imported_stages(path) - ALLOWED[stage] - {stage}
-        assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+        wrong = wrong_imports(stage, imported_modules(path))
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
+
+
+def test_the_rule_itself():
+    assert wrong_imports("infer", {"unetkit.core.meta", "unetkit.infer.io"}) == []
+    assert wrong_imports("infer", {"unetkit.train.data.synth"}) == ["unetkit.train.data.synth"]
+    assert wrong_imports("bench", {"unetkit.train.data.synth"}) == []
+    assert wrong_imports("bench", {"unetkit.train.fit"}) == ["unetkit.train.fit"]
+    assert wrong_imports("core", {"unetkit.infer"}) == ["unetkit.infer"]
+    assert wrong_imports("train", {"unetkit.bench.cli"}) == ["unetkit.bench.cli"]
 
 
 def test_no_unetkit_init_and_no_top_level_stage_modules():

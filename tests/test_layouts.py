@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from conftest import error_lines, run_cli
-from unetkit.train.checks import check_dataset, describe_unmatched
-from unetkit.train.errors import DataError
-from unetkit.train.layouts import IGNORE_INDEX, detect_layout, index_dataset
+from unetkit.core.errors import DataError
+from unetkit.core.labels import IGNORE_INDEX
+from unetkit.train.data.checks import check_dataset, describe_unmatched
+from unetkit.train.data.layouts import detect_layout, index_dataset
 
 
 def image(path: Path, size=(24, 16), color=(200, 30, 30)) -> Path:

@@ -5,19 +5,19 @@ import math
 import pytest
 import torch
 
+from unetkit.core.labels import predict_labels
+from unetkit.core.metrics import (
+    confusion_counts,
+    dice_from_counts,
+    iou_from_counts,
+    mask_agreement,
+)
 from unetkit.train.losses import (
     bce_loss,
     binary_dice_loss,
     ce_loss,
     make_loss,
     multiclass_dice_loss,
-)
-from unetkit.train.metrics import (
-    confusion_counts,
-    dice_from_counts,
-    iou_from_counts,
-    mask_agreement,
-    predict_labels,
 )
 
 BIG = 100.0  # a logit whose sigmoid is 1.0 in float32

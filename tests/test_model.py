@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from unetkit.train import UNet, UNetConfig, fuse_batchnorm
-from unetkit.train.model import count_parameters
+from unetkit.core import UNet, UNetConfig, fuse_batchnorm
+from unetkit.core.model import count_parameters
 
 
 @pytest.mark.parametrize("bilinear", [False, True])
@@ -43,7 +43,7 @@ def test_padding_does_not_leak_into_the_crop():
 
 
 def test_fuse_batchnorm_matches_and_removes_batchnorm(random_checkpoint):
-    from unetkit.train import load_checkpoint
+    from unetkit.core import load_checkpoint
 
     model, _ = load_checkpoint(random_checkpoint)
     fused = fuse_batchnorm(model)

@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("train", "export", "infer", "bench")
+STAGES = ("core", "train", "export", "infer", "bench")
 
 
 def test_wheel_holds_every_stage_module_and_script(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import error_lines, run_cli
-from unetkit.train import load_checkpoint
-from unetkit.train.synth import write_synthetic
+from unetkit.core import load_checkpoint
+from unetkit.train.data.synth import write_synthetic
 
 FAST = ["--base-channels", "8", "--workers", "0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
 
@@ -26,11 +26,11 @@ def trained_run(tmp_path_factory):
 def test_small_unet_learns_the_synthetic_cars(trained_run):
     _, run, proc = trained_run
     model, meta = load_checkpoint(run / "best.pth")
-    assert meta["val_dice"] >= 0.90, proc.stdout
-    assert meta["val_iou"] >= 0.80
-    assert f"best validation Dice {meta['val_dice']:.4f}" in proc.stdout
-    assert model.config.base_channels == 8 and meta["n_classes"] == 1 and meta["scale"] == 0.5
-    assert meta["class_names"] == ["car"] and meta["train_args"]["epochs"] == 20
+    assert meta.val_dice >= 0.90, proc.stdout
+    assert meta.val_iou >= 0.80
+    assert f"best validation Dice {meta.val_dice:.4f}" in proc.stdout
+    assert model.config.base_channels == 8 and meta.n_classes == 1 and meta.scale == 0.5
+    assert meta.class_names == ("car",) and meta.extra["train_args"]["epochs"] == 20
     # one summary line per epoch, in order
     epochs = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert epochs[:3] == ["1/20", "2/20", "3/20"]
@@ -44,7 +44,7 @@ def test_eval_reproduces_the_validation_score(trained_run):
         "unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--no-progress", check=True
     )
     assert "(val, 13 images, scale 0.5)" in proc.stdout
-    assert f"Dice {meta['val_dice']:.4f}  IoU {meta['val_iou']:.4f}" in proc.stdout
+    assert f"Dice {meta.val_dice:.4f}  IoU {meta.val_iou:.4f}" in proc.stdout
 
 
 @pytest.mark.slow

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import error_lines, run_cli
+from unetkit.core import ModelMeta
+from unetkit.core.errors import UnetkitError
 from unetkit.export.cli import default_timing_cache
 from unetkit.export.profile import default_shape, make_profile, parse_batch, parse_shape
 from unetkit.export.tensorrt_build import layer_precisions, precision_of
 from unetkit.infer.engines.base import ShapeRange
 from unetkit.infer.engines.trt import compatibility_problem
-from unetkit.train.errors import UnetkitError
 
 # Engine-inspector JSON as TensorRT writes it with DETAILED verbosity (trimmed to the fields we read).
 INSPECTOR = {
@@ -66,11 +67,11 @@ def test_profile_parsing_and_defaults():
     for bad in ("640", "64x64:32x32:128x128", "x:y"):
         with pytest.raises(UnetkitError, match="--shape"):
             parse_shape(bad)
-    lo, opt, hi = default_shape({"scale": 0.5})
+    lo, opt, hi = default_shape(ModelMeta(n_classes=1, scale=0.5))
     assert opt == (640, 959) and hi == (640, 960) and lo == (32, 32)  # 1918x1280 at 0.5, up to a multiple of 16
-    assert default_shape({"scale": 1.0})[1:] == ((1280, 1918), (1280, 1920))
-    assert default_shape({"scale": 0.25})[2] == (512, 512)  # wide enough for unet-infer's default 512 tile
-    profile = make_profile((1, 8, 8), default_shape({"scale": 0.5}))
+    assert default_shape(ModelMeta(n_classes=1, scale=1.0))[1:] == ((1280, 1918), (1280, 1920))
+    assert default_shape(ModelMeta(n_classes=1, scale=0.25))[2] == (512, 512)  # covers the default 512 tile
+    profile = make_profile((1, 8, 8), default_shape(ModelMeta(n_classes=1, scale=0.5)))
     assert profile == ShapeRange((1, 3, 32, 32), (8, 3, 640, 959), (8, 3, 640, 960))
     assert profile.contains((8, 3, 512, 512)) and not profile.contains((9, 3, 512, 512))
 

@@ -314,7 +314,7 @@ def environment() -> dict[str, Any]:
 
 def synthesize(folder: Path, n: int, seed: int, workers: int) -> Path:
     """n synthetic Carvana-size pairs under folder/train and folder/train_masks, drawn by `workers` processes."""
-    from unetkit.train.synth import write_synthetic
+    from unetkit.train.data.synth import write_synthetic
 
     parts = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
     # spawn, not fork: the caller runs threads (pytest's output reader), which fork would copy half-way.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import EXIT_OK, run_cli
+from unetkit.core.cli import EXIT_OK, run_cli
+from unetkit.core.errors import UnetkitError
+
 from .config import TrainConfig
-from .errors import UnetkitError
+from .data.layouts import LAYOUTS
 from .evaluate import SPLITS, evaluate_checkpoint
-from .layouts import LAYOUTS
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
 
 PROG = "unet-train"
@@ -67,11 +68,10 @@ def _eval(args: argparse.Namespace) -> int:
         args.device or "auto", args.workers if args.workers is not None else DEFAULTS.workers,
         args.progress is not False,
     )  # fmt: skip
-    print(f"{args.eval} on {args.data} ({args.split}, {n} images, scale {meta['scale']:g}):")
+    print(f"{args.eval} on {args.data} ({args.split}, {n} images, scale {meta.scale:g}):")
     print(f"  Dice {result.mean_dice:.4f}  IoU {result.mean_iou:.4f}  loss {result.loss:.4f}")
-    names = meta.get("class_names", [])
-    if meta["n_classes"] > 1:
-        for name, d, i in zip(names, result.dice, result.iou, strict=True):
+    if meta.n_classes > 1:
+        for name, d, i in zip(meta.names, result.dice, result.iou, strict=True):
             print(f"  {name:<16} Dice {d:.4f}  IoU {i:.4f}")
     return EXIT_OK
 
@@ -82,12 +82,12 @@ def _train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
     if args.resume:
         path = args.out / "last.pth" if args.resume is True else Path(args.resume)
-        cfg, payload = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
+        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
     else:
         if args.data is None:
             raise UnetkitError("--data is required (a data set folder; try `unet-data synth --out data/synth`)")
-        cfg, payload = TrainConfig(**given), None
-    result = fit(cfg, payload)
+        cfg, checkpoint = TrainConfig(**given), None
+    result = fit(cfg, checkpoint)
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UnetkitError
-from .preprocess import DEFAULT_MEAN, DEFAULT_STD
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
 RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes")

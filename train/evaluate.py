@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint
-from .dataset import SegmentationDataset, pad_collate, split_pairs
-from .device import autocast_dtype, resolve_device
-from .errors import UnetkitError
-from .layouts import index_dataset
+from unetkit.core.checkpoint import load_checkpoint
+from unetkit.core.device import autocast_dtype, resolve_device
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import ModelMeta
+
+from .data.dataset import SegmentationDataset, pad_collate, split_pairs
+from .data.layouts import index_dataset
 from .loop import BatchSetup, EvalResult, evaluate
 from .losses import make_loss
 
@@ -28,7 +29,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     workers: int = 2,
     progress: bool = True,
-) -> tuple[EvalResult, dict[str, Any], int]:
+) -> tuple[EvalResult, ModelMeta, int]:
     """Evaluate on all pairs, or on the train/val part of the split the checkpoint was trained with.
 
     Returns (result, checkpoint meta, number of images evaluated).
@@ -36,26 +37,26 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     index = index_dataset(data, layout)
-    if index.n_classes != meta["n_classes"]:
+    if index.n_classes != meta.n_classes:
         raise UnetkitError(
-            f"{checkpoint}: predicts {meta['n_classes']} class channel(s) but {data} is a "
+            f"{checkpoint}: predicts {meta.n_classes} class channel(s) but {data} is a "
             f"{index.layout} data set with {index.n_classes}"
         )
     pairs = index.pairs
     if split != "all":
-        args = meta.get("train_args", {})
+        args = meta.extra.get("train_args", {})
         train, val = split_pairs(pairs, args.get("val_fraction", 0.2), args.get("seed", 0))
         pairs = val if split == "val" else train
     loader = DataLoader(
-        SegmentationDataset(pairs, meta["scale"], index.mask_kind),
+        SegmentationDataset(pairs, meta.scale, index.mask_kind),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=pad_collate,
         pin_memory=dev.type == "cuda",
     )
-    setup = BatchSetup(dev, autocast_dtype(dev), meta["mean"], meta["std"])
-    loss_fn = make_loss("bce+dice" if meta["n_classes"] == 1 else "ce+dice", meta["n_classes"])
+    setup = BatchSetup(dev, autocast_dtype(dev), meta.mean, meta.std)
+    loss_fn = make_loss("bce+dice" if meta.n_classes == 1 else "ce+dice", meta.n_classes)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    result = evaluate(model, loader, loss_fn, meta["n_classes"], setup, meta["threshold"], progress)
+    result = evaluate(model, loader, loss_fn, meta.n_classes, setup, meta.threshold, progress)
     return result, meta, len(pairs)

@@ -17,17 +17,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .atomic import write_text_atomic
-from .checkpoint import read_checkpoint, save_checkpoint
-from .checks import check_dataset, describe_unmatched
+from unetkit.core.atomic import write_text_atomic
+from unetkit.core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from unetkit.core.device import autocast_dtype, resolve_device
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import ModelMeta
+from unetkit.core.model import UNet, UNetConfig
+
 from .config import RESUME_OVERRIDES, TrainConfig
-from .dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
-from .device import autocast_dtype, resolve_device
-from .errors import UnetkitError
-from .layouts import IGNORE_INDEX, DatasetIndex, index_dataset
+from .data.checks import check_dataset, describe_unmatched
+from .data.dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
+from .data.layouts import DatasetIndex, index_dataset
 from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, train_one_epoch
 from .losses import LossFn, make_loss
-from .model import UNet, UNetConfig
 from .tblog import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -85,21 +87,21 @@ class _Run:
         self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
 
 
-def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The stored run's config (with the allowed overrides from `given`) and the last.pth payload."""
+def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
+    """The stored run's config (with the allowed overrides from `given`) and the last.pth checkpoint."""
     path = Path(resume)
-    payload = read_checkpoint(path)
-    if "training" not in payload:
+    checkpoint = read_checkpoint(path)
+    if checkpoint.training is None:
         raise UnetkitError(f"{path}: has no training state (only last.pth can be resumed)")
-    stored = TrainConfig.from_dict(payload["training"]["config"])
+    stored = TrainConfig.from_dict(checkpoint.training["config"])
     overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES and v is not None}
-    return replace(stored, out=cfg.out, **overrides), payload
+    return replace(stored, out=cfg.out, **overrides), checkpoint
 
 
 def _loaders(
     cfg: TrainConfig, index: DatasetIndex, device: torch.device, sampler_rng: torch.Generator
 ) -> tuple[DataLoader, DataLoader]:
-    from .augment import Augmenter  # albumentations is only needed when training
+    from .data.augment import Augmenter  # albumentations is only needed when training
 
     train_pairs, val_pairs = split_pairs(index.pairs, cfg.val_fraction, cfg.seed)
     cache = SampleCache(cfg.cache, cfg.scale, index.mask_kind) if cfg.cache else None
@@ -120,30 +122,30 @@ def _loaders(
     return train, val
 
 
-def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int) -> dict[str, Any]:
-    return {
-        "n_classes": index.n_classes,
-        "class_names": list(index.class_names),
-        "in_channels": 3,
-        "mask_kind": index.mask_kind,
-        "layout": index.layout,
-        "scale": cfg.scale,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "threshold": cfg.threshold,
-        "ignore_index": IGNORE_INDEX,
-        "val_dice": result.mean_dice,
-        "val_iou": result.mean_iou,
-        "val_dice_per_class": result.dice,
-        "val_iou_per_class": result.iou,
-        "epoch": epoch,
-        "train_args": cfg.to_dict(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int) -> ModelMeta:
+    return ModelMeta(
+        n_classes=index.n_classes,
+        scale=cfg.scale,
+        mean=cfg.mean,
+        std=cfg.std,
+        threshold=cfg.threshold,
+        class_names=tuple(index.class_names),
+        mask_kind=index.mask_kind,
+        layout=index.layout,
+        val_dice=result.mean_dice,
+        val_iou=result.mean_iou,
+        epoch=epoch,
+        extra={
+            "val_dice_per_class": result.dice,
+            "val_iou_per_class": result.iou,
+            "train_args": cfg.to_dict(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
 
 
-def fit(cfg: TrainConfig, resume_payload: dict[str, Any] | None = None) -> FitResult:
-    """Train until cfg.epochs or early stopping; `resume_payload` is a last.pth dict to continue from."""
+def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
+    """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from."""
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device) if cfg.amp else None
     index = index_dataset(cfg.data, cfg.layout)
@@ -166,13 +168,13 @@ def fit(cfg: TrainConfig, resume_payload: dict[str, Any] | None = None) -> FitRe
         stopper=EarlyStopping(cfg.patience),
         sampler_rng=torch.Generator().manual_seed(cfg.seed),
     )
-    if resume_payload is not None:
-        model.load_state_dict(resume_payload["state_dict"])
+    if resume is not None:
+        model.load_state_dict(resume.state_dict)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    if resume_payload is not None:  # after the move, so the optimizer state lands on the model's device
-        run.restore(resume_payload["training"])
+    if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
+        run.restore(resume.training)
         log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)
 
     train_loader, val_loader = _loaders(cfg, index, device, run.sampler_rng)

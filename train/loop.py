@@ -11,9 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from unetkit.core.labels import predict_labels
+from unetkit.core.metrics import confusion_counts, dice_from_counts, iou_from_counts
+from unetkit.core.preprocess import normalize
+
 from .losses import LossFn
-from .metrics import confusion_counts, dice_from_counts, iou_from_counts, predict_labels
-from .preprocess import normalize
 
 
 @dataclass(frozen=True)

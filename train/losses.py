@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .layouts import IGNORE_INDEX
+from unetkit.core.labels import IGNORE_INDEX
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BINARY_LOSSES = ("bce", "dice", "bce+dice")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .layouts import palette
+from unetkit.core.labels import palette
 
 
 def colorize(labels: torch.Tensor, n_classes: int, mask_kind: str = "binary") -> torch.Tensor:

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import torch
 
-from unetkit.train import load_checkpoint
-from unetkit.train.device import resolve_device
+from unetkit.core import load_checkpoint
+from unetkit.core.device import resolve_device
 
 from ..artifacts import ArtifactError, artifact_path
-from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
+from .base import DTYPES, Engine, EngineShapeError, EngineUnavailable, ShapeRange
 from .eager import EagerEngine
 
 ENGINE_NAMES = ("torch", "compile", "onnx", "trt")
 
 __all__ = [
+    "DTYPES",
     "ENGINE_NAMES",
     "Engine",
     "EngineShapeError",

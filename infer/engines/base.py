@@ -15,8 +15,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from unetkit.train.device import canonical_device, same_device
-from unetkit.train.errors import UnetkitError
+from unetkit.core.device import canonical_device, same_device
+from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import ModelMeta
+
+#: Precision names and the torch dtypes they compute in: one table for every engine and the benchmark.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class EngineUnavailable(UnetkitError):
@@ -47,7 +51,11 @@ class ShapeRange:
 
 
 class Engine(ABC):
-    """Base class: subclasses set `name` and implement `run`; `__call__` checks the input first."""
+    """Base class: subclasses set `name` and implement `run`; `__call__` checks the input first.
+
+    `close()` (or a `with` block) releases what the engine holds on the device right away, instead of
+    whenever the garbage collector gets to it.
+    """
 
     name: ClassVar[str]
     #: True when every new input shape costs a recompile, so callers should keep batch shapes fixed.
@@ -57,7 +65,7 @@ class Engine(ABC):
         self,
         device: torch.device,
         precision: str,
-        meta: dict[str, Any],
+        meta: ModelMeta,
         source: Path | None,
         input_dtype: torch.dtype = torch.float32,
         shapes: ShapeRange | None = None,
@@ -73,7 +81,7 @@ class Engine(ABC):
 
     @property
     def n_classes(self) -> int:
-        return int(self.meta["n_classes"])
+        return self.meta.n_classes
 
     @property
     def label(self) -> str:
@@ -82,8 +90,9 @@ class Engine(ABC):
 
     def check(self, shape: tuple[int, ...]) -> None:
         """Raise EngineShapeError unless a batch of `shape` can run."""
-        if len(shape) != 4 or shape[1] != self.meta.get("in_channels", 3):
-            raise EngineShapeError(f"{self.label}: expected (N, 3, H, W) input, got {tuple(shape)}")
+        channels = self.meta.in_channels
+        if len(shape) != 4 or shape[1] != channels:
+            raise EngineShapeError(f"{self.label}: expected (N, {channels}, H, W) input, got {tuple(shape)}")
         if self.shapes is not None and not self.shapes.contains(tuple(shape)):
             where = f" ({self.source})" if self.source else ""
             raise EngineShapeError(
@@ -110,6 +119,17 @@ class Engine(ABC):
     @abstractmethod
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a checked batch already on the engine's device in its input dtype."""
+
+    def close(self) -> None:
+        """Release the engine's model, session or context; subclasses drop their own references."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def describe(self) -> dict[str, Any]:
         return {

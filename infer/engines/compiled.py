@@ -8,14 +8,14 @@ also autotunes kernels (much longer first compile). The first call per shape is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from unetkit.train import UNet
+from unetkit.core import UNet
+from unetkit.core.meta import ModelMeta
 
-from .base import Engine
-from .eager import DTYPES, prepare_model
+from .base import DTYPES, Engine
+from .eager import prepare_model
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -27,7 +27,7 @@ class CompiledEngine(Engine):
     def __init__(
         self,
         model: UNet,
-        meta: dict[str, Any],
+        meta: ModelMeta,
         device: torch.device,
         precision: str = "fp16",
         mode: str | None = None,
@@ -40,6 +40,10 @@ class CompiledEngine(Engine):
         self.channels_last = precision != "fp32" and self.device.type == "cuda"
         self.model = torch.compile(prepare_model(model, self.device, precision), mode=mode, dynamic=False)
         self.detail = f"torch.compile mode={mode}, static shapes"
+
+    def close(self) -> None:
+        self.model = None
+        super().close()
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from unetkit.train import UNet, fuse_batchnorm
+from unetkit.core import UNet, fuse_batchnorm
+from unetkit.core.meta import ModelMeta
 
-from .base import Engine, EngineUnavailable
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .base import DTYPES, Engine, EngineUnavailable
 
 
 def prepare_model(model: UNet, device: torch.device, precision: str) -> torch.nn.Module:
@@ -31,7 +29,7 @@ class EagerEngine(Engine):
     def __init__(
         self,
         model: UNet,
-        meta: dict[str, Any],
+        meta: ModelMeta,
         device: torch.device,
         precision: str = "fp32",
         source: Path | None = None,
@@ -42,6 +40,10 @@ class EagerEngine(Engine):
         if precision == "fp32" and self.device.type == "cuda":
             tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
             self.detail = f"TF32 for convolutions {tf32} (PyTorch's default is on)"
+
+    def close(self) -> None:
+        self.model = None
+        super().close()
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unetkit.train.device import canonical_device
+from unetkit.core.device import canonical_device
 
 from ..artifacts import ArtifactError, decode_metadata
 from .base import Engine, EngineUnavailable
@@ -129,12 +129,17 @@ class OnnxEngine(Engine):
             detail = "CPUExecutionProvider" + (f" ({reason})" if reason else "")
             if reason:
                 log.warning("warning: onnx engine runs on the CPU: %s", reason)
-        super().__init__(device, meta.get("precision", "fp32"), meta, path, detail=detail)
+        super().__init__(device, meta.extra.get("precision", "fp32"), meta, path, detail=detail)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.use_cuda = use_cuda
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry(*NO_SYNC_RUN_OPTION)
+
+    def close(self) -> None:
+        self.session = None
+        self.stream = None
+        super().close()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from unetkit.train.device import canonical_device
+from unetkit.core.device import canonical_device
+from unetkit.core.meta import ModelMeta
 
-from ..artifacts import ArtifactError, read_sidecar, sidecar_path
+from ..artifacts import ArtifactError, meta_from, read_sidecar, sidecar_path
 from .base import Engine, EngineShapeError, EngineUnavailable, ShapeRange
 
 INSTALL_HINT = "pip install 'unetkit[trt]' (the libraries come from NVIDIA's index, https://pypi.nvidia.com)"
@@ -54,7 +55,7 @@ def compatibility_problem(sidecar: dict[str, Any], trt_version: str, gpu: dict[s
 class TrtEngine(Engine):
     name = "trt"
 
-    def __init__(self, path: Path, device: torch.device, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, device: torch.device, meta: ModelMeta | None = None) -> None:
         path, device = Path(path), torch.device(device)
         if not torch.cuda.is_available():
             raise EngineUnavailable("trt runs on a CUDA GPU, and none is visible to PyTorch")
@@ -67,9 +68,10 @@ class TrtEngine(Engine):
         if not path.is_file():
             raise ArtifactError(f"{path}: not found; build it with unet-export on this machine")
         sidecar = read_sidecar(path) if sidecar_path(path).exists() else {}
-        meta = meta or sidecar.get("meta")
         if meta is None:
-            raise ArtifactError(f"{sidecar_path(path)}: sidecar not found; re-export with unet-export")
+            if "meta" not in sidecar:
+                raise ArtifactError(f"{sidecar_path(path)}: sidecar not found; re-export with unet-export")
+            meta = meta_from(sidecar["meta"], sidecar_path(path))
         device = canonical_device(device)
         problem = sidecar and compatibility_problem(sidecar, trt.__version__, gpu_identity(device))
         if problem:
@@ -103,6 +105,14 @@ class TrtEngine(Engine):
         )  # fmt: skip
         self._out: torch.Tensor | None = None
         self._out_stream = 0  # the stream the output buffer was allocated on
+
+    def close(self) -> None:
+        # The context before the engine before the runtime, as TensorRT requires.
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        self._out = None
+        super().close()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.cuda.device(self.device):  # execute on the engine's GPU whatever the caller's current one is

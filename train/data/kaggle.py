@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import UnetkitError
+from unetkit.core.errors import UnetkitError
 
 COMPETITION = "carvana-image-masking-challenge"
 RULES_URL = f"https://www.kaggle.com/c/{COMPETITION}/rules"

@@ -10,14 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .layouts import IGNORE_INDEX
-
-
-def predict_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Logits (N, C, H, W) -> int64 labels (N, H, W): sigmoid > threshold for C == 1, else argmax."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
-    return logits.argmax(dim=1)
+from .labels import IGNORE_INDEX
 
 
 def confusion_counts(

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from .atomic import atomic_path
-from .sizes import parse_pair
+from unetkit.core.atomic import atomic_path
+from unetkit.core.cli import parse_pair
 
 VIEWS_PER_CAR = 16
 # Common car paints: white, silver, black, grey, red, blue, plus any colour now and then.

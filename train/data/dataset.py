@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .atomic import atomic_path
-from .errors import DataError
-from .imageio import binary_mask, read_image, read_mask
-from .layouts import IGNORE_INDEX, Pair, cityscapes_lut
-from .preprocess import resize_masks, scale_uint8_image
+from unetkit.core.atomic import atomic_path
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import binary_mask, read_image, read_mask
+from unetkit.core.labels import IGNORE_INDEX
+from unetkit.core.preprocess import resize_masks, scale_pixels
+
+from .layouts import Pair, cityscapes_lut
 
 CACHE_VERSION = 1
 Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -36,7 +38,7 @@ def load_sample(pair: Pair, scale: float, mask_kind: str) -> tuple[np.ndarray, n
         )
     labels = binary_mask(raw, pair.mask) if mask_kind == "binary" else cityscapes_lut()[raw]
     if scale != 1.0:
-        scaled = scale_uint8_image(torch.from_numpy(image).permute(2, 0, 1), scale)
+        scaled = scale_pixels(torch.from_numpy(image).permute(2, 0, 1), scale)
         image = scaled.permute(1, 2, 0).numpy()
         labels = resize_masks(torch.from_numpy(labels)[None], tuple(scaled.shape[-2:]))[0].numpy()
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from .cli_common import EXIT_OK, run_cli
-from .errors import UnetkitError
+from unetkit.core.cli import EXIT_OK, run_cli
+from unetkit.core.errors import UnetkitError
 
 PROG = "unet-data"
 

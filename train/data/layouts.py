@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS
-
-IGNORE_INDEX = 255
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from unetkit.core.labels import IGNORE_INDEX
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -30,27 +29,6 @@ CITYSCAPES_CLASSES = (
 )  # fmt: skip
 #: Cityscapes labelIds of the 19 evaluated classes, in train-id order (cityscapesScripts' labels.py).
 CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-
-#: Cityscapes' own colours for the 19 train classes (cityscapesScripts' labels.py).
-CITYSCAPES_COLORS = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
-    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
-
-
-def palette(n_classes: int, mask_kind: str = "binary") -> np.ndarray:
-    """(256, 3) uint8 colours for label pictures: black/white for binary, Cityscapes' colours for its
-    classes, fixed pseudo-random colours otherwise; IGNORE_INDEX and unused entries are mid-grey."""
-    table = np.full((256, 3), 128, dtype=np.uint8)
-    if n_classes == 1:
-        table[:2] = ((0, 0, 0), (255, 255, 255))
-    elif mask_kind == "cityscapes":
-        table[: len(CITYSCAPES_COLORS)] = CITYSCAPES_COLORS
-    else:
-        table[:n_classes] = np.random.default_rng(0).integers(40, 256, (n_classes, 3), dtype=np.uint8)
-    return table
 
 
 def cityscapes_lut() -> np.ndarray:

@@ -1,14 +1,45 @@
-"""What every unetkit command shares: logging to the terminal, one-line errors, exit codes."""
+"""What every unetkit command shares: its common flags, 'AxB' sizes, logging to the terminal, one-line
+errors and exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from .errors import UnetkitError
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Worker threads or processes for decoding and encoding: one default for every command.
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def add_device_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    parser.add_argument("--device", default="auto", help=f"auto, cpu, cuda or cuda:N{what} (default auto)")
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"{what} (default {DEFAULT_WORKERS})")
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+    """'1280x1918' -> (1280, 1918); ValueError unless it is two positive integers joined by 'x'.
+
+    One rule for every command's size arguments; which of the two is the height is the caller's to say.
+    """
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not two whole numbers joined by x") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"'{text}': sizes must be positive")
+    return a, b
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

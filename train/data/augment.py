@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from .layouts import IGNORE_INDEX
+from unetkit.core.labels import IGNORE_INDEX
 
 # albumentations asks PyPI for a newer version on import; never do that from a training job.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from unetkit.core.errors import DataError
+from unetkit.core.labels import IGNORE_INDEX
+
 from .dataset import SampleCache, SegmentationDataset
-from .errors import DataError
-from .layouts import IGNORE_INDEX, DatasetIndex
+from .layouts import DatasetIndex
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Inference settings, owned in one place and checked once, before any image is read.
+
+`InferSettings` says how images go through an engine (tiling, batching, decoding threads); `OutputOptions`
+what is written for each one. `Predictor` owns both; `unet-infer`, `unet-bench`'s end-to-end scope and the
+Python API all build their runs from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from unetkit.core.cli import DEFAULT_WORKERS
+from unetkit.core.errors import UnetkitError
+
+from .tiling import BLEND_MODES, default_overlap
+
+DECODERS = ("auto", "cpu", "nvjpeg")
+#: Images (or tiles) per engine call when none is asked for: a GPU wants full batches, a CPU gains little.
+DEFAULT_BATCH = {"cuda": 8, "cpu": 2}
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """How images go through the engine."""
+
+    tile: int = 0  # tile edge in model-input pixels; 0 predicts whole images
+    overlap: int | None = None  # minimum tile overlap in pixels; None: tile // 4
+    blend: str = "gaussian"
+    batch: int | None = None  # None: DEFAULT_BATCH for the engine's device
+    workers: int = DEFAULT_WORKERS  # decoding and encoding threads
+    decoder: str = "auto"  # JPEG decoding: auto (nvJPEG where usable), cpu, nvjpeg
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.tile >= 0, f"--tile {self.tile}: must be 0 (whole images) or a tile edge in pixels"),
+            (self.batch is None or self.batch >= 1, f"--batch {self.batch}: must be at least 1"),
+            (self.workers >= 1, f"--workers {self.workers}: must be at least 1"),
+            (self.blend in BLEND_MODES, f"--blend {self.blend}: choose one of {', '.join(BLEND_MODES)}"),
+            (self.decoder in DECODERS, f"--decoder {self.decoder}: choose one of {', '.join(DECODERS)}"),
+        ]
+        if self.tile and self.overlap is not None:
+            problems.append((0 <= self.overlap < self.tile, f"--overlap {self.overlap}: must be in [0, {self.tile}) "
+                             f"for --tile {self.tile}"))  # fmt: skip
+        for ok, message in problems:
+            if not ok:
+                raise UnetkitError(message)
+
+    @property
+    def tile_overlap(self) -> int:
+        """The overlap tiles get: the one asked for, or a quarter of the tile."""
+        if not self.tile:
+            return 0
+        return default_overlap(self.tile) if self.overlap is None else self.overlap
+
+    def for_device(self, device_type: str) -> InferSettings:
+        """These settings with the batch size resolved for an engine on `device_type`."""
+        return self if self.batch is not None else replace(self, batch=DEFAULT_BATCH.get(device_type, 2))
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a folder run writes besides each image's mask."""
+
+    save_prob: bool = False  # <name>.prob.png
+    overlay: bool = False  # <name>.overlay.jpg
+    palette: bool = False  # multi-class masks as palette PNGs
+    rle: Path | None = None  # Carvana's Kaggle CSV
+    resume: bool = False  # skip images whose outputs exist
+    progress: bool = True

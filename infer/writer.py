@@ -1,0 +1,61 @@
+"""Writing a folder run's outputs: each image's mask and the pictures asked for, and the Kaggle CSV.
+
+Runs on the writer threads; every file is written atomically. The CSV is written with the csv module, so a
+file name holding a comma, a quote or a newline cannot break a row, and it appears only once the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unetkit.core.atomic import atomic_path
+from unetkit.core.labels import palette as label_palette
+from unetkit.core.meta import ModelMeta
+
+from .io import Item, write_jpeg, write_png
+from .rle import rle_encode
+from .settings import OutputOptions
+
+
+class OutputWriter:
+    """Writes one image's host-side results; says what a finished image has on disk."""
+
+    def __init__(self, meta: ModelMeta, outputs: OutputOptions) -> None:
+        self.multi = meta.n_classes > 1
+        self.outputs = outputs
+        self.palette = label_palette(meta.n_classes, meta.mask_kind) if self.multi and outputs.palette else None
+
+    def write(self, item: Item, host: dict[str, torch.Tensor], done: Any) -> str | None:
+        """Wait for the download (`done`), write the files; returns the mask's RLE when the CSV is asked for."""
+        if done is not None:
+            done.synchronize()
+        mask = host["mask"].numpy()
+        write_png(item.mask, mask if self.multi else mask * np.uint8(255), self.palette)
+        if "prob" in host:
+            write_png(item.sibling(".prob.png"), host["prob"].numpy())
+        if "overlay" in host:
+            write_jpeg(item.sibling(".overlay.jpg"), host["overlay"].numpy())
+        return rle_encode(mask) if self.outputs.rle else None
+
+    def existing_rle(self, item: Item) -> str:
+        """The RLE of a mask an earlier run wrote (for --resume with --rle)."""
+        with Image.open(item.mask) as img:
+            return rle_encode(np.asarray(img.convert("L")) > 127)
+
+    @contextlib.contextmanager
+    def rle_file(self) -> Iterator[Any]:
+        """The CSV's row writer for the length of a run (None without --rle); renamed into place at the end."""
+        if self.outputs.rle is None:
+            yield None
+            return
+        with atomic_path(self.outputs.rle) as tmp, open(tmp, "w", newline="") as f:
+            rows = csv.writer(f, lineterminator="\n")
+            rows.writerow(["img", "rle_mask"])
+            yield rows
