@@ -6,25 +6,46 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_FLAGS ?=
 TORCH_PIN ?= torch==2.13.0
+# PyPI's Linux torch wheel is the CUDA build (about 2.5 GB with NVIDIA's libraries; it runs on a CPU too).
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only build (about 200 MB) instead.
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 DEMO ?= demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv test lint demo clean-demo gpu-check
+STAGES := core train infer export bench
+MODULES := $(sort $(foreach s,$(STAGES),$(wildcard $(s)/*.py $(s)/*/*.py)))
+
+.PHONY: venv test lint typecheck demo clean-demo gpu-check FORCE
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The editable install is a link tree (setuptools' strict mode), so IDEs and type checkers resolve unetkit.*;
+# it is refreshed whenever a module is added or removed (the list is kept in $(VENV)/.modules).
+$(VENV)/.installed: pyproject.toml $(VENV)/.modules
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev,cpu,train]"
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/pip install -q "$(TORCH_PIN)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[dev,cpu,train]" --config-settings editable_mode=strict
 	touch $@
+
+$(VENV)/.modules: FORCE
+	@mkdir -p $(VENV)
+	@echo "$(MODULES)" | cmp -s - $@ || echo "$(MODULES)" > $@
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# mypy reads the stages as the unetkit package through a tree of folder links (the sources map to
+# unetkit.<stage> only when installed).
+typecheck: venv
+	@mkdir -p build/typecheck/unetkit
+	@for s in $(STAGES); do ln -sfn ../../../$$s build/typecheck/unetkit/$$s; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p unetkit
+	$(BIN)/mypy tools/gpu_check.py
+
+test: lint typecheck
 	$(BIN)/pytest -q
 
 # Carvana-sized synthetic images; a small U-Net at scale 0.125 (240x160 model inputs) keeps it quick on a CPU.

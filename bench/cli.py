@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 import torch
 
 from unetkit.core import ModelMeta, UNet, UNetConfig, read_checkpoint, save_checkpoint
-from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, parse_pair, run_cli
+from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.preprocess import scaled_size
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default best.pth if it exists, else the default "
                    "U-Net with random weights); its exported artifacts are benchmarked too")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_device_argument(p)
     p.add_argument("--shape", default="1280x1918", help="image HxW (default 1280x1918, Carvana's); the model "
                    "input is this at the checkpoint's scale")  # fmt: skip
     p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=("model", "e2e", "both"), default="both", help="default both")
     p.add_argument("--images", type=Path, help="folder of images for the e2e scope (default: synthetic JPEGs)")
     p.add_argument("--e2e-images", type=int, help="synthetic images for e2e (default 200 on CUDA, 8 on the CPU)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="e2e decode/encode threads")
+    add_workers_argument(p, "end-to-end decoding and writing threads")
     p.add_argument("--target-ms", type=float, default=150.0, help="per-image latency target (default 150)")
     p.add_argument("--check", action="store_true", help="exit 1 when the fastest engine misses the target")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
@@ -94,8 +94,8 @@ def _checkpoint(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
     if args.checkpoint is not None:
         read_checkpoint(args.checkpoint)  # a missing or bad file fails here with its one line
         return args.checkpoint, str(args.checkpoint)
-    if Path("best.pth").exists():
-        return Path("best.pth"), "best.pth"
+    if DEFAULT_CHECKPOINT.exists():
+        return DEFAULT_CHECKPOINT, str(DEFAULT_CHECKPOINT)
     torch.manual_seed(0)
     config = UNetConfig(base_channels=args.base_channels)
     meta = ModelMeta(n_classes=1, scale=1.0, class_names=("foreground",))

@@ -219,7 +219,7 @@ def finish_rows(rows: list[Row], flops_per_image: int, peaks: dict[str, float], 
         ref = base.get(row.batch)
         if ref is not None and ref.status == "ok":
             row.speedup_vs_eager_fp32 = ref.per_image_ms["p50"] / row.per_image_ms["p50"]
-        row.tflops = flops_per_image * row.images_per_s / 1e12
+        row.tflops = flops_per_image * (row.images_per_s or 0.0) / 1e12
         peak = peaks.get(row.precision)
         row.peak_share = row.tflops / peak if peak else None
         row.meets_target = row.per_image_ms["p50"] <= target_ms

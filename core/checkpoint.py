@@ -30,6 +30,8 @@ from .model import UNet, UNetConfig
 
 FORMAT = "unetkit.checkpoint"
 FORMAT_VERSION = 2
+#: What every command reads when no checkpoint is named: the best one of the run in this folder.
+DEFAULT_CHECKPOINT = Path("best.pth")
 
 
 @dataclass
@@ -138,8 +140,11 @@ def _load(path: Path, map_location: str | torch.device) -> dict[str, Any]:
 
 def _unwrap(model: torch.nn.Module) -> UNet:
     """The UNet inside a torch.compile or DistributedDataParallel wrapper, so saved keys carry no prefix."""
-    inner = getattr(model, "_orig_mod", model)
-    return getattr(inner, "module", inner)
+    inner: Any = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    if not isinstance(inner, UNet):
+        raise TypeError(f"save_checkpoint takes a unetkit UNet, got {type(inner).__name__}")
+    return inner
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,16 +16,18 @@ EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
-def add_device_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
-    parser.add_argument("--device", default="auto", help=f"auto, cpu, cuda or cuda:N{what} (default auto)")
+def add_device_argument(parser: argparse.ArgumentParser, what: str = "", default: str | None = "auto") -> None:
+    """--device; `default=None` lets a command tell a flag given from one left out (unet-train --resume)."""
+    parser.add_argument("--device", default=default, help=f"auto, cpu, cuda or cuda:N{what} (default auto)")
 
 
-def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"{what} (default {DEFAULT_WORKERS})")
+def add_workers_argument(parser: argparse.ArgumentParser, what: str, default: int | None = DEFAULT_WORKERS) -> None:
+    parser.add_argument("--workers", type=int, default=default, help=f"{what} (default {DEFAULT_WORKERS})")
 
 
-def add_progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+def add_progress_argument(parser: argparse.ArgumentParser, default: bool | None = True) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=default,
+                        help="no progress bars")  # fmt: skip
 
 
 def parse_pair(text: str) -> tuple[int, int]:

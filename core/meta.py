@@ -96,15 +96,18 @@ class ModelMeta:
             raise MetaError(f"model description lacks {', '.join(missing)}")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in values.items() if k in known}
-        if "mask_kind" not in kwargs:  # the first checkpoints of multi-class models may lack it
-            kwargs["mask_kind"] = "binary" if int(values["n_classes"]) == 1 else "multiclass"
+        extra = {k: v for k, v in values.items() if k not in known}
         try:
             kwargs["n_classes"] = int(kwargs["n_classes"])
             kwargs["scale"] = float(kwargs["scale"])
             kwargs["threshold"] = float(kwargs["threshold"])
+            if "mask_kind" not in kwargs:  # the first checkpoints of multi-class models may lack it
+                kwargs["mask_kind"] = "binary" if kwargs["n_classes"] == 1 else "multiclass"
+            return cls(**kwargs, extra=extra)
+        except MetaError:
+            raise
         except (TypeError, ValueError) as exc:
-            raise MetaError(f"model description holds a non-numeric value ({exc})") from None
-        return cls(**kwargs, extra={k: v for k, v in values.items() if k not in known})
+            raise MetaError(f"model description holds a value of the wrong type ({exc})") from None
 
     def replace(self, **changes: Any) -> ModelMeta:
         """A copy with `changes` (keys that are not fields land in `extra`), checked like any other."""

@@ -55,6 +55,7 @@ class Up(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, bilinear: bool) -> None:
         super().__init__()
+        self.up: nn.Module
         if bilinear:
             self.up = nn.Sequential(
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
@@ -113,6 +114,8 @@ def fuse_batchnorm(model: UNet) -> UNet:
     for block in fused.modules():
         if isinstance(block, DoubleConv):
             for i in (0, 3):
-                block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                conv, bn = block[i], block[i + 1]
+                assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                block[i] = fuse_conv_bn_eval(conv, bn)
                 block[i + 1] = nn.Identity()
     return fused

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
-import os
-import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unetkit.core import ModelMeta, load_checkpoint
-from unetkit.core.atomic import atomic_path, write_text_atomic
-from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, run_cli
+from unetkit.core import ModelMeta, UNet, load_checkpoint
+from unetkit.core.atomic import write_text_atomic
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
@@ -26,8 +23,9 @@ from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 
 from .onnx_export import EXPORTERS, export_onnx
+from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
-from .tensorrt_build import BuildSettings, build_engine, engine_skip_reason, tensorrt_unavailable
+from .tensorrt_build import BuildSettings, build_engine, default_timing_cache, engine_skip_reason, tensorrt_unavailable
 from .verify import Reference, Verification, sample_inputs, verify
 
 PROG = "unet-export"
@@ -56,61 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "TensorRT's, the device memory)")  # fmt: skip
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds (default: "
                    "~/.cache/unetkit/ per TensorRT version and GPU)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="device for verification (default auto)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_device_argument(p, ": where artifacts are verified and a TensorRT engine is built")
+    add_progress_argument(p)
     return p
 
 
-@dataclass
-class Artifact:
-    path: Path
-    precision: str
-    build_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    verification: Verification | None = None
-    kept: bool = False
-    note: str = ""
+def _onnx_builder(model: UNet, meta: ModelMeta, fp16: bool, args: argparse.Namespace) -> Callable[[Path], None]:
+    def build(tmp: Path) -> None:
+        export_onnx(model, meta, tmp, fp16, args.exporter, args.opset)
 
-    def line(self) -> str:
-        head = f"{self.path.name:<22} {self.precision.upper():<5}"
-        if self.note:
-            return f"{head} {self.note}"
-        size = f"{self.path.stat().st_size / 1e6:7.1f} MB" if self.kept else "   NOT KEPT"
-        timing = f"built {self.build_seconds:5.1f}s"
-        if self.verification is None:
-            return f"{head} {size}  {timing}  not verified (--no-verify)"
-        return f"{head} {size}  {timing}  verified {self.verify_seconds:5.1f}s  {self.verification.summary()}"
-
-
-class _Rejected(Exception):
-    """Verification failed: the temporary file is removed and the artifact is not kept."""
-
-
-def produce(
-    path: Path, precision: str, build: Callable[[Path], None], check: Callable[[Path], Verification] | None
-) -> Artifact:
-    """Build into a temporary file, verify it, and rename it into place only if it passes."""
-    result = Artifact(path, precision)
-    try:
-        with atomic_path(path) as tmp:
-            start = time.perf_counter()
-            build(tmp)
-            result.build_seconds = time.perf_counter() - start
-            if check is not None:
-                result.verification = check(tmp)
-                result.verify_seconds = time.perf_counter() - start - result.build_seconds
-                if not result.verification.passed:
-                    raise _Rejected
-    except _Rejected:
-        return result
-    result.kept = True
-    return result
-
-
-def default_timing_cache(trt_version: str, gpu: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unetkit"
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu}-trt{trt_version}").strip("-")
-    return base / f"timing-{slug}.cache"
+    return build
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -148,7 +101,7 @@ def _export(args: argparse.Namespace) -> int:
         results.append(
             produce(
                 artifact_path(target, kind), "fp16" if fp16 else "fp32",
-                lambda tmp, fp16=fp16: export_onnx(model, artifact_meta, tmp, fp16, args.exporter, args.opset),
+                _onnx_builder(model, artifact_meta, fp16, args),
                 onnx_check(exact=not fp16),
             )
         )  # fmt: skip
@@ -192,11 +145,12 @@ def _engine(
     def build(tmp: Path) -> None:
         sidecar.update(build_engine(onnx_path, tmp, settings, meta, device))
 
-    def check(tmp: Path) -> Verification:
+    def check(tmp: Path, reference: Reference) -> Verification:
         with TrtEngine(tmp, device, meta=meta) as engine:
             return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False)
 
-    result = produce(engine_path, "fp16", build, check if reference else None)
+    verified = None if reference is None else functools.partial(check, reference=reference)
+    result = produce(engine_path, "fp16", build, verified)
     if result.kept:
         if result.verification:
             sidecar["verification"] = result.verification.to_dict()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -44,6 +45,12 @@ class BuildSettings:
     timing_cache: Path | None = None
     optimization_level: int | None = None  # None: TensorRT's default (3)
     progress: bool = True
+
+
+def default_timing_cache(trt_version: str, gpu: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unetkit"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu}-trt{trt_version}").strip("-")
+    return base / f"timing-{slug}.cache"
 
 
 def tensorrt_unavailable() -> str | None:

@@ -77,7 +77,8 @@ class Verification:
 def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
     if shapes is None:
         return hw
-    return tuple(min(max(v, lo), hi) for v, lo, hi in zip(hw, shapes.min[2:], shapes.max[2:], strict=True))
+    (h0, w0), (h1, w1) = shapes.min[2:], shapes.max[2:]
+    return min(max(hw[0], h0), h1), min(max(hw[1], w0), w1)
 
 
 def sample_inputs(meta: ModelMeta, shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:

@@ -72,10 +72,8 @@ class BatchRunner:
     @classmethod
     def for_engine(cls, engine: Engine, settings: InferSettings) -> BatchRunner:
         """The runner for `engine` with these settings (the batch already resolved for its device)."""
-        if settings.batch is None:
-            raise ValueError("resolve the batch for the engine's device first (InferSettings.for_device)")
         return cls(
-            engine, engine.n_classes, settings.batch, settings.tile, settings.tile_overlap, settings.blend,
+            engine, engine.n_classes, settings.batch_size, settings.tile, settings.tile_overlap, settings.blend,
             engine.static_shapes, check=engine.check,
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -17,7 +18,7 @@ from unetkit.core.cli import (
 from .engines import DTYPES, ENGINE_NAMES
 from .engines.compiled import COMPILE_MODES
 from .io import default_out_dir, discover
-from .predictor import DEFAULT_CHECKPOINT, Predictor
+from .predictor import Predictor
 from .settings import DECODERS, InferSettings, OutputOptions
 from .tiling import BLEND_MODES, DEFAULT_TILE
 

@@ -58,7 +58,8 @@ def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool 
             hint = "; it has subfolders: add --recursive to search them"
         kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
         raise DataError(f"{folder}: no images found ({kinds}){hint}")
-    items, owner = [], {}
+    items: list[Item] = []
+    owner: dict[Path, Path] = {}
     for src in sources:
         rel = src.relative_to(folder)
         mask = out / rel.with_suffix(".png")

@@ -80,9 +80,9 @@ class Pipeline:
             raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
         if self.settings.decoder == "nvjpeg" and engine.device.type != "cuda":
             raise UnetkitError("--decoder nvjpeg: the engine does not run on CUDA")
-        engine.check_batch(self.settings.batch)  # a TensorRT profile must take the batch: one line, before work
+        engine.check_batch(self.settings.batch_size)  # a TensorRT profile must take the batch: one line, before work
         if engine.shapes is not None and self.settings.tile:  # and the tile; whole images are checked one by one
-            engine.check((self.settings.batch, engine.meta.in_channels, self.settings.tile, self.settings.tile))
+            engine.check((self.settings.batch_size, engine.meta.in_channels, self.settings.tile, self.settings.tile))
         self.streams = Streams(engine.device)
         self.writer = OutputWriter(self.meta, outputs)
 
@@ -131,7 +131,7 @@ class _FolderRun:
         done = [it for it in self.items if outputs.resume and it.mask.exists()]
         todo = [it for it in self.items if not (outputs.resume and it.mask.exists())]
         self.summary.images, self.summary.skipped = len(self.items), len(done)
-        window = max(2 * s.batch, 2 * s.workers, 4)  # images in flight per stage: memory stays flat
+        window = max(2 * s.batch_size, 2 * s.workers, 4)  # images in flight per stage: memory stays flat
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             decoders = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="decode"))
@@ -167,8 +167,11 @@ class _FolderRun:
         """Worker thread: JPEG bytes for the GPU decoder, else pixels decoded by the CPU reading rule."""
         with self.clock.host("decode"):
             if self.jpeg is not None and item.source.suffix.lower() in JPEG_EXTENSIONS:
-                data = item.source.read_bytes()
-                if not exif_rotated(data):
+                try:
+                    data = item.source.read_bytes()
+                except OSError as exc:
+                    raise DataError(f"{item.source}: cannot read image ({exc.strerror or exc})") from None
+                if data and not exif_rotated(data):  # an empty file goes to the CPU rule, which names it
                     return data
             return decode_to_tensor(item.source, pin=self.p.streams.cuda)
 
@@ -199,17 +202,17 @@ class _FolderRun:
     def decode_jpegs(self, datas: list[bytes], items: list[Item]) -> list[torch.Tensor | DataError]:
         """nvJPEG for the whole list; when it fails (one bad file fails the call) file by file, and the CPU
         reading rule for the files nvJPEG refuses (CMYK, some progressive JPEGs, corrupt ones)."""
-        assert self.jpeg is not None
         compute = self.p.streams.compute
+        assert self.jpeg is not None and compute is not None  # nvJPEG runs only on CUDA
         try:
             return list(self.jpeg.decode(datas, compute))
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # torchvision raises RuntimeError; torch.frombuffer ValueError
             pass
         out: list[torch.Tensor | DataError] = []
         for data, item in zip(datas, items, strict=True):
             try:
                 out.append(self.jpeg.decode([data], compute)[0])
-            except RuntimeError:
+            except (RuntimeError, ValueError):
                 try:
                     out.append(decode_to_tensor(item.source, pin=True))
                 except DataError as exc:
@@ -219,7 +222,7 @@ class _FolderRun:
     # ---- device work (this thread) --------------------------------------------------------------------------
     def advance(self, reads: deque[tuple[Item, Future]]) -> None:
         """The oldest batch of reads onto the device (JPEGs decoded together) and into the runner."""
-        group = [reads.popleft() for _ in range(min(self.p.settings.batch or 1, len(reads)))]
+        group = [reads.popleft() for _ in range(min(self.p.settings.batch_size, len(reads)))]
         for (item, _), pixels in zip(group, self.pixels(group), strict=True):
             if isinstance(pixels, DataError):
                 self.fail(item, str(pixels).split(": ", 1)[-1], f"skipped {pixels}")
@@ -245,6 +248,7 @@ class _FolderRun:
     def emit(self, job: Job) -> tuple[dict[str, torch.Tensor], Any]:
         """Probabilities -> the original size, labels and the pictures asked for; then the download."""
         meta, streams = self.p.meta, self.p.streams
+        assert job.prob is not None  # the runner hands back finished jobs only
         with self.clock.device("compute", streams.compute):
             prob = to_size(job.prob, job.extra["size"])
             labels = to_labels(prob, meta.threshold)
@@ -253,8 +257,7 @@ class _FolderRun:
                 out["prob"] = confidence(prob)
             if self.p.outputs.overlay:
                 out["overlay"] = overlay(job.extra["pixels"], labels, meta.n_classes, meta.mask_kind)
-        if streams.cuda:  # outside the timed span, so waiting for compute is not counted as download
-            streams.d2h.wait_stream(streams.compute)
+        streams.after_compute()  # outside the timed span, so waiting for compute is not counted as download
         with self.clock.device("download", streams.d2h):
             return streams.download(out)
 

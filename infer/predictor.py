@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
+from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.imageio import read_image
 from unetkit.core.labels import to_labels
@@ -26,7 +27,6 @@ from .settings import InferSettings, OutputOptions
 from .transforms import to_size
 
 ImageLike = str | os.PathLike | np.ndarray | Image.Image
-DEFAULT_CHECKPOINT = Path("best.pth")
 
 
 def engine_for(source: Path, engine: str | None) -> str:
@@ -88,7 +88,7 @@ class Predictor:
 
     @property
     def batch(self) -> int:
-        return self.settings.batch or 1
+        return self.settings.batch_size
 
     @staticmethod
     def _pixels(image: ImageLike) -> np.ndarray:
@@ -109,7 +109,7 @@ class Predictor:
         """Mask(s) for one image or a list: paths, uint8 RGB arrays or PIL images. With `return_prob`,
         float32 probabilities (C, H, W) instead."""
         single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
+        batch = list(images) if isinstance(images, (list, tuple)) else [cast(ImageLike, images)]
         jobs = []
         for i, image in enumerate(batch):
             pixels = torch.tensor(self._pixels(image), device=self.engine.device).permute(2, 0, 1)
@@ -117,6 +117,7 @@ class Predictor:
             jobs.append(Job(i, x, {"size": tuple(pixels.shape[-2:])}))
         results = []
         for job in run_all(BatchRunner.for_engine(self.engine, self.settings), jobs):
+            assert job.prob is not None  # the runner hands back finished jobs only
             prob = to_size(job.prob, job.extra["size"])
             out = prob if return_prob else to_labels(prob, self.meta.threshold)
             results.append(out.cpu().numpy())

@@ -53,6 +53,13 @@ class InferSettings:
             return 0
         return default_overlap(self.tile) if self.overlap is None else self.overlap
 
+    @property
+    def batch_size(self) -> int:
+        """The batch once resolved for a device (see `for_device`)."""
+        if self.batch is None:
+            raise ValueError("resolve the batch for the engine's device first (InferSettings.for_device)")
+        return self.batch
+
     def for_device(self, device_type: str) -> InferSettings:
         """These settings with the batch size resolved for an engine on `device_type`."""
         return self if self.batch is not None else replace(self, batch=DEFAULT_BATCH.get(device_type, 2))

@@ -63,16 +63,17 @@ class Streams:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.h2d: torch.cuda.Stream | None = None
+        self.compute: torch.cuda.Stream | None = None
+        self.d2h: torch.cuda.Stream | None = None
         if self.cuda:
             self.h2d, self.compute, self.d2h = (torch.cuda.Stream(device) for _ in range(3))
-        else:
-            self.h2d = self.compute = self.d2h = None
 
     def computing(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self.compute) if self.cuda else contextlib.nullcontext()
 
     def upload(self, host: torch.Tensor) -> torch.Tensor:
-        if not self.cuda:
+        if self.h2d is None or self.compute is None:
             return host
         with torch.cuda.stream(self.h2d):
             dev = host.to(self.device, non_blocking=True)
@@ -80,9 +81,14 @@ class Streams:
         dev.record_stream(self.compute)
         return dev
 
+    def after_compute(self) -> None:
+        """Make the download stream wait for the work queued so far on the compute stream."""
+        if self.d2h is not None and self.compute is not None:
+            self.d2h.wait_stream(self.compute)
+
     def download(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
         """Copy to pinned host memory on the download stream (which the caller made wait for compute)."""
-        if not self.cuda:
+        if self.d2h is None:
             return tensors, None
         with torch.cuda.stream(self.d2h):
             host = {}

@@ -195,18 +195,6 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
         create_engine("trt", checkpoint=ckpt, device="cpu")
 
 
-def test_engines_say_what_they_accept(exported_checkpoint):
-    folder = exported_checkpoint[0]
-    torch_engine = create_engine("torch", checkpoint=folder / "best.pth", device="cpu")
-    onnx_engine = create_engine("onnx", checkpoint=folder / "best.pth", device="cpu", precision="fp16")
-    assert torch_engine.describe()["precision"] == "fp32" and torch_engine.shapes is None
-    described = onnx_engine.describe()
-    assert described["precision"] == "fp16" and described["device"] == "cpu"
-    assert described["source"].endswith("best.fp16.onnx") and "CPUExecutionProvider" in described["detail"]
-    with pytest.raises(Exception, match=r"expected \(N, 3, H, W\)"):
-        torch_engine(torch.zeros(1, 4, 16, 16))
-
-
 @pytest.mark.slow
 def test_compile_engine_matches_eager(exported_checkpoint, images):
     ckpt = exported_checkpoint[0] / "best.pth"

@@ -9,9 +9,8 @@ import torch
 from conftest import error_lines, run_cli
 from unetkit.core import ModelMeta
 from unetkit.core.errors import UnetkitError
-from unetkit.export.cli import default_timing_cache
 from unetkit.export.profile import default_shape, make_profile, parse_batch, parse_shape
-from unetkit.export.tensorrt_build import layer_precisions, precision_of
+from unetkit.export.tensorrt_build import default_timing_cache, layer_precisions, precision_of
 from unetkit.infer.engines.base import ShapeRange
 from unetkit.infer.engines.trt import compatibility_problem
 

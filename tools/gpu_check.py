@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,8 @@ def parse_junit(xml_text: str) -> dict[str, Any]:
     root = ET.fromstring(xml_text)
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    failed, skipped = [], {}
+    failed: list[str] = []
+    skipped: dict[str, int] = {}
     for suite in suites:
         for key in counts:
             counts[key] += int(suite.get(key, 0))
@@ -154,13 +156,7 @@ class Checker:
     def cli(self, module: str, *args: Any, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
         """Run `python -m module args`, its output appended to log.txt, within `timeout` and the budget."""
         cmd = [sys.executable, "-m", module, *map(str, args)]
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-        limit = max(1.0, min(timeout, self.remaining()))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            proc = subprocess.CompletedProcess(cmd, 124, out, f"timed out after {limit:.0f} s")
+        proc = run_bounded(cmd, max(1.0, min(timeout, self.remaining())), cwd)
         with open(self.out / "log.txt", "a") as log:
             log.write(f"\n$ {' '.join(cmd)}  (exit {proc.returncode})\n{proc.stdout[-20000:]}{proc.stderr[-20000:]}")
         return proc
@@ -194,14 +190,10 @@ class Checker:
     def tests(self, step: Step) -> None:
         junit = self.scratch / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"]
-        try:
-            # The later steps need about 6.5 minutes of the budget; the suite gets the rest, at least 2.
-            limit = max(120.0, self.remaining() - 390)
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-            text, code = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            text, code = (exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""), 124
-        (self.out / "tests.txt").write_text(text[-200_000:])
+        # The later steps need about 6.5 minutes of the budget; the suite gets the rest, at least 2.
+        proc = run_bounded(cmd, max(120.0, self.remaining() - 390), ROOT)
+        code = proc.returncode
+        (self.out / "tests.txt").write_text((proc.stdout + proc.stderr)[-200_000:])
         if not junit.exists():
             raise StepFailed(f"pytest wrote no report (exit {code}); see tests.txt")
         step.figures = parse_junit(junit.read_text())
@@ -265,6 +257,22 @@ class Checker:
                             "e2e": [_short(r) for r in report.get("e2e", [])]}  # fmt: skip
         if proc.returncode != 0:
             raise StepFailed(f"unet-bench exited {proc.returncode}; see log.txt")
+
+
+def run_bounded(cmd: list[str], timeout: float, cwd: Path | None) -> subprocess.CompletedProcess:
+    """Run `cmd` in a session of its own; at the timeout its whole process group is killed (the CLIs it
+    starts, compile workers), so nothing keeps loading the GPU during the next step. Exit code 124 then."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        code, err = 124, err + f"\ntimed out after {timeout:.0f} s".encode()
+    return subprocess.CompletedProcess(cmd, code, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 class StepFailed(Exception):
@@ -348,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: no CUDA GPU is visible to PyTorch {torch.__version__}; run it on a GPU machine",
               file=sys.stderr)  # fmt: skip
         return 2
+    args.out = args.out.resolve()  # steps run in other folders
     if args.out.exists() and any(args.out.iterdir()):
         print(f"{PROG}: error: {args.out} is not empty; choose a new --out (GPU_CHECK_OUT=...)", file=sys.stderr)
         return 2
@@ -360,16 +369,27 @@ def main(argv: list[str] | None = None) -> int:
             data = background.submit(synthesize, checker.scratch / "data", args.train_images, 0, workers)
             images = background.submit(synthesize, checker.scratch / "test", args.infer_images, 1, workers)
             checker.step("tests", 60, checker.tests)
+            drawn = checker.step("data", 0, lambda s: _wait_for(s, data, images))
+        if drawn.status == "passed":
             data_dir, image_dir = data.result(), images.result() / "train"
-        checker.step("train", 60 * args.train_minutes + 30, lambda s: checker.train(s, data_dir))
-        trained = checker.steps[-1].status == "passed"
-        checker.step("export", 30, checker.export if trained else _needs("train"))
-        checker.step("infer", 60, (lambda s: checker.infer(s, image_dir)) if trained else _needs("train"))
-        checker.step("bench", 60, lambda s: checker.bench(s, image_dir))
+            checker.step("train", 60 * args.train_minutes + 30, lambda s: checker.train(s, data_dir))
+            trained = checker.steps[-1].status == "passed"
+            checker.step("export", 30, checker.export if trained else _needs("train"))
+            checker.step("infer", 60, (lambda s: checker.infer(s, image_dir)) if trained else _needs("train"))
+            checker.step("bench", 60, lambda s: checker.bench(s, image_dir))
     finally:
         shutil.rmtree(checker.scratch, ignore_errors=True)
     print((args.out / "summary.md").read_text())
     return 0 if all(s.status == "passed" for s in checker.steps) else 1
+
+
+def _wait_for(step: Step, *futures: Any) -> None:
+    """The synthetic data drawn in the background, or the reason it could not be."""
+    for future in futures:
+        try:
+            future.result()
+        except Exception as exc:  # any failure to draw or write the data ends the checks that need it
+            raise StepFailed(f"synthetic data: {type(exc).__name__}: {exc}") from None
 
 
 def _needs(step: str) -> Any:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unetkit.core.cli import EXIT_OK, run_cli
+from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
 
 from .config import TrainConfig
 from .data.layouts import LAYOUTS
 from .evaluate import SPLITS, evaluate_checkpoint
+from .extras import require_training_stack
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
 
 PROG = "unet-train"
@@ -40,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "transposed convolutions")  # fmt: skip
     p.add_argument("--loss", choices=sorted({*BINARY_LOSSES, *MULTICLASS_LOSSES}),
                    help="loss (default bce+dice for binary, ce+dice for multi-class)")  # fmt: skip
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {d.workers})")
+    add_device_argument(p, default=None)
+    add_workers_argument(p, "DataLoader worker processes", default=None)
     p.add_argument("--seed", type=int, help=f"seed for initialization, split and augmentation (default {d.seed})")
     p.add_argument("--val-fraction", type=float, help=f"validation share of a random split (default {d.val_fraction})")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on --data and exit")
     p.add_argument("--split", choices=SPLITS, default="all", help="with --eval: all pairs, or the train/val part "
                    "of the split the checkpoint was trained with (default all)")  # fmt: skip
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    add_progress_argument(p, default=None)
     return p
 
 
@@ -77,7 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .fit import fit, resume_config  # torch/tensorboard imports only when training
+    require_training_stack()
+    from .fit import fit, resume_config  # albumentations and TensorBoard are imported only when training
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
     if args.resume:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD
 
@@ -27,7 +27,7 @@ class TrainConfig:
     bilinear: bool = False
     loss: str | None = None  # None: bce+dice for binary, ce+dice for multi-class
     device: str = "auto"
-    workers: int = min(4, os.cpu_count() or 1)
+    workers: int = DEFAULT_WORKERS
     seed: int = 0
     val_fraction: float = 0.2
     augment: bool = True

@@ -57,6 +57,6 @@ def evaluate_checkpoint(
     setup = BatchSetup(dev, autocast_dtype(dev), meta.mean, meta.std)
     loss_fn = make_loss("bce+dice" if meta.n_classes == 1 else "ce+dice", meta.n_classes)
     if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks memory_format
     result = evaluate(model, loader, loss_fn, meta.n_classes, setup, meta.threshold, progress)
     return result, meta, len(pairs)

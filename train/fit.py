@@ -107,7 +107,7 @@ def _loaders(
     cache = SampleCache(cfg.cache, cfg.scale, index.mask_kind) if cfg.cache else None
     report = check_dataset(index, cfg.scale, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
     report.raise_if_problems()
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -172,7 +172,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
         model.load_state_dict(resume.state_dict)
     model.to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
         run.restore(resume.training)
         log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from unetkit.core import load_checkpoint
+from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.device import resolve_device
 
 from ..artifacts import ArtifactError, artifact_path
@@ -50,24 +51,23 @@ def create_engine(
         raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
     precision = precision or default_precision(name, dev)
     if name in ("torch", "compile"):
-        source = Path(model or checkpoint or "best.pth")
+        source = Path(model or checkpoint or DEFAULT_CHECKPOINT)
         net, meta = load_checkpoint(source)
         if name == "torch":
             return EagerEngine(net, meta, dev, precision, source)
         from .compiled import CompiledEngine
 
         return CompiledEngine(net, meta, dev, precision, compile_mode, source)
-    if model is None and checkpoint is None:
-        checkpoint = "best.pth"
+    ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if name == "onnx":
         from .ort import OnnxEngine
 
-        path = Path(model) if model else artifact_path(checkpoint, "onnx-fp16" if precision == "fp16" else "onnx")
-        _require(path, checkpoint)
+        path = Path(model) if model else artifact_path(ckpt, "onnx-fp16" if precision == "fp16" else "onnx")
+        _require(path, None if model else ckpt)
         return OnnxEngine(path, dev)
     from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
-    return TrtEngine(Path(model) if model else artifact_path(checkpoint, "trt"), dev)
+    return TrtEngine(Path(model) if model else artifact_path(ckpt, "trt"), dev)
 
 
 def _require(path: Path, checkpoint: str | os.PathLike | None) -> None:

@@ -78,6 +78,7 @@ class Engine(ABC):
         self.input_dtype = input_dtype
         self.shapes = shapes
         self.detail = detail
+        self.closed = False
 
     @property
     def n_classes(self) -> int:
@@ -111,6 +112,8 @@ class Engine(ABC):
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.closed:
+            raise EngineUnavailable(f"{self.label}: the engine was closed")
         self.check(tuple(x.shape))
         if not same_device(x.device, self.device):
             raise EngineShapeError(f"{self.label}: input is on {x.device}, the engine runs on {self.device}")
@@ -121,7 +124,9 @@ class Engine(ABC):
         """Logits for a checked batch already on the engine's device in its input dtype."""
 
     def close(self) -> None:
-        """Release the engine's model, session or context; subclasses drop their own references."""
+        """Release the engine's model, session or context (subclasses drop their own references first); a
+        closed engine refuses to run. Closing twice is harmless."""
+        self.closed = True
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -42,7 +42,7 @@ class CompiledEngine(Engine):
         self.detail = f"torch.compile mode={mode}, static shapes"
 
     def close(self) -> None:
-        self.model = None
+        self.__dict__.pop("model", None)
         super().close()
 
     @torch.inference_mode()

@@ -20,7 +20,7 @@ def prepare_model(model: UNet, device: torch.device, precision: str) -> torch.nn
     if precision == "fp32":
         return copy.deepcopy(model).eval().to(device)
     net = fuse_batchnorm(model).to(device=device, dtype=DTYPES[precision])
-    return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
+    return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net  # type: ignore[call-overload]  # torch's stub lacks memory_format
 
 
 class EagerEngine(Engine):
@@ -42,7 +42,7 @@ class EagerEngine(Engine):
             self.detail = f"TF32 for convolutions {tf32} (PyTorch's default is on)"
 
     def close(self) -> None:
-        self.model = None
+        self.__dict__.pop("model", None)
         super().close()
 
     @torch.inference_mode()

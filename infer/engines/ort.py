@@ -137,7 +137,7 @@ class OnnxEngine(Engine):
         self.run_options.add_run_config_entry(*NO_SYNC_RUN_OPTION)
 
     def close(self) -> None:
-        self.session = None
+        self.__dict__.pop("session", None)
         self.stream = None
         super().close()
 
@@ -150,15 +150,18 @@ class OnnxEngine(Engine):
 
     def _run_cuda(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
+        stream = self.stream
+        if stream is None:
+            raise EngineUnavailable(f"{self.label}: no CUDA stream; the engine runs on the CPU")
         caller = torch.cuda.current_stream(self.device)
         out = torch.empty((n, self.n_classes, h, w), dtype=torch.float32, device=self.device)  # on `caller`
         binding = self.session.io_binding()
         index = self.device.index
         binding.bind_input(self.input_name, "cuda", index, np.float32, list(x.shape), x.data_ptr())
         binding.bind_output(self.output_name, "cuda", index, np.float32, list(out.shape), out.data_ptr())
-        self.stream.wait_stream(caller)  # the input is complete before ORT's kernels start: no host wait
-        self.session.run_with_iobinding(binding, self.run_options)  # queued on self.stream, not synchronised
+        stream.wait_stream(caller)  # the input is complete before ORT's kernels start: no host wait
+        self.session.run_with_iobinding(binding, self.run_options)  # queued on `stream`, not synchronised
         for tensor in (x, out):  # both are used on the session's stream: the allocator must know
-            tensor.record_stream(self.stream)
-        caller.wait_stream(self.stream)
+            tensor.record_stream(stream)
+        caller.wait_stream(stream)
         return out

@@ -107,10 +107,8 @@ class TrtEngine(Engine):
         self._out_stream = 0  # the stream the output buffer was allocated on
 
     def close(self) -> None:
-        # The context before the engine before the runtime, as TensorRT requires.
-        self.context = None
-        self.engine = None
-        self.runtime = None
+        for name in ("context", "engine", "runtime"):  # the context before the engine before the runtime
+            self.__dict__.pop(name, None)
         self._out = None
         super().close()
 
@@ -126,7 +124,9 @@ class TrtEngine(Engine):
             raise EngineShapeError(f"{self.label}: TensorRT refused input shape {tuple(x.shape)}")
         shape = tuple(self.context.get_tensor_shape(self.output_name))
         caller = torch.cuda.current_stream(self.device)
-        if self._out is None or tuple(self._out.shape) != shape:
+        if self._out is None or tuple(self._out.shape) != shape or self._out_stream != caller.cuda_stream:
+            # A new buffer when the caller's stream changes: the old one may still be read on the old stream,
+            # which the allocator orders correctly only for the stream a block was allocated on.
             self._out = torch.empty(shape, dtype=self.out_dtype, device=self.device)  # allocated on `caller`
             self._out_stream = caller.cuda_stream
         self.context.set_tensor_address(self.input_name, x.data_ptr())
@@ -136,12 +136,10 @@ class TrtEngine(Engine):
             stream.wait_stream(caller)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"{self.label}: execute_async_v3 failed")
-        for used in (caller,) if stream is caller else (caller, stream):
-            # The caching allocator only knows the stream a block was allocated on: tell it about every other
-            # stream that touches the input or the reused output, or a later free could recycle them too early.
-            if used.cuda_stream != self._out_stream:
-                self._out.record_stream(used)
         if stream is not caller:
+            # The caching allocator only knows the stream a block was allocated on: tell it about the engine's
+            # own stream, or a later free could recycle the input or the output while the engine still uses it.
             x.record_stream(stream)
+            self._out.record_stream(stream)
             caller.wait_stream(stream)
         return self._out

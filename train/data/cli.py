@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from unetkit.core.cli import EXIT_OK, run_cli
+from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
 
 PROG = "unet-data"
@@ -30,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("data", type=Path, help="data set folder")
     k.add_argument("--layout", default="auto", help="data layout (default auto)")
     k.add_argument("--scale", type=float, default=1.0, help="check at this scale, as training would (default 1)")
-    k.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    add_workers_argument(k, "decoding threads")
     for q in (s, c, k):
-        q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        add_progress_argument(q)
     return p
 
 

@@ -40,7 +40,7 @@ def load_sample(pair: Pair, scale: float, mask_kind: str) -> tuple[np.ndarray, n
     if scale != 1.0:
         scaled = scale_pixels(torch.from_numpy(image).permute(2, 0, 1), scale)
         image = scaled.permute(1, 2, 0).numpy()
-        labels = resize_masks(torch.from_numpy(labels)[None], tuple(scaled.shape[-2:]))[0].numpy()
+        labels = resize_masks(torch.from_numpy(labels)[None], (scaled.shape[-2], scaled.shape[-1]))[0].numpy()
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 

@@ -12,6 +12,7 @@ official train/val split.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,8 +140,8 @@ def _cityscapes(root: Path) -> DatasetIndex:
             root,
             [p for p in _files(img_root, IMAGE_EXTENSIONS, recursive=True) if p.stem.endswith("_leftImg8bit")],
             [p for p in _files(gt_root, MASK_EXTENSIONS, recursive=True) if p.stem.endswith("_gtFine_labelIds")],
-            lambda p, base=img_root: _city_key(p, base, "_leftImg8bit"),
-            lambda p, base=gt_root: _city_key(p, base, "_gtFine_labelIds"),
+            functools.partial(_city_key, base=img_root, suffix="_leftImg8bit"),
+            functools.partial(_city_key, base=gt_root, suffix="_gtFine_labelIds"),
         )  # fmt: skip
         pairs += [Pair(p.image, p.mask, split) for p in found]
         unmatched_images += ui

@@ -43,7 +43,7 @@ def random_car(rng: np.random.Generator) -> Car:
     paint = PAINTS[rng.integers(len(PAINTS))] if rng.random() < 0.8 else rng.uniform(20, 235, 3)
     start = rng.uniform(0.18, 0.32)
     return Car(
-        paint=tuple(float(v) for v in paint),
+        paint=(float(paint[0]), float(paint[1]), float(paint[2])),
         length=float(rng.uniform(0.55, 0.8)),
         height=float(rng.uniform(0.16, 0.22)),
         cabin=float(rng.uniform(0.6, 0.9)),
@@ -63,7 +63,9 @@ def _backdrop(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     img = wall * (1 - t) + floor * t + np.zeros((1, w, 1), np.float32)
     # Low-frequency blotches: upsampled coarse noise.
     coarse = (rng.normal(0, 10, (6, 9, 1)) + rng.normal(0, 4, (6, 9, 3))).astype(np.float32)
-    blotch = np.asarray(Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize((w, h), Image.BICUBIC))
+    blotch = np.asarray(
+        Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize((w, h), Image.Resampling.BICUBIC)
+    )
     img += blotch.astype(np.float32) - 128
     for _ in range(rng.integers(0, 4)):  # wall panels or floor markings
         x0 = int(rng.uniform(0, w))
@@ -101,7 +103,7 @@ def _draw_car(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.nd
         box = [cx - wheel_r, cy - wheel_r, cx + wheel_r, cy + wheel_r]
         d.ellipse(box, fill=255)
         ImageDraw.Draw(wheels).ellipse(box, fill=255)
-    return tuple(np.asarray(m) > 0 for m in (silhouette, windows, wheels))
+    return np.asarray(silhouette) > 0, np.asarray(windows) > 0, np.asarray(wheels) > 0
 
 
 def render(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +148,7 @@ def write_synthetic(
     w, h = size
     written = []
     rng_ids = np.random.default_rng(seed)
-    car = None
+    car_id, car = "", random_car(np.random.default_rng([seed, 0]))
     for i in tqdm(range(n), desc="synthesizing", unit="img", disable=not progress):
         view = i % VIEWS_PER_CAR
         if view == 0:

@@ -1,0 +1,113 @@
+"""One contract, every engine that can run on this machine (in the spirit of segmentation_models_pytorch's
+shared model tester): what it takes and returns, what it refuses, reused buffers, agreement with eager FP32.
+
+An engine that cannot run here must say why in one line (EngineUnavailable), never fail later."""
+
+import numpy as np
+import pytest
+import torch
+
+from unetkit.core.labels import probabilities, to_labels
+from unetkit.core.metrics import mask_agreement
+from unetkit.core.preprocess import model_input
+from unetkit.infer.engines import EngineShapeError, EngineUnavailable, create_engine
+from unetkit.train.data.synth import random_car, render
+
+CPU = pytest.param("cpu", id="cpu")
+CUDA = pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)
+SPECS = [
+    ("torch", "fp32", {}),
+    ("torch", "bf16", {}),
+    ("torch", "fp16", {"cuda_only": True}),  # half precision is emulated on a CPU: not offered there
+    ("compile", "fp32", {"slow": True}),
+    ("compile", "fp16", {"cuda_only": True, "slow": True}),
+    ("onnx", "fp32", {}),
+    ("onnx", "fp16", {}),
+    ("trt", "fp16", {"cuda_only": True}),
+]
+
+
+def _params():
+    for name, precision, flags in SPECS:
+        for device in (CPU, CUDA):
+            if flags.get("cuda_only") and device.id == "cpu" and name != "trt":
+                continue
+            marks = [*device.marks, *([pytest.mark.slow] if flags.get("slow") else [])]
+            if name == "trt" and device.id == "cuda":
+                marks.append(pytest.mark.trt)
+            yield pytest.param(name, precision, device.values[0], id=f"{name}-{precision}-{device.id}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def car(exported_checkpoint):
+    """A synthetic Carvana-size car as the trained checkpoint's input (uint8 pixels -> model input)."""
+    from unetkit.core import load_checkpoint
+
+    _, meta = load_checkpoint(exported_checkpoint[0] / "best.pth")
+    rng = np.random.default_rng(3)
+    pixels, _ = render(random_car(rng), rng, 1918, 1280)
+    return model_input(torch.from_numpy(pixels).permute(2, 0, 1), meta)[None]
+
+
+@pytest.fixture(scope="module")
+def reference(exported_checkpoint, car):
+    """Eager FP32 probabilities on the CPU: what every engine is compared with."""
+    with create_engine("torch", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu") as engine:
+        return probabilities(engine(car)).cpu()
+
+
+@pytest.mark.parametrize("name, precision, device", list(_params()))
+def test_engine_contract(exported_checkpoint, car, reference, name, precision, device):
+    try:
+        engine = create_engine(name, checkpoint=exported_checkpoint[0] / "best.pth", device=device,
+                               precision=precision)  # fmt: skip
+    except EngineUnavailable as exc:
+        assert name == "trt", f"{name} {precision} should run on {device}: {exc}"
+        assert "\n" not in str(exc) and ("CUDA" in str(exc) or "TensorRT" in str(exc))
+        return
+    with engine:
+        if engine.device.type != torch.device(device).type:  # ONNX Runtime without its CUDA provider
+            assert name == "onnx" and "CPUExecutionProvider" in engine.detail
+            pytest.skip(f"onnx runs on the CPU here: {engine.detail}")
+        described = engine.describe()
+        assert described["engine"] == name and described["precision"] == precision
+        assert described["device"] == str(engine.device) and engine.label == f"{name} {precision}"
+
+        # Takes (N, C, H, W) in its input dtype on its device; returns logits of the same size, same device.
+        x = car.to(engine.device, engine.input_dtype)
+        out = engine(x)
+        assert out.shape == (1, engine.n_classes, *car.shape[-2:]) and out.device == engine.device
+        assert out.is_floating_point()
+        batch = torch.cat([x, x.flip(-1)])
+        assert engine(batch).shape == (2, engine.n_classes, *car.shape[-2:])
+
+        # Refuses what it cannot take, in one line, before running.
+        with pytest.raises(EngineShapeError, match=r"expected \(N, 3, H, W\)"):
+            engine(torch.zeros(1, 4, 32, 32, device=engine.device, dtype=engine.input_dtype))
+        with pytest.raises(EngineShapeError, match="input is on meta"):
+            engine(torch.zeros(1, 3, 32, 32, device="meta", dtype=engine.input_dtype))
+        if engine.shapes is None:
+            assert described["shapes"] is None
+        else:  # a TensorRT profile: one beyond its largest batch is refused with the range it accepts
+            n = engine.shapes.max[0] + 1
+            with pytest.raises(EngineShapeError, match="accepts batch"):
+                engine(x.expand(n, -1, -1, -1).contiguous())
+
+        # The result may be a reused buffer, valid until the next call: clones stay right across calls.
+        first = engine(x).clone()
+        other = engine(x.flip(-1)).clone()
+        again = engine(x).clone()
+        assert torch.equal(first, again) or (first.float() - again.float()).abs().max() < 1e-3
+        assert not torch.equal(first, other)
+
+        # Agrees with eager FP32: within 1e-4 in FP32, masks at Dice >= 0.99 in reduced precision.
+        prob = probabilities(first).cpu()
+        if precision == "fp32" and name != "compile":
+            assert (prob - reference).abs().max() <= 1e-4
+        else:
+            assert (prob - reference).abs().max() <= 0.05
+        threshold = engine.meta.threshold
+        labels, ref_labels = to_labels(prob, threshold), to_labels(reference, threshold)
+        assert ref_labels.float().mean() > 0.05  # the car is found: agreement is not about empty masks
+        assert mask_agreement(labels, ref_labels, engine.n_classes) >= 0.99
+    engine.close()  # closing twice is harmless
