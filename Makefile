@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.modules
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/pip install -q "$(TORCH_PIN)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e ".[dev,cpu,train]" --config-settings editable_mode=strict
+	$(BIN)/pip install -q -e ".[dev,cpu,train,openvino]" --config-settings editable_mode=strict
 	touch $@
 
 $(VENV)/.modules: FORCE

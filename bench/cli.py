@@ -15,6 +15,7 @@ from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_wo
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.preprocess import scaled_size
+from unetkit.infer.engines import DTYPES
 from unetkit.infer.engines.compiled import COMPILE_MODES
 
 from .e2e import bench_e2e, synthetic_jpegs
@@ -32,6 +33,7 @@ from .runner import (
     engine_factory,
     finish_rows,
 )
+from .selfexport import export_random, needs_artifacts
 from .timing import TimingPlan, matmul_peak_tflops
 
 PROG = "unet-bench"
@@ -127,7 +129,10 @@ def _bench(args: argparse.Namespace) -> int:
         runnable = [s for s, skip in specs if skip is None]
         # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
         peaks = {p: matmul_peak_tflops(p, device) for p in sorted({s.precision for s in runnable})
-                 if device.type == "cuda" or p == "fp32"}  # fmt: skip
+                 if p in DTYPES and (device.type == "cuda" or p == "fp32")}  # fmt: skip
+        artifacts = "beside the checkpoint"
+        if ckpt.parent == Path(scratch) and needs_artifacts(runnable):
+            artifacts = export_random(ckpt, device)
         report = Report(
             environment=environment(device),
             settings={
@@ -142,6 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
                 "min_time_s": plan.min_time,
                 "rotated_inputs": plan.rotate,
                 "scope": args.scope,
+                "artifacts": artifacts,
             },
             flops_per_image=counted_flops(config, *model_hw),
             peaks_tflops=peaks,

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from unetkit.core.cpu import cpu_capabilities
+
 
 def _version(package: str) -> str | None:
     try:
@@ -50,9 +52,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpu_capabilities": cpu_capabilities().to_dict(),  # native bf16 / int8 dot products / AMX, from its flags
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "openvino": _version("openvino"),
         "tensorrt": None,
         "torchvision": _version("torchvision"),
         "unetkit": _version("unetkit"),

@@ -101,14 +101,17 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 
 def _header(report: Report) -> list[str]:
     env, s = report.environment, report.settings
-    where = env.get("gpu") or env.get("cpu")
+    caps = env.get("cpu_capabilities") or {}
+    where = env.get("gpu") or f"{env.get('cpu')} ({caps.get('summary', 'flags unknown')})"
     peaks = ", ".join(f"{k} {v:.1f}" for k, v in report.peaks_tflops.items())
     return [
         f"unet-bench on {where} ({env['device']}), {env['date']}; torch {env['torch']}, onnxruntime "
-        f"{env.get('onnxruntime')}, TensorRT {env.get('tensorrt') or 'not installed'}"
+        f"{env.get('onnxruntime')}, OpenVINO {env.get('openvino') or 'not installed'}, TensorRT "
+        f"{env.get('tensorrt') or 'not installed'}"
         + (f", CUDA {env.get('cuda')}, driver {env.get('driver')}, TF32 convolutions {env.get('tf32_conv')}"
            if env.get("gpu") else ""),
-        f"model: {s['model']}; image {s['image_hw'][1]}x{s['image_hw'][0]} -> model input "
+        f"model: {s['model']}; artifacts {s.get('artifacts', 'beside the checkpoint')}",
+        f"image {s['image_hw'][1]}x{s['image_hw'][0]} -> model input "
         f"{s['model_hw'][1]}x{s['model_hw'][0]} (scale {s['scale']:g}); {report.flops_per_image / 1e12:.3f} TFLOP "
         f"per image (counted)",
         f"matmul peak measured now (TFLOP/s): {peaks}",

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.errors import UnetkitError
 from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import mask_agreement
 from unetkit.core.preprocess import model_input
-from unetkit.infer.engines import DTYPES, ENGINE_NAMES, Engine, EngineShapeError, create_engine
+from unetkit.infer.engines import ENGINE_NAMES, PRECISIONS, Engine, EngineShapeError, canonical_precision, create_engine
 from unetkit.train.data.synth import random_car, render
 
 from .stats import HIGH_CV, images_per_second, per_image, summarize
@@ -42,10 +43,12 @@ class EngineSpec:
 
     @classmethod
     def parse(cls, text: str) -> EngineSpec:
-        """'onnx:fp16' -> EngineSpec('onnx', 'fp16')."""
+        """'onnx:fp16' -> EngineSpec('onnx', 'fp16'); 'openvino:f32' -> EngineSpec('openvino', 'fp32')."""
         name, _, precision = text.partition(":")
-        if name not in ENGINE_NAMES or precision not in DTYPES:
-            raise UnetkitError(f"--engines '{text}': expected ENGINE:PRECISION, e.g. torch:fp32, onnx:fp16, trt:fp16")
+        precision = canonical_precision(precision)
+        if name not in ENGINE_NAMES or precision not in PRECISIONS:
+            raise UnetkitError(f"--engines '{text}': expected ENGINE:PRECISION, e.g. torch:fp32, onnx:int8, "
+                               "openvino:bf16, trt:fp16")  # fmt: skip
         return cls(name, precision)
 
 
@@ -57,17 +60,34 @@ ALL_SPECS = (
     EngineSpec("compile", "fp16"),
     EngineSpec("onnx", "fp32"),
     EngineSpec("onnx", "fp16"),
+    EngineSpec("onnx", "int8"),
+    EngineSpec("openvino", "fp32"),
+    EngineSpec("openvino", "bf16"),
+    EngineSpec("openvino", "int8"),
     EngineSpec("trt", "fp16"),
+    EngineSpec("trt", "int8"),
 )
 
 
-def default_skip(spec: EngineSpec, device: torch.device) -> str | None:
+def eager_cpu_skip(precision: str, cpu: CpuCapabilities) -> str | None:
+    """Why eager PyTorch in `precision` is left out on this CPU, or None: bf16 and fp16 run only where the
+    CPU executes them natively (its flags say so); elsewhere they are emulated, slower than FP32."""
+    native = {"bf16": cpu.bf16, "fp16": cpu.fp16}.get(precision, True)
+    if native:
+        return None
+    needs = "AVX512-BF16 or AMX-BF16" if precision == "bf16" else "AVX512-FP16 or AMX-FP16"
+    name = precision.upper()
+    return (f"{name} is not native on this CPU ({cpu.summary()}; it needs {needs}), so eager {name} is "
+            f"emulated and slower than FP32; ask for it with --engines torch:{precision}")  # fmt: skip
+
+
+def default_skip(spec: EngineSpec, device: torch.device, cpu: CpuCapabilities | None = None) -> str | None:
     """Why an engine is left out of a default run here (it stays in the report with this reason)."""
     if device.type == "cpu":
         if spec.name == "compile":
             return "compiling for the CPU takes minutes per shape; ask for it with --engines compile:fp32"
         if spec.name == "torch" and spec.precision != "fp32":
-            return "FP16/BF16 eager on the CPU is emulated and very slow; ask for it with --engines"
+            return eager_cpu_skip(spec.precision, cpu or cpu_capabilities())
     if spec.name == "compile" and spec.precision == "fp32":
         return "not a default row; ask for it with --engines"
     if spec.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -1,4 +1,5 @@
-"""unet-export: checkpoint -> best.onnx, best.fp16.onnx and best.fp16.engine, each verified before it is kept."""
+"""unet-export: checkpoint -> best.onnx, best.fp16.onnx and best.fp16.engine (with --int8 also best.int8.onnx
+and best.int8.engine), each verified before it is kept."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 
+from .int8 import add_int8_arguments, calibration_line, int8_source, produce_int8
 from .onnx_export import EXPORTERS, export_onnx
 from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/unetkit/ per TensorRT version and GPU)")  # fmt: skip
     add_device_argument(p, ": where artifacts are verified and a TensorRT engine is built")
     add_progress_argument(p)
+    add_int8_arguments(p)
     return p
 
 
@@ -69,19 +72,22 @@ def _onnx_builder(model: UNet, meta: ModelMeta, fp16: bool, args: argparse.Names
 def _export(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
     device = resolve_device(args.device)
-    missing = onnxruntime_missing() if args.verify else None
+    missing = onnxruntime_missing() if args.verify or args.int8 else None
+    if missing and args.int8:
+        raise UnetkitError(f"--int8 calibrates in ONNX Runtime: {missing}")
     if missing:
         raise UnetkitError(f"verification runs the ONNX files in ONNX Runtime: {missing}; or pass --no-verify")
     trt_reason = engine_skip_reason(device, tensorrt_unavailable()) if args.trt is not False else None
     if args.trt and trt_reason:
         raise UnetkitError(f"--trt: {trt_reason}")
     profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
+    calibration = int8_source(args, meta)  # a bad --calib fails here, before anything is written
     out_dir = args.out_dir or args.checkpoint.parent
     target = out_dir / args.checkpoint.name
     # Every artifact carries the model's description and where it came from; training details stay behind.
     artifact_meta = dataclasses.replace(meta, extra={
         "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,
-        "source_sha256": sha256_file(args.checkpoint),
+        "source_sha256": sha256_file(args.checkpoint), "export_verified": bool(args.verify),
     })  # fmt: skip
     reference = Reference(model, meta) if args.verify else None
     onnx_inputs = sample_inputs(meta) if args.verify else []
@@ -106,24 +112,59 @@ def _export(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
         print(results[-1].line(), flush=True)
-
-    engine_path = artifact_path(target, "trt")
-    if args.trt is False:
-        print(f"{engine_path.name:<22} FP16  skipped (--no-trt)")
-    elif trt_reason:
-        print(f"{engine_path.name:<22} FP16  skipped: {trt_reason}")
-    elif not results[-1].kept:
-        results.append(Artifact(engine_path, "fp16", note="skipped: the FP16 ONNX it is built from was not kept"))
-        print(results[-1].line())
-    else:
-        results.append(_engine(args, results[-1].path, engine_path, profile, artifact_meta, reference, device))
-        print(results[-1].line())
+    if calibration is not None:
+        print(calibration_line(args, calibration), flush=True)
+        int8_path = artifact_path(target, "onnx-int8")
+        if results[0].kept:
+            results.append(
+                produce_int8(args, results[0].path, int8_path, calibration, artifact_meta, reference, device)
+            )
+        else:
+            results.append(Artifact(int8_path, "int8", note="skipped: the FP32 ONNX it is built from was not kept"))
+        print(results[-1].line(), flush=True)
+    fp16_onnx = results[1]
+    results += _engines(args, target, fp16_onnx, results[-1] if calibration else None, profile, artifact_meta,
+                        reference, device, trt_reason)  # fmt: skip
     failed = [r.path.name for r in results if not r.kept]
     if failed:
         print(f"not kept: {', '.join(failed)} (see above); the exit code is {EXIT_FAILURES}")
         return EXIT_FAILURES
     print(f"wrote {len(results)} verified artifact(s) to {out_dir}" if args.verify else f"wrote to {out_dir}")
     return EXIT_OK
+
+
+def _engines(
+    args: argparse.Namespace,
+    target: Path,
+    fp16_onnx: Artifact,
+    int8_onnx: Artifact | None,
+    profile: ShapeRange,
+    meta: ModelMeta,
+    reference: Reference | None,
+    device: torch.device,
+    trt_reason: str | None,
+) -> list[Artifact]:
+    """The TensorRT engines: FP16 from best.fp16.onnx, and INT8 from best.int8.onnx with --int8."""
+    results = []
+    sources = [("trt", "fp16", fp16_onnx)] + ([("trt-int8", "int8", int8_onnx)] if int8_onnx else [])
+    for kind, precision, source in sources:
+        engine_path = artifact_path(target, kind)
+        tag = f"{engine_path.name:<22} {precision.upper():<5}"
+        if args.trt is False:
+            print(f"{tag} skipped (--no-trt)")
+        elif trt_reason:
+            print(f"{tag} skipped: {trt_reason}")
+        elif precision == "int8" and args.int8_scheme != "symmetric":
+            print(f"{tag} skipped: --int8-scheme {args.int8_scheme} has zero points TensorRT refuses")
+        elif not source.kept:
+            what = "FP16" if precision == "fp16" else "INT8"
+            results.append(Artifact(engine_path, precision, note=f"skipped: the {what} ONNX it is built from was "
+                                    "not kept"))  # fmt: skip
+            print(results[-1].line())
+        else:
+            results.append(_engine(args, source.path, engine_path, profile, meta, reference, device, precision))
+            print(results[-1].line())
+    return results
 
 
 def _engine(
@@ -134,12 +175,13 @@ def _engine(
     meta: ModelMeta,
     reference: Reference | None,
     device: torch.device,
+    precision: str = "fp16",
 ) -> Artifact:
     import tensorrt as trt
 
     gpu = gpu_identity(device)
     cache = args.timing_cache or default_timing_cache(trt.__version__, gpu["gpu"])
-    settings = BuildSettings(profile, args.workspace, cache, progress=args.progress)
+    settings = BuildSettings(profile, args.workspace, cache, progress=args.progress, precision=precision)
     sidecar: dict[str, Any] = {}
 
     def build(tmp: Path) -> None:
@@ -147,10 +189,10 @@ def _engine(
 
     def check(tmp: Path, reference: Reference) -> Verification:
         with TrtEngine(tmp, device, meta=meta) as engine:
-            return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False)
+            return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False, int8=precision == "int8")
 
     verified = None if reference is None else functools.partial(check, reference=reference)
-    result = produce(engine_path, "fp16", build, verified)
+    result = produce(engine_path, precision, build, verified)
     if result.kept:
         if result.verification:
             sidecar["verification"] = result.verification.to_dict()

@@ -1,4 +1,4 @@
-"""FP16 ONNX -> TensorRT engine (TensorRT 10.x and 11.x), checked for FP16 after building.
+"""FP16 or INT8 QDQ ONNX -> TensorRT engine (TensorRT 10.x and 11.x), checked for its precision after building.
 
 Written from NVIDIA's TensorRT Python API documentation and samples; not run here, where TensorRT's
 builder cannot be installed. Key facts it follows:
@@ -8,6 +8,11 @@ builder cannot be installed. Key facts it follows:
 - A strongly typed FP32 graph silently builds an FP32 engine, so the built engine's layer formats are read
   back with the engine inspector and an engine whose convolutions are not FP16 is refused.
 - The timing cache is loaded before and saved after each build; set_timing_cache takes both arguments.
+- INT8 is explicit quantization: the network is strongly typed and its int8 comes from best.int8.onnx's Q/DQ
+  pairs; NVIDIA's "Explicit Quantization" guide: precision build flags are not needed and not set, and the
+  implicit-quantization calibrators are deprecated since 10.1. The parser takes int8 Q/DQ with zero points
+  of 0 and no int32 bias dequantization, which the file is checked for first; the layers the file leaves in
+  float (the logits, padding, cropping) run in FP32. Not yet run on a GPU (no TensorRT here).
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.trt import INSTALL_HINT, gpu_identity, trt_logger
 
 from .onnx_export import ExportError
+from .quantize import qdq_problems_for_tensorrt
 
 log = logging.getLogger(__name__)
 #: Share of convolution (or compute) layers that must run in FP16 for an engine to count as FP16.
 MIN_FP16_SHARE = 0.9
+#: The same for INT8: every convolution's inputs are quantized, but the last one's output (the logits) and
+#: those TensorRT chooses to keep in float for speed report another format.
+MIN_INT8_SHARE = 0.75
+MIN_SHARE = {"fp16": MIN_FP16_SHARE, "int8": MIN_INT8_SHARE}
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class BuildSettings:
     timing_cache: Path | None = None
     optimization_level: int | None = None  # None: TensorRT's default (3)
     progress: bool = True
+    precision: str = "fp16"  # fp16 (from best.fp16.onnx) or int8 (from best.int8.onnx): the graph sets it
 
 
 def default_timing_cache(trt_version: str, gpu: str) -> Path:
@@ -191,6 +202,8 @@ def _build(
     import tensorrt as trt
 
     start = time.perf_counter()
+    if settings.precision == "int8":
+        refuse_non_tensorrt_qdq(onnx_path)
     logger = trt_logger()
     builder = trt.Builder(logger)
     # Required on 10.x for FP16 from the graph, retained and ignored on 11.x (always strongly typed).
@@ -227,12 +240,12 @@ def _build(
     timing = config.get_timing_cache()
     if settings.timing_cache and timing is not None:
         write_bytes_atomic(settings.timing_cache, bytes(timing.serialize()))
-    report = inspect_engine(trt, logger, engine_path, input_name, p.opt)
+    report = inspect_engine(trt, logger, engine_path, input_name, p.opt, settings.precision)
     return {
         "format_version": 1,
         "tensorrt_version": trt.__version__,
         **gpu_identity(device),
-        "precision": "fp16",
+        "precision": settings.precision,
         "profile": {"input": input_name, **p.to_dict()},
         "workspace_gib": settings.workspace_gib,
         "source_onnx": onnx_path.name,
@@ -243,8 +256,32 @@ def _build(
     }
 
 
-def inspect_engine(trt: Any, logger: Any, engine_path: Path, input_name: str, opt: tuple[int, ...]) -> dict[str, Any]:
-    """I/O dtypes and convolution precisions of a built engine; refuses an engine that is not FP16."""
+def refuse_non_tensorrt_qdq(onnx_path: Path) -> None:
+    """ExportError, before a build, for a QDQ file TensorRT's parser would refuse (see qdq_problems_for_tensorrt)."""
+    import onnx
+
+    problems = qdq_problems_for_tensorrt(onnx.load(str(onnx_path), load_external_data=False))
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise ExportError(f"{onnx_path.name}: not a TensorRT INT8 file: {'; '.join(problems[:2])}{more}; export "
+                          "it with --int8-scheme symmetric")  # fmt: skip
+
+
+def precision_share(counts: Counter, precision: str) -> tuple[float, str | None]:
+    """The share of counted layers in `precision`, and why that is too low to keep the engine (or None)."""
+    total = sum(counts.values())
+    share = counts[precision] / total if total else 0.0
+    if share >= MIN_SHARE[precision]:
+        return share, None
+    if not total:
+        return share, "the engine inspector reports no layer precisions"
+    return share, f"only {counts[precision]} of {total} counted layers run in {precision.upper()} ({dict(counts)})"
+
+
+def inspect_engine(
+    trt: Any, logger: Any, engine_path: Path, input_name: str, opt: tuple[int, ...], precision: str = "fp16"
+) -> dict[str, Any]:
+    """I/O dtypes and convolution precisions of a built engine; refuses an engine not in `precision`."""
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise ExportError(f"{engine_path}: the engine just built does not deserialize")
@@ -257,12 +294,11 @@ def inspect_engine(trt: Any, logger: Any, engine_path: Path, input_name: str, op
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
     counts, what = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    total = sum(counts.values())
-    share = counts["fp16"] / total if total else 0.0
-    if share < MIN_FP16_SHARE:
-        if total:
-            found = f"only {counts['fp16']} of {total} {what} run in FP16 ({dict(counts)})"
-        else:
-            found = "the engine inspector reports no layer precisions"
-        raise ExportError(f"{engine_path.name}: {found}; FP16 is not confirmed, so the engine was not kept")
-    return {"io_dtypes": io_dtypes, "layer_precisions": {"counted": what, **counts}, "fp16_share": round(share, 4)}
+    share, problem = precision_share(counts, precision)
+    if problem:
+        name = precision.upper()
+        raise ExportError(
+            f"{engine_path.name}: {problem} ({what}); {name} is not confirmed, so the engine was not kept"
+        )
+    return {"io_dtypes": io_dtypes, "layer_precisions": {"counted": what, **counts},
+            f"{precision}_share": round(share, 4)}  # fmt: skip

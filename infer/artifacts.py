@@ -1,7 +1,8 @@
 """Where artifacts live and what they say about themselves.
 
 `unet-export best.pth` writes, beside the checkpoint: best.onnx (FP32), best.fp16.onnx and
-best.fp16.engine with its sidecar best.fp16.engine.json. Inference finds them by these names. Metadata is
+best.fp16.engine with its sidecar best.fp16.engine.json; with --int8 also best.int8.onnx (QDQ) and
+best.int8.engine. Inference finds them by these names. Metadata is
 JSON text, read back with `json.loads`, never evaluated.
 """
 
@@ -16,7 +17,13 @@ from typing import Any
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import MetaError, ModelMeta
 
-SUFFIXES = {"onnx": ".onnx", "onnx-fp16": ".fp16.onnx", "trt": ".fp16.engine"}
+SUFFIXES = {
+    "onnx": ".onnx",
+    "onnx-fp16": ".fp16.onnx",
+    "onnx-int8": ".int8.onnx",
+    "trt": ".fp16.engine",
+    "trt-int8": ".int8.engine",
+}
 METADATA_PREFIX = "unetkit."
 REQUIRED_META = ("n_classes", "scale", "mean", "std", "threshold")
 
@@ -26,7 +33,8 @@ class ArtifactError(UnetkitError):
 
 
 def artifact_path(checkpoint: str | os.PathLike, kind: str) -> Path:
-    """best.pth -> best.onnx ('onnx'), best.fp16.onnx ('onnx-fp16'), best.fp16.engine ('trt')."""
+    """best.pth -> best.onnx ('onnx'), best.fp16.onnx ('onnx-fp16'), best.int8.onnx ('onnx-int8'),
+    best.fp16.engine ('trt'), best.int8.engine ('trt-int8')."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(checkpoint.stem + SUFFIXES[kind])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
+from unetkit.core.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
 from unetkit.core.cli import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -14,10 +14,13 @@ from unetkit.core.cli import (
     add_workers_argument,
     run_cli,
 )
+from unetkit.core.device import resolve_device
+from unetkit.core.errors import UnetkitError
 
-from .engines import DTYPES, ENGINE_NAMES
+from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
-from .io import default_out_dir, discover
+from .fastest import Probe, probe_engines, probe_input
+from .io import Item, default_out_dir, discover
 from .predictor import Predictor
 from .settings import DECODERS, InferSettings, OutputOptions
 from .tiling import BLEND_MODES, DEFAULT_TILE
@@ -36,15 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", type=Path, help="folder of images (jpg, jpeg, png, bmp, tif, tiff, webp)")
-    p.add_argument("--engine", choices=ENGINE_NAMES, help="inference engine (default: torch for a checkpoint, "
-                   "onnx for a .onnx --model, trt for a .engine --model)")  # fmt: skip
+    p.add_argument("--engine", choices=[*ENGINE_NAMES, "fastest"], help="inference engine (default: torch for a "
+                   "checkpoint, onnx for a .onnx --model, trt for a .engine --model); fastest: time every verified "
+                   "CPU engine on the first image and use the fastest")  # fmt: skip
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint whose artifacts to "
                      f"use (default {DEFAULT_CHECKPOINT})")  # fmt: skip
     src.add_argument("--model", type=Path, help="an exported artifact to run instead (.onnx or .engine)")
     add_device_argument(p)
-    p.add_argument("--precision", choices=sorted(DTYPES), help="torch/compile precision; onnx: which ONNX file "
-                   "(default fp16 on CUDA, fp32 on the CPU)")  # fmt: skip
+    p.add_argument("--precision", choices=[*PRECISIONS, "f32", "auto"], help="torch/compile precision; onnx, "
+                   "openvino, trt: which file (int8: best.int8.*); openvino: auto (default: bf16 where the CPU has it "
+                   "natively, else fp32), fp32 or bf16 (default fp16 on CUDA, fp32 on the CPU)")  # fmt: skip
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for --engine compile "
                    "(default reduce-overhead on CUDA: CUDA graphs)")  # fmt: skip
     p.add_argument("--tile", type=int, default=0, metavar="N", help="tile edge in model-input pixels; 0 (default) "
@@ -71,10 +76,13 @@ def _infer(args: argparse.Namespace) -> int:
     settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
     out = args.out or default_out_dir(args.folder)
     items = discover(args.folder, out, args.recursive)  # a missing or empty folder fails before any loading
-    predictor = Predictor(
-        args.model or args.checkpoint, args.engine, args.device, args.precision, compile_mode=args.compile_mode,
-        **vars(settings),
-    )  # fmt: skip
+    if args.engine == "fastest":
+        predictor = _fastest(args, settings, items)
+    else:
+        predictor = Predictor(
+            args.model or args.checkpoint, args.engine, args.device, args.precision, compile_mode=args.compile_mode,
+            **vars(settings),
+        )  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, args.rle, args.resume, args.progress)
     with predictor:
         summary = predictor.pipeline(outputs).run(items)
@@ -82,6 +90,31 @@ def _infer(args: argparse.Namespace) -> int:
         print(line)
     print(f"masks in {out}" + (f", RLE in {args.rle}" if args.rle else ""))
     return EXIT_FAILURES if summary.failures else EXIT_OK
+
+
+def _fastest(args: argparse.Namespace, settings: InferSettings, items: list[Item]) -> Predictor:
+    """--engine fastest: probe the CPU engines on the first image, print every time, keep the fastest."""
+    if args.model:
+        raise UnetkitError("--engine fastest chooses among the artifacts beside --checkpoint; it takes no --model")
+    if args.precision:
+        raise UnetkitError("--engine fastest chooses the precision too; leave out --precision")
+    if resolve_device(args.device).type != "cpu":
+        raise UnetkitError("--engine fastest compares CPU engines: pass --device cpu (on a GPU, --engine trt is the "
+                           "fast path)")  # fmt: skip
+    meta = read_checkpoint(args.checkpoint).meta
+    x = probe_input([item.source for item in items], meta, settings.tile)
+    print(f"--engine fastest: timing each CPU engine at {'x'.join(map(str, x.shape))} (1 warm-up, best of 2 calls)",
+          flush=True)  # fmt: skip
+
+    def show(probe: Probe) -> None:
+        result = f"{probe.ms:10.1f} ms/image" if probe.ms is not None else f"  skipped: {probe.note}"
+        print(f"  {probe.label:<15}{result}", flush=True)
+
+    engine, probes = probe_engines(args.checkpoint, x, show)
+    timed = sorted((p for p in probes if p.ms is not None), key=lambda p: p.ms or 0.0)
+    runner_up = f", {timed[1].ms / timed[0].ms:.2f}x faster than {timed[1].label}" if len(timed) > 1 else ""  # type: ignore[operator]
+    print(f"--engine fastest: chose {engine.label} ({timed[0].ms:.1f} ms/image{runner_up})", flush=True)
+    return Predictor.from_engine(engine, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,18 @@ from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.device import resolve_device
 
 from ..artifacts import ArtifactError, artifact_path
-from .base import DTYPES, Engine, EngineShapeError, EngineUnavailable, ShapeRange
+from .base import DTYPES, PRECISIONS, Engine, EngineShapeError, EngineUnavailable, ShapeRange, canonical_precision
 from .eager import EagerEngine
 
-ENGINE_NAMES = ("torch", "compile", "onnx", "trt")
+ENGINE_NAMES = ("torch", "compile", "onnx", "trt", "openvino")
+#: The artifact each file-based engine reads for a precision (any other precision reads the FP32 file).
+ONNX_ARTIFACTS = {"fp16": "onnx-fp16", "int8": "onnx-int8"}
+TRT_ARTIFACTS = {"fp16": "trt", "int8": "trt-int8"}
 
 __all__ = [
     "DTYPES",
     "ENGINE_NAMES",
+    "PRECISIONS",
     "Engine",
     "EngineShapeError",
     "EngineUnavailable",
@@ -29,7 +33,10 @@ __all__ = [
 
 
 def default_precision(name: str, device: torch.device) -> str:
-    """FP16 where it is fast (CUDA; TensorRT engines are FP16), FP32 on the CPU, where FP16 only adds casts."""
+    """FP16 where it is fast (CUDA; TensorRT engines are FP16), FP32 on the CPU, where FP16 only adds casts;
+    OpenVINO decides from the CPU's capabilities (bf16 only where native)."""
+    if name == "openvino":
+        return "auto"
     return "fp16" if device.type == "cuda" or name == "trt" else "fp32"
 
 
@@ -43,13 +50,14 @@ def create_engine(
 ) -> Engine:
     """Build engine `name` from an explicit artifact (`model`) or from the artifacts beside `checkpoint`.
 
-    torch and compile run the checkpoint itself; onnx and trt find best.onnx / best.fp16.onnx /
-    best.fp16.engine beside it, unless `model` names the artifact.
+    torch and compile run the checkpoint itself; onnx, openvino and trt find best.onnx / best.fp16.onnx /
+    best.int8.onnx / best.fp16.engine / best.int8.engine beside it by precision, unless `model` names the
+    artifact. Precision `f32` is read as `fp32`.
     """
     dev = resolve_device(device)
     if name not in ENGINE_NAMES:
         raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
-    precision = precision or default_precision(name, dev)
+    precision = canonical_precision(precision) if precision else default_precision(name, dev)
     if name in ("torch", "compile"):
         source = Path(model or checkpoint or DEFAULT_CHECKPOINT)
         net, meta = load_checkpoint(source)
@@ -62,15 +70,25 @@ def create_engine(
     if name == "onnx":
         from .ort import OnnxEngine
 
-        path = Path(model) if model else artifact_path(ckpt, "onnx-fp16" if precision == "fp16" else "onnx")
-        _require(path, None if model else ckpt)
+        path = Path(model) if model else artifact_path(ckpt, ONNX_ARTIFACTS.get(precision, "onnx"))
+        _require(path, None if model else ckpt, precision)
         return OnnxEngine(path, dev)
+    if name == "openvino":
+        from .openvino import OpenVinoEngine, openvino_missing
+
+        missing = openvino_missing()  # before the file: an engine that cannot run here says so first
+        if missing:
+            raise EngineUnavailable(missing)
+        path = Path(model) if model else artifact_path(ckpt, "onnx-int8" if precision == "int8" else "onnx")
+        _require(path, None if model else ckpt, precision)
+        return OpenVinoEngine(path, dev, precision)
     from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
-    return TrtEngine(Path(model) if model else artifact_path(ckpt, "trt"), dev)
+    return TrtEngine(Path(model) if model else artifact_path(ckpt, TRT_ARTIFACTS.get(precision, "trt")), dev)
 
 
-def _require(path: Path, checkpoint: str | os.PathLike | None) -> None:
+def _require(path: Path, checkpoint: str | os.PathLike | None, precision: str) -> None:
     if not path.is_file():
-        hint = f"run `unet-export {checkpoint}` first" if checkpoint else "check the path"
+        flag = " --int8" if precision == "int8" else ""
+        hint = f"run `unet-export {checkpoint}{flag}` first" if checkpoint else "check the path"
         raise ArtifactError(f"{path}: not found; {hint}")

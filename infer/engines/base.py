@@ -21,6 +21,14 @@ from unetkit.core.meta import ModelMeta
 
 #: Precision names and the torch dtypes they compute in: one table for every engine and the benchmark.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Every precision an engine can run: the float ones above, and int8 (quantized artifacts, float I/O).
+PRECISIONS = (*DTYPES, "int8")
+PRECISION_ALIASES = {"f32": "fp32", "f16": "fp16"}
+
+
+def canonical_precision(name: str) -> str:
+    """'f32' -> 'fp32' (OpenVINO's spelling); other names unchanged, checked by the engine that runs them."""
+    return PRECISION_ALIASES.get(name.lower(), name.lower())
 
 
 class EngineUnavailable(UnetkitError):

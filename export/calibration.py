@@ -1,0 +1,142 @@
+"""Calibration data for INT8: real images through the checkpoint's own preprocessing, chosen by a seed.
+
+Where the images come from, in order: `--calib DIR`; else the training data set recorded in the checkpoint
+(`train_args.data`), when it is on this machine; else synthetic cars (unetkit's own renderer), which is said.
+A folder is read as images directly in it, or in a data set layout's image folder (imgs/, train/, images/,
+leftImg8bit/train/), so a data set root works as well as a plain folder of images.
+
+Each sample is one image's model input (scaled by `meta.scale`, normalized by its mean/std), whole or one
+square tile of it at a seeded position; the plan of (image, tile position) pairs is drawn once from the
+seed, and images are read only when the calibrator asks for them, so memory stays flat and the same seed
+gives the same samples in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetkit.core.errors import UnetkitError
+from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.meta import ModelMeta
+from unetkit.core.preprocess import model_input
+from unetkit.train.data.synth import random_car, render
+
+#: Image folders of the data set layouts unet-train reads (README's table), searched below a data set root.
+LAYOUT_IMAGE_DIRS = ("imgs", "train", "images", "leftImg8bit/train")
+DEFAULT_COUNT = 128
+DEFAULT_TILE = 256
+SYNTHETIC_HW = (1280, 1918)  # Carvana's size, as the verification's car image
+
+
+class CalibrationError(UnetkitError):
+    """No usable calibration images, or settings that cannot give any."""
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    images: tuple[Path, ...]  # empty: synthetic cars
+    description: str
+
+    @property
+    def synthetic(self) -> bool:
+        return not self.images
+
+
+@dataclass(frozen=True)
+class CalibrationItem:
+    index: int  # into the source's images, or the synthetic car's seed offset
+    crop: tuple[float, float] | None  # relative (top, left) of the tile in [0, 1), None for the whole image
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Images directly in `folder`, else in the first layout image folder below it that has any (recursive
+    for Cityscapes' city folders)."""
+    for sub, recursive in (("", False), *((d, d.startswith("leftImg8bit")) for d in LAYOUT_IMAGE_DIRS)):
+        where = folder / sub if sub else folder
+        if not where.is_dir():
+            continue
+        pattern = "**/*" if recursive else "*"
+        found = sorted(
+            p for p in where.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not p.name.startswith(".")
+        )  # fmt: skip
+        if found:
+            return found
+    return []
+
+
+def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource:
+    """The images to calibrate on (see the module's docstring for the order); CalibrationError when `calib`
+    is given and holds none."""
+    if calib is not None:
+        if not calib.is_dir():
+            raise CalibrationError(f"--calib {calib}: not a folder")
+        images = find_images(calib)
+        if not images:
+            looked = ", ".join([str(calib), *(str(calib / d) for d in LAYOUT_IMAGE_DIRS)])
+            raise CalibrationError(f"--calib {calib}: no images found (looked in {looked})")
+        return CalibrationSource(tuple(images), f"{len(images)} images in {calib}")
+    train_args = meta.extra.get("train_args")
+    data = train_args.get("data") if isinstance(train_args, dict) else None
+    if data:
+        images = find_images(Path(data)) if Path(data).is_dir() else []
+        if images:
+            return CalibrationSource(tuple(images), f"the checkpoint's training data: {len(images)} images in {data}")
+        why = f"the checkpoint's training data {data} is not on this machine"
+    else:
+        why = "the checkpoint records no training data"
+    return CalibrationSource((), f"synthetic cars ({why}; pass --calib DIR for real images)")
+
+
+def plan(source: CalibrationSource, count: int, tile: int, seed: int) -> list[CalibrationItem]:
+    """`count` (image, tile position) pairs drawn from `seed`: distinct images first, then more tiles of them."""
+    if count < 1:
+        raise CalibrationError(f"--calib-count {count}: must be at least 1")
+    if tile < 0:
+        raise CalibrationError(f"--calib-tile {tile}: must be 0 (whole images) or a tile edge in pixels")
+    rng = np.random.default_rng(seed)
+    n = len(source.images) or count
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-count // n))])[:count]
+    items = []
+    for i in order:
+        top, left = rng.random(2).tolist()
+        items.append(CalibrationItem(int(i), (top, left) if tile else None))
+    return items
+
+
+def _pixels(source: CalibrationSource, index: int, seed: int) -> np.ndarray:
+    if source.synthetic:
+        rng = np.random.default_rng([seed, index])
+        image, _ = render(random_car(rng), rng, SYNTHETIC_HW[1], SYNTHETIC_HW[0])
+        return image
+    return read_image(source.images[index])
+
+
+def _crop(x: torch.Tensor, crop: tuple[float, float] | None, tile: int) -> torch.Tensor:
+    """A tile x tile window of a (3, H, W) input at a relative position (the whole side where it is smaller)."""
+    if crop is None:
+        return x
+    h, w = x.shape[-2:]
+    th, tw = min(tile, h), min(tile, w)
+    top, left = int(crop[0] * (h - th + 1)), int(crop[1] * (w - tw + 1))
+    return x[:, top : top + th, left : left + tw]
+
+
+def samples(
+    source: CalibrationSource, meta: ModelMeta, items: list[CalibrationItem], tile: int, seed: int
+) -> Iterator[np.ndarray]:
+    """The model inputs (1, 3, h, w) float32 for `items`, computed one at a time."""
+    for item in items:
+        pixels = torch.from_numpy(_pixels(source, item.index, seed)).permute(2, 0, 1)
+        x = _crop(model_input(pixels, meta), item.crop, tile)
+        yield np.ascontiguousarray(x[None].numpy())
+
+
+def describe_plan(source: CalibrationSource, count: int, tile: int, seed: int) -> dict[str, object]:
+    """What the INT8 file records about its calibration (written into its metadata)."""
+    return {"source": source.description, "count": count, "tile": tile, "seed": seed, "method": "minmax"}

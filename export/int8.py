@@ -1,0 +1,99 @@
+"""unet-export --int8: best.int8.onnx calibrated, built, verified and kept only if it agrees with PyTorch.
+
+Verified like FP16 (mask Dice against eager FP32 on the synthetic car, gated, see verify.py) in ONNX Runtime,
+and in OpenVINO too where it is installed, since both run this one file; it is kept only if every runtime
+that checked it agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from unetkit.core.meta import ModelMeta
+from unetkit.infer.engines.openvino import openvino_missing
+from unetkit.infer.engines.ort import OnnxEngine
+
+from .calibration import (
+    DEFAULT_COUNT,
+    DEFAULT_TILE,
+    CalibrationSource,
+    calibration_source,
+    describe_plan,
+    plan,
+    samples,
+)
+from .produce import Artifact, produce
+from .quantize import SCHEMES, quantize_onnx
+from .verify import Reference, Verification, sample_inputs, verify
+
+
+def add_int8_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("INT8 (best.int8.onnx, and best.int8.engine where TensorRT can build it)")
+    g.add_argument("--int8", action="store_true", help="also write an INT8 QDQ ONNX calibrated on real images")
+    g.add_argument("--calib", type=Path, metavar="DIR", help="calibration images: a folder or a data set root "
+                   "(default: the checkpoint's training data if it is here, else synthetic cars)")  # fmt: skip
+    g.add_argument("--calib-count", type=int, default=DEFAULT_COUNT, metavar="N", help="calibration samples "
+                   f"(default {DEFAULT_COUNT})")  # fmt: skip
+    g.add_argument("--calib-tile", type=int, default=DEFAULT_TILE, metavar="T", help="calibrate on one TxT tile of "
+                   f"each image's model input (default {DEFAULT_TILE}); 0 for whole images")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="which images and tiles calibrate (default 0)")
+    g.add_argument("--int8-scheme", choices=SCHEMES, default="symmetric", help="symmetric (default): one file for "
+                   "ONNX Runtime, OpenVINO and TensorRT; cpu: unsigned activations, faster on CPUs without AMX, "
+                   "no TensorRT engine")  # fmt: skip
+
+
+def int8_source(args: argparse.Namespace, meta: ModelMeta) -> CalibrationSource | None:
+    """The calibration images, found before any work (a bad --calib fails first); None without --int8."""
+    if not args.int8:
+        return None
+    source = calibration_source(args.calib, meta)
+    plan(source, args.calib_count, args.calib_tile, args.seed)  # bad counts and tiles fail here too
+    return source
+
+
+def calibration_line(args: argparse.Namespace, source: CalibrationSource) -> str:
+    what = f"{args.calib_tile}px tiles" if args.calib_tile else "whole images"
+    return f"INT8 calibration: {args.calib_count} samples ({what}, seed {args.seed}) from {source.description}"
+
+
+def int8_check(reference: Reference, meta: ModelMeta, device: torch.device) -> Callable[[Path], Verification]:
+    """Verification of an INT8 file in every runtime here that runs it (ONNX Runtime; OpenVINO if present)."""
+    inputs = sample_inputs(meta)
+
+    def check(tmp: Path) -> Verification:
+        with OnnxEngine(tmp, device) as engine:
+            result = verify(engine, reference, inputs, exact=False, int8=True, runtime="onnxruntime")
+        if openvino_missing() is None:
+            from unetkit.infer.engines.openvino import OpenVinoEngine
+
+            with OpenVinoEngine(tmp, torch.device("cpu"), "fp32") as ov_engine:
+                result = result.merged(verify(ov_engine, reference, inputs, exact=False, int8=True,
+                                              runtime="openvino"))  # fmt: skip
+        return result
+
+    return check
+
+
+def produce_int8(
+    args: argparse.Namespace,
+    fp32_onnx: Path,
+    out: Path,
+    source: CalibrationSource,
+    meta: ModelMeta,
+    reference: Reference | None,
+    device: torch.device,
+) -> Artifact:
+    """Calibrate and quantize `fp32_onnx` into `out` through produce()'s build -> verify -> rename."""
+    items = plan(source, args.calib_count, args.calib_tile, args.seed)
+    calibration = describe_plan(source, args.calib_count, args.calib_tile, args.seed)
+
+    def build(tmp: Path) -> None:
+        inputs = samples(source, meta, items, args.calib_tile, args.seed)
+        quantize_onnx(fp32_onnx, tmp, inputs, len(items), meta, args.int8_scheme, calibration, args.progress)
+
+    check = int8_check(reference, meta, device) if reference is not None else None
+    return produce(out, "int8", build, check)

@@ -1,0 +1,140 @@
+"""`unet-infer --engine fastest`: the fastest verified CPU engine for this checkpoint, chosen only when asked.
+
+Each candidate (eager FP32, and the ONNX Runtime and OpenVINO engines on every artifact beside the checkpoint)
+runs the first input once to warm up and twice timed, at that input's model-input size and batch 1; the
+fastest wins and every time is printed. A candidate is left out, with its reason, when its precision is not
+native on this CPU, or its artifact is missing, was exported without verification, or came from another
+checkpoint (a stale file). Eager FP32 is the reference every artifact was verified against, so it is
+always a candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
+from unetkit.core.errors import UnetkitError
+from unetkit.core.imageio import read_image
+from unetkit.core.meta import ModelMeta
+from unetkit.core.preprocess import model_input
+
+from .artifacts import sha256_file
+from .engines import Engine, create_engine
+
+log = logging.getLogger(__name__)
+#: (engine, precision) tried, in this order; fp16 on a CPU is slower than fp32 unless it is native.
+CANDIDATES = (
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnx", "fp32"),
+    ("onnx", "fp16"),
+    ("onnx", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+)
+WARMUP, TIMED = 1, 2
+
+
+@dataclass
+class Probe:
+    engine: str
+    precision: str
+    ms: float | None = None  # best of the timed calls, per image
+    note: str = ""  # why it was left out
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+
+def precision_problem(precision: str, cpu: CpuCapabilities) -> str | None:
+    """Why a precision is no candidate on this CPU: bf16 and fp16 only where they are native."""
+    if precision == "bf16" and not cpu.bf16:
+        return f"bf16 is not native on this CPU ({cpu.summary()})"
+    if precision == "fp16" and not cpu.fp16:
+        return f"fp16 is not native on this CPU ({cpu.summary()})"
+    return None
+
+
+def artifact_problem(extra: dict[str, Any], checkpoint_sha256: str) -> str | None:
+    """Why an exported file may not be chosen: not verified at export, or exported from another checkpoint."""
+    if extra.get("export_verified") is not True:
+        return "not verified at export (written with --no-verify, or by an older unetkit); re-export it"
+    if extra.get("source_sha256") != checkpoint_sha256:
+        return "exported from another checkpoint (stale); re-export it"
+    return None
+
+
+def probe_input(images: list[Path], meta: ModelMeta, tile: int) -> torch.Tensor:
+    """The first readable image's model input (1, C, H, W), or one tile of it (zero-padded where smaller): the
+    shape the run starts with."""
+    for path in images[:10]:
+        try:
+            pixels = torch.from_numpy(read_image(path)).permute(2, 0, 1)
+        except UnetkitError as exc:
+            log.warning("warning: %s", exc)
+            continue
+        x = model_input(pixels, meta)[None]
+        if tile:
+            x = x[..., :tile, :tile]
+            x = torch.nn.functional.pad(x, (0, tile - x.shape[-1], 0, tile - x.shape[-2]))
+        return x.contiguous()
+    raise UnetkitError("--engine fastest: none of the first images could be read to probe the engines")
+
+
+def _time(engine: Engine, x: torch.Tensor) -> float:
+    for _ in range(WARMUP):
+        engine(x)
+    times = []
+    for _ in range(TIMED):
+        start = time.perf_counter()
+        engine(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times) / x.shape[0]
+
+
+def probe_engines(
+    checkpoint: Path,
+    x: torch.Tensor,
+    report: Callable[[Probe], None] = lambda probe: None,
+    cpu: CpuCapabilities | None = None,
+) -> tuple[Engine, list[Probe]]:
+    """Time every candidate on `x` (a CPU model input) and return the fastest engine, still open, with every
+    probe; `report` sees each probe as it finishes. UnetkitError when none can run."""
+    cpu = cpu or cpu_capabilities()
+    sha = sha256_file(checkpoint)
+    probes: list[Probe] = []
+    best: Engine | None = None
+    best_ms = float("inf")
+    for name, precision in CANDIDATES:
+        probe = Probe(name, precision)
+        probes.append(probe)
+        probe.note = precision_problem(precision, cpu) or ""
+        engine = None
+        if not probe.note:
+            try:
+                engine = create_engine(name, checkpoint=checkpoint, device="cpu", precision=precision)
+            except UnetkitError as exc:
+                probe.note = str(exc)
+        if engine is not None and name != "torch":
+            probe.note = artifact_problem(dict(engine.meta.extra), sha) or ""
+        if engine is not None and not probe.note:
+            probe.ms = _time(engine, x)
+            if probe.ms < best_ms:
+                if best is not None:
+                    best.close()
+                best, best_ms, engine = engine, probe.ms, None
+        if engine is not None:
+            engine.close()
+        report(probe)
+    if best is None:
+        raise UnetkitError("--engine fastest: no CPU engine can run this checkpoint (see the lines above)")
+    return best, probes
