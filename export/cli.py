@@ -115,13 +115,13 @@ def _export(args: argparse.Namespace) -> int:
     if calibration is not None:
         print(calibration_line(args, calibration), flush=True)
         int8_path = artifact_path(target, "onnx-int8")
+        notes: list[str] = []
         if results[0].kept:
-            results.append(
-                produce_int8(args, results[0].path, int8_path, calibration, artifact_meta, reference, device)
-            )
+            results.append(produce_int8(args, results[0].path, int8_path, calibration, artifact_meta, reference,
+                                        device, notes))  # fmt: skip
         else:
             results.append(Artifact(int8_path, "int8", note="skipped: the FP32 ONNX it is built from was not kept"))
-        print(results[-1].line(), flush=True)
+        print("\n".join([results[-1].line(), *notes]), flush=True)
     fp16_onnx = results[1]
     results += _engines(args, target, fp16_onnx, results[-1] if calibration else None, profile, artifact_meta,
                         reference, device, trt_reason)  # fmt: skip

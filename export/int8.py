@@ -1,19 +1,24 @@
 """unet-export --int8: best.int8.onnx calibrated, built, verified and kept only if it agrees with PyTorch.
 
-Verified like FP16 (mask Dice against eager FP32 on the synthetic car, gated, see verify.py) in ONNX Runtime,
-and in OpenVINO too where it is installed, since both run this one file; it is kept only if every runtime
-that checked it agrees.
+Verified like FP16 (mask Dice against eager FP32 on the synthetic car, see verify.py) in ONNX Runtime, which
+gates whether the file is kept, and in OpenVINO too where it is installed. OpenVINO's verdict is written
+into the file (`runtime_checks`, with the CPU it was checked on): the openvino engine refuses a file that
+OpenVINO failed, rather than returning wrong masks. (On AVX2 CPUs without VNNI, OpenVINO runs the symmetric
+scheme's signed activations inaccurately; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.meta import ModelMeta
+from unetkit.infer.artifacts import METADATA_PREFIX
 from unetkit.infer.engines.openvino import openvino_missing
 from unetkit.infer.engines.ort import OnnxEngine
 
@@ -60,22 +65,47 @@ def calibration_line(args: argparse.Namespace, source: CalibrationSource) -> str
     return f"INT8 calibration: {args.calib_count} samples ({what}, seed {args.seed}) from {source.description}"
 
 
-def int8_check(reference: Reference, meta: ModelMeta, device: torch.device) -> Callable[[Path], Verification]:
-    """Verification of an INT8 file in every runtime here that runs it (ONNX Runtime; OpenVINO if present)."""
+def int8_check(
+    reference: Reference, meta: ModelMeta, device: torch.device, notes: list[str]
+) -> Callable[[Path], Verification]:
+    """Verification of an INT8 file in every runtime here that runs it: ONNX Runtime gates it; OpenVINO's
+    verdict (if installed) is recorded in the file, and a failure is added to `notes`."""
     inputs = sample_inputs(meta)
 
     def check(tmp: Path) -> Verification:
         with OnnxEngine(tmp, device) as engine:
             result = verify(engine, reference, inputs, exact=False, int8=True, runtime="onnxruntime")
+        checks: dict[str, object] = {"cpu": cpu_capabilities().name, "onnxruntime": _verdict(result)}
         if openvino_missing() is None:
             from unetkit.infer.engines.openvino import OpenVinoEngine
 
-            with OpenVinoEngine(tmp, torch.device("cpu"), "fp32") as ov_engine:
-                result = result.merged(verify(ov_engine, reference, inputs, exact=False, int8=True,
-                                              runtime="openvino"))  # fmt: skip
+            with OpenVinoEngine(tmp, torch.device("cpu"), "fp32", verify_only=True) as ov_engine:
+                ov = verify(ov_engine, reference, inputs, exact=False, int8=True, runtime="openvino")
+            checks["openvino"] = _verdict(ov)
+            result = result.merged(ov)
+            if result.passed and not ov.passed:
+                notes.append(f"  OpenVINO FAILED it on this CPU (car mask Dice {ov.image_dice:.4f}); recorded in the "
+                             "file, so the openvino engine refuses it (the onnx engine runs it)")  # fmt: skip
+        _record(tmp, checks)
         return result
 
     return check
+
+
+def _verdict(result: Verification) -> dict[str, object]:
+    return {"passed": result.passed, "image_dice": round(result.image_dice, 6), "criterion": result.criterion}
+
+
+def _record(path: Path, checks: dict[str, object]) -> None:
+    """Add the per-runtime verdicts to the file's unetkit metadata (before it is renamed into place)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_PREFIX + "runtime_checks"] = json.dumps(checks, sort_keys=True)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
 
 
 def produce_int8(
@@ -86,8 +116,10 @@ def produce_int8(
     meta: ModelMeta,
     reference: Reference | None,
     device: torch.device,
+    notes: list[str],
 ) -> Artifact:
-    """Calibrate and quantize `fp32_onnx` into `out` through produce()'s build -> verify -> rename."""
+    """Calibrate and quantize `fp32_onnx` into `out` through produce()'s build -> verify -> rename; lines the
+    user must read (a runtime that failed the file) are appended to `notes`."""
     items = plan(source, args.calib_count, args.calib_tile, args.seed)
     calibration = describe_plan(source, args.calib_count, args.calib_tile, args.seed)
 
@@ -95,5 +127,5 @@ def produce_int8(
         inputs = samples(source, meta, items, args.calib_tile, args.seed)
         quantize_onnx(fp32_onnx, tmp, inputs, len(items), meta, args.int8_scheme, calibration, args.progress)
 
-    check = int8_check(reference, meta, device) if reference is not None else None
+    check = int8_check(reference, meta, device, notes) if reference is not None else None
     return produce(out, "int8", build, check)

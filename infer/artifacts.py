@@ -77,6 +77,20 @@ def meta_from(values: dict[str, Any], source: str | os.PathLike) -> ModelMeta:
         raise ArtifactError(f"{source}: {exc}; re-export it with unet-export") from None
 
 
+def runtime_refusal(extra: dict[str, Any], runtime: str) -> str | None:
+    """Why `runtime` must not run an artifact: it failed the artifact's verification at export (the verdicts
+    unet-export records per runtime in `runtime_checks`), or None."""
+    checks = extra.get("runtime_checks")
+    if not isinstance(checks, dict):
+        return None
+    verdict = checks.get(runtime)
+    if not isinstance(verdict, dict) or verdict.get("passed", True):
+        return None
+    where = checks.get("cpu") or "the exporting CPU"
+    return (f"{runtime} failed this file's verification at export on {where} (car mask Dice "
+            f"{verdict.get('image_dice')}, needs {verdict.get('criterion')})")  # fmt: skip
+
+
 def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
     """The JSON written beside a TensorRT engine: versions, GPU, profile, precision, model meta."""
     path = sidecar_path(engine)

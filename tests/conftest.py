@@ -105,12 +105,15 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
 
 @pytest.fixture(scope="session")
 def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path):
-    """`unet-export --device cpu` run once through the real CLI: (folder with best.pth, best.onnx,
-    best.fp16.onnx, process); on the CPU no TensorRT engine is built, whatever the machine has."""
+    """`unet-export --device cpu --int8` run once through the real CLI: (folder with best.pth, best.onnx,
+    best.fp16.onnx, best.int8.onnx, process); on the CPU no TensorRT engine is built, whatever the machine has.
+    INT8 calibrates on the checkpoint's own training images (synth_small, recorded in its train_args), 32
+    seeded 48x48 tiles of their model inputs."""
     folder = tmp_path_factory.mktemp("exported")
     ckpt = folder / "best.pth"
     ckpt.write_bytes(trained_checkpoint.read_bytes())
-    proc = run_cli("unet-export", ckpt, "--device", "cpu", "--no-progress", check=True)
+    proc = run_cli("unet-export", ckpt, "--device", "cpu", "--no-progress", "--int8", "--calib-count", "32",
+                   "--calib-tile", "48", check=True)  # fmt: skip
     return folder, proc
 
 

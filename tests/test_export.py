@@ -32,15 +32,21 @@ def session(path):
 
 def test_cli_writes_verified_onnx_and_reports(exported):
     _, out, proc = exported
-    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.onnx", "best.pth"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.int8.onnx", "best.onnx", "best.pth"]
     lines = proc.stdout.splitlines()
     fp32 = next(line for line in lines if line.startswith("best.onnx"))
     fp16 = next(line for line in lines if line.startswith("best.fp16.onnx"))
+    int8 = next(line for line in lines if line.startswith("best.int8.onnx"))
     assert " MB " in fp32 and "built" in fp32 and "verified" in fp32 and fp32.endswith("ok")
     assert "car: Dice" in fp16 and fp16.endswith("ok")
+    # INT8 is checked in every runtime that runs it here, against the INT8 criterion.
+    assert "car/onnxruntime: Dice" in int8 and "car/openvino: Dice" in int8 and "Dice >= 0.99]" in int8
+    assert int8.endswith("ok")
+    assert "INT8 calibration: 32 samples (48px tiles, seed 0) from the checkpoint's training data" in proc.stdout
     assert any(line.startswith("best.fp16.engine") and "skipped" in line for line in lines)
-    assert "wrote 2 verified artifact(s) to" in proc.stdout
-    for name in ("best.onnx", "best.fp16.onnx"):
+    assert any(line.startswith("best.int8.engine") and "skipped" in line for line in lines)
+    assert "wrote 3 verified artifact(s) to" in proc.stdout
+    for name in ("best.onnx", "best.fp16.onnx", "best.int8.onnx"):
         onnx.checker.check_model(str(out / name), full_check=True)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import ArtifactError, decode_metadata
+from ..artifacts import ArtifactError, decode_metadata, runtime_refusal
 from .base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,10 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     static_shapes = False  # batch sizes cost no compile: batches of 2+ run as single images on the streams
 
-    def __init__(self, path: Path, device: torch.device, precision: str = "auto", threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, device: torch.device, precision: str = "auto", threads: int = 0, verify_only: bool = False
+    ) -> None:
+        """`verify_only` skips the refusal of a file OpenVINO failed at export: it is unet-export's own check."""
         try:
             import openvino as ov
         except ImportError:
@@ -117,6 +120,10 @@ class OpenVinoEngine(Engine):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ArtifactError(f"{path}: OpenVINO cannot read it ({str(exc).strip().splitlines()[-1]})") from None
         meta = decode_metadata(self._metadata(), path)
+        refusal = None if verify_only else runtime_refusal(dict(meta.extra), "openvino")
+        if refusal:
+            raise EngineUnavailable(f"{path.name}: {refusal}; run it with the onnx engine, or re-export with "
+                                    "--int8-scheme cpu")  # fmt: skip
         caps = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.choice = choose_precision(precision, str(meta.extra.get("precision", "fp32")), caps)
         if torch.device(device).type != "cpu":
