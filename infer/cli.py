@@ -86,8 +86,11 @@ def _infer(args: argparse.Namespace) -> int:
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, args.rle, args.resume, args.progress)
     with predictor:
         summary = predictor.pipeline(outputs).run(items)
+        detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
     for line in summary.lines():
         print(line)
+    if detail:
+        print(f"{predictor.engine.label}: {detail}")
     print(f"masks in {out}" + (f", RLE in {args.rle}" if args.rle else ""))
     return EXIT_FAILURES if summary.failures else EXIT_OK
 

@@ -104,16 +104,26 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
 
 
 @pytest.fixture(scope="session")
-def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path):
+def calib_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic cars at Carvana's size (1918x1280) in Kaggle's layout: calibration images in distribution for
+    `trained_checkpoint`, whose scale maps this size to what it was trained on (its own training images are
+    192x128, which that scale would shrink to a few pixels)."""
+    root = tmp_path_factory.mktemp("calib")
+    write_synthetic(root, 8, (1918, 1280), seed=5, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path, calib_images: Path):
     """`unet-export --device cpu --int8` run once through the real CLI: (folder with best.pth, best.onnx,
     best.fp16.onnx, best.int8.onnx, process); on the CPU no TensorRT engine is built, whatever the machine has.
-    INT8 calibrates on the checkpoint's own training images (synth_small, recorded in its train_args), 32
-    seeded 48x48 tiles of their model inputs."""
+    INT8 (the default symmetric scheme) calibrates on `calib_images` (a data set root: its train/ folder is
+    found), each whole image once."""
     folder = tmp_path_factory.mktemp("exported")
     ckpt = folder / "best.pth"
     ckpt.write_bytes(trained_checkpoint.read_bytes())
-    proc = run_cli("unet-export", ckpt, "--device", "cpu", "--no-progress", "--int8", "--calib-count", "32",
-                   "--calib-tile", "48", check=True)  # fmt: skip
+    proc = run_cli("unet-export", ckpt, "--device", "cpu", "--no-progress", "--int8", "--calib", calib_images,
+                   "--calib-count", "8", "--calib-tile", "0", check=True)  # fmt: skip
     return folder, proc
 
 

@@ -98,9 +98,13 @@ def test_cpu_report_json_schema_and_rows(bench_run):
                            "verdict"}  # fmt: skip
     assert report["settings"]["image_hw"] == [256, 384] and report["settings"]["model_hw"] == [13, 19]  # scale 0.05
     assert report["flops_per_image"] == counted_flops(UNetConfig(base_channels=8), 13, 19)
-    assert {"torch", "onnxruntime", "tensorrt", "cpu", "python", "date"} <= set(report["environment"])
+    env = report["environment"]
+    assert {"torch", "onnxruntime", "openvino", "tensorrt", "cpu", "python", "date"} <= set(env)
+    caps = env["cpu_capabilities"]
+    assert {"name", "bf16", "int8_dot", "amx", "avx512", "summary"} <= set(caps) and env["torch_cpu_capability"]
+    assert report["settings"]["artifacts"] == "beside the checkpoint"
     rows = {(r["engine"], r["precision"], r["batch"]): r for r in report["model"]}
-    assert len(rows) == 14  # seven engines x batch 1 and 8: none silently dropped
+    assert len(rows) == 24  # twelve engines x batch 1 and 8: none silently dropped
     base = rows[("torch", "fp32", 8)]
     assert base["status"] == "ok" and base["speedup_vs_eager_fp32"] == pytest.approx(1.0)
     assert base["latency_ms"]["p50"] <= base["latency_ms"]["p90"] <= base["latency_ms"]["p99"]
@@ -109,6 +113,24 @@ def test_cpu_report_json_schema_and_rows(bench_run):
     onnx = rows[("onnx", "fp16", 1)]
     assert onnx["status"] == "ok" and onnx["dice_vs_eager_fp32"] >= 0.99
     assert rows[("trt", "fp16", 1)]["status"] == "unavailable" and "CUDA" in rows[("trt", "fp16", 1)]["reason"]
+    assert rows[("trt", "int8", 1)]["status"] == "unavailable" and "CUDA" in rows[("trt", "int8", 1)]["reason"]
+    for key in (("onnx", "int8", 8), ("openvino", "fp32", 8)):
+        assert rows[key]["status"] == "ok" and rows[key]["dice_vs_eager_fp32"] >= 0.95, rows[key]
+        assert rows[key]["speedup_vs_eager_fp32"] > 0 and rows[key]["images_per_s"] > 0
+    assert (
+        "OpenVINO" in rows[("openvino", "fp32", 1)]["detail"] and "runs f32" in rows[("openvino", "fp32", 1)]["detail"]
+    )
+    ov_bf16, ov_int8 = rows[("openvino", "bf16", 1)], rows[("openvino", "int8", 1)]
+    if caps["bf16"]:
+        assert ov_bf16["status"] == "ok"
+    else:  # the row says why in one line instead of timing f32 under a bf16 label
+        assert ov_bf16["status"] == "unavailable" and "bf16 is not native on this CPU" in ov_bf16["reason"]
+    # OpenVINO runs the symmetric INT8 file, or refuses it where it failed the file at export (this AVX2 CPU).
+    assert ov_int8["status"] == "ok" or "failed this file's verification" in ov_int8["reason"]
+    eager_bf16 = rows[("torch", "bf16", 1)]
+    assert (eager_bf16["status"] == "ok") == caps["bf16"]  # decided from the CPU's flags
+    if not caps["bf16"]:
+        assert eager_bf16["status"] == "skipped" and "BF16 is not native on this CPU" in eager_bf16["reason"]
     assert rows[("compile", "fp16", 8)]["status"] == "skipped" and "--engines" in rows[("compile", "fp16", 8)]["reason"]
     e2e = {(r["engine"], r["precision"]): r for r in report["e2e"]}
     assert e2e[("torch", "fp32")]["images"] == 4 and e2e[("torch", "fp32")]["images_per_s"] > 0
@@ -134,6 +156,20 @@ def test_check_turns_a_missed_target_into_an_exit_code(exported_checkpoint, targ
                    "--min-time", "0", "--target-ms", target, "--check")  # fmt: skip
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert ("MISSES" in proc.stdout) == (code == 1)
+
+
+def test_without_a_checkpoint_the_random_unet_is_exported_and_every_engine_compared(tmp_path):
+    proc = run_cli("unet-bench", "--device", "cpu", "--shape", "64x96", "--base-channels", "4", "--engines",
+                   "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32", "--batch", "1", "--scope", "model",
+                   "--min-iters", "2", "--min-time", "0", "--warmup", "1", "--json", tmp_path / "b.json", cwd=tmp_path,
+                   check=True)  # fmt: skip
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["artifacts"].startswith("exported here by unet-bench (random weights: not verified")
+    rows = {r["engine"] + " " + r["precision"]: r for r in report["model"]}
+    assert set(rows) == {"torch fp32", "onnx fp32", "onnx fp16", "onnx int8", "openvino fp32"}
+    assert all(r["status"] == "ok" for r in rows.values()), proc.stdout
+    assert rows["onnx fp32"]["dice_vs_eager_fp32"] == pytest.approx(1.0, abs=1e-3)
+    assert not list(tmp_path.glob("*.onnx"))  # exported into the run's scratch folder, removed after
 
 
 def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import cli_command, error_lines, run_cli
+from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
 from unetkit.infer.predictor import Predictor
@@ -193,6 +194,49 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
         create_engine("onnx", checkpoint=ckpt, device="cpu")
     with pytest.raises(EngineUnavailable, match="trt runs on a CUDA GPU"):
         create_engine("trt", checkpoint=ckpt, device="cpu")
+    with pytest.raises(Exception, match=r"best\.int8\.onnx: not found; run `unet-export .*best\.pth --int8` first"):
+        create_engine("onnx", checkpoint=ckpt, device="cpu", precision="int8")
+
+
+def test_openvino_engine_through_the_cli_agrees_with_torch(exported_checkpoint, images, tmp_path):
+    folder, _ = exported_checkpoint
+    outs = {}
+    for engine in ("torch", "openvino"):
+        outs[engine] = tmp_path / engine
+        proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", engine, "--device",
+                       "cpu", "--out", outs[engine], "--no-progress", "--precision", "fp32", check=True)  # fmt: skip
+        assert f"engine {engine} fp32 on cpu" in proc.stdout
+    for src in sorted(images.iterdir()):
+        a, b = (read_mask(outs[e] / f"{src.stem}.png") for e in ("torch", "openvino"))
+        assert mask_agreement(a > 0, b > 0, 1) >= 0.999
+
+
+def test_engine_fastest_times_every_verified_cpu_engine_and_says_which(exported_checkpoint, images, tmp_path):
+    folder, _ = exported_checkpoint
+    proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", "fastest", "--device",
+                   "cpu", "--out", tmp_path / "m", "--no-progress", check=True)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("--engine fastest: timing each CPU engine at 1x3x64x96")
+    timed = {line.split()[0] + " " + line.split()[1]: line for line in lines if "ms/image" in line and "  " in line[:3]}
+    assert {"torch fp32", "onnx fp32", "onnx int8", "openvino fp32"} <= set(timed)
+    chose = next(line for line in lines if line.startswith("--engine fastest: chose"))
+    winner = chose.split("chose ")[1].split(" (")[0]
+    assert winner in timed and f"engine {winner} on cpu" in proc.stdout
+    assert "4 images: 4 written" in proc.stdout
+    if not cpu_capabilities().bf16:
+        assert any("openvino bf16" in line and "skipped: bf16 is not native" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--model", "x.onnx"], "it takes no --model"), (["--precision", "fp32"], "leave out --precision")],
+)  # fmt: skip
+def test_engine_fastest_refuses_what_it_chooses_itself(exported_checkpoint, images, tmp_path, extra, message):
+    args = ["--checkpoint", exported_checkpoint[0] / "best.pth"] if "--model" not in extra else []
+    proc = run_cli("unet-infer", images, "--engine", "fastest", "--device", "cpu", *args, *extra, cwd=tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert message in line
 
 
 @pytest.mark.slow

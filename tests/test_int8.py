@@ -1,0 +1,155 @@
+"""INT8 export on the CPU: calibration sources and seeds, the QDQ file's form for TensorRT, reproducibility, and
+a verification that refuses a broken calibration."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from conftest import error_lines, run_cli
+from unetkit.core.errors import UnetkitError
+from unetkit.export.calibration import CalibrationSource, calibration_source, find_images, plan, samples
+from unetkit.export.quantize import float_convs, qdq_problems_for_tensorrt, quantize_onnx
+from unetkit.infer.artifacts import decode_metadata
+from unetkit.infer.engines import EngineUnavailable, create_engine
+
+
+def props(path):
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def scales(path):
+    """Every quantization scale in a QDQ file, by the name of the tensor it quantizes."""
+    model = onnx.load(str(path))
+    init = {t.name: t for t in model.graph.initializer}
+    return {n.input[0]: numpy_helper.to_array(init[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in init}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def meta(exported_checkpoint):
+    return decode_metadata(props(exported_checkpoint[0] / "best.onnx"), "best.onnx")
+
+
+def quantize(folder, meta, calib, name, seed, count=4, tile=32, scheme="symmetric"):
+    source = calibration_source(calib, meta)
+    items = plan(source, count, tile, seed)
+    out = folder / name
+    quantize_onnx(folder / "src.onnx", out, samples(source, meta, items, tile, seed), count, meta, scheme,
+                  progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def work(exported_checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    (folder / "src.onnx").write_bytes((exported_checkpoint[0] / "best.onnx").read_bytes())
+    return folder
+
+
+def test_calibration_plan_is_seeded():
+    source = CalibrationSource(tuple(Path(f"{i}.jpg") for i in range(10)), "ten")
+    a, b, c = plan(source, 25, 64, seed=1), plan(source, 25, 64, seed=1), plan(source, 25, 64, seed=2)
+    assert a == b and a != c
+    # Distinct images first, then more tiles of them: each of the 10 images is used before any twice.
+    assert sorted(i.index for i in a[:10]) == list(range(10)) and len(a) == 25
+    assert all(0 <= i.crop[0] < 1 and 0 <= i.crop[1] < 1 for i in a)
+    assert all(i.crop is None for i in plan(source, 5, 0, seed=1))  # tile 0: whole images
+    with pytest.raises(UnetkitError, match="--calib-count 0"):
+        plan(source, 0, 64, 0)
+
+
+def test_same_seed_same_file_bytes_and_another_seed_other_scales(work, meta, calib_images):
+    a = quantize(work, meta, calib_images, "a.onnx", seed=3)
+    b = quantize(work, meta, calib_images, "b.onnx", seed=3)
+    c = quantize(work, meta, calib_images, "c.onnx", seed=4)
+    assert a.read_bytes() == b.read_bytes()  # reproducible to the byte
+    sa, sc = scales(a), scales(c)
+    assert sa.keys() == sc.keys() and len(sa) > 10
+    assert any(not np.array_equal(sa[k], sc[k]) for k in sa)  # other tiles, other activation ranges
+    calibration = decode_metadata(props(a), "a").extra["calibration"]
+    assert calibration == {"source": calibration["source"], "count": 4, "tile": 32, "seed": 3, "method": "minmax"}
+
+
+def test_symmetric_file_is_what_tensorrt_takes_and_cpu_is_not(work, meta, calib_images):
+    sym = onnx.load(str(quantize(work, meta, calib_images, "sym.onnx", seed=0)))
+    assert qdq_problems_for_tensorrt(sym) == []
+    weights = {n.input[1] for n in sym.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    quantized = {n.output[0] for n in sym.graph.node if n.op_type == "DequantizeLinear"}
+    # Every convolution's weights are dequantized int8 (per channel), except the first and the last (float).
+    kept_float = {n.name for n in sym.graph.node if n.op_type == "Conv" and n.input[1] not in quantized}
+    assert kept_float == set(float_convs(onnx.load(str(work / "src.onnx")))) and len(weights - quantized) == 2
+    assert sym.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # logits stay float
+    cpu = onnx.load(str(quantize(work, meta, calib_images, "cpu.onnx", seed=0, scheme="cpu")))
+    problems = qdq_problems_for_tensorrt(cpu)
+    assert problems and any("uint8 zero point" in p for p in problems)
+    assert decode_metadata(props(work / "cpu.onnx"), "x").extra["int8_scheme"] == "cpu"
+
+
+def test_calibration_sources(tmp_path, meta, calib_images):
+    assert len(find_images(calib_images)) == 8  # a data set root: its train/ folder, not the masks
+    recorded = meta.replace(train_args={"data": str(calib_images)})
+    assert "the checkpoint's training data: 8 images" in calibration_source(None, recorded).description
+    gone = calibration_source(None, meta.replace(train_args={"data": str(tmp_path / "gone")}))
+    assert gone.synthetic and "is not on this machine" in gone.description
+    assert "records no training data" in calibration_source(None, meta).description
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnetkitError, match="no images found") as exc:
+        calibration_source(tmp_path / "empty", meta)
+    assert "empty/imgs" in str(exc.value) and "empty/train" in str(exc.value)
+    x = next(samples(gone, meta, plan(gone, 1, 16, 0), 16, 0))
+    assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32  # a synthetic car's tile, normalized
+
+
+def test_constant_calibration_images_are_refused(exported_checkpoint, tmp_path):
+    """Calibrating on flat grey images gives ranges no real image fits: verification must not keep the file."""
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(4):
+        Image.new("RGB", (1918, 1280), (128 + i, 128, 128)).save(grey / f"{i}.png")
+    out = tmp_path / "out"
+    proc = run_cli("unet-export", exported_checkpoint[0] / "best.pth", "--device", "cpu", "--no-trt", "--no-progress",
+                   "--int8", "--calib", grey, "--calib-count", "4", "--calib-tile", "0", "--out-dir", out)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("best.int8.onnx"))
+    assert "NOT KEPT" in line and "FAILED" in line and "not kept: best.int8.onnx" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.onnx"]  # no temp file either
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--calib", "missing-dir"], "--calib missing-dir: not a folder"),
+     (["--calib-count", "0"], "--calib-count 0: must be at least 1"),
+     (["--calib-tile", "-1"], "--calib-tile -1")],
+)  # fmt: skip
+def test_bad_int8_arguments_fail_before_writing(tmp_path, random_checkpoint, args, message):
+    out = tmp_path / "out"
+    proc = run_cli("unet-export", random_checkpoint, "--int8", "--no-trt", "--out-dir", out, *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert message in line
+    assert not out.exists()
+
+
+def test_a_file_openvino_failed_is_refused_by_the_openvino_engine(work, meta, monkeypatch):
+    pytest.importorskip("openvino")
+    model = onnx.load(str(work / "sym.onnx"))
+    values = {p.key: p.value for p in model.metadata_props}
+    values["unetkit.runtime_checks"] = '{"cpu": "X", "openvino": {"passed": false, "image_dice": 0.5}}'
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, values)
+    onnx.save(model, str(work / "failed.onnx"))
+    with pytest.raises(EngineUnavailable, match="openvino failed this file's verification at export on X"):
+        create_engine("openvino", model=work / "failed.onnx", device="cpu")
+    with create_engine("onnx", model=work / "failed.onnx", device="cpu") as engine:  # ONNX Runtime passed it
+        assert engine.precision == "int8"
+
+
+def test_openvino_missing_is_one_line(exported_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the [openvino] extra were not installed
+    with pytest.raises(EngineUnavailable, match=r"OpenVINO is not installed: pip install 'unetkit\[openvino\]'"):
+        create_engine("openvino", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu")
