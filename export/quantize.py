@@ -9,18 +9,17 @@ normalized image, the layer quantization hurts most) and the last (the 1x1 head 
 stay in float in both schemes: together they are under 0.5 % of the U-Net's FLOPs.
 
 `cpu` is an explicit, faster CPU-only alternative: unsigned activations with a zero point (ONNX Runtime's
-advice for x86). OpenVINO's CPU plugin runs a convolution on signed activations in int8 only on AMX CPUs,
-so with `symmetric` the three decoder convolutions after a Concat (whose input includes the signed
-transposed-convolution output) stay f32 on other CPUs; `cpu` runs them in int8, and folds each ReLU into its
-zero point for ONNX Runtime. TensorRT refuses such a file, and unet-export builds no TensorRT engine from it.
-On this project's AVX2 test machine OpenVINO also computed the symmetric file's masks wrongly (unet-export
-checks every file in OpenVINO and records the verdict, see int8.py), which is a second reason for `cpu`.
+advice for x86), which lets ONNX Runtime fold each ReLU into a zero point and fuse QLinearConv. TensorRT
+refuses such a file, and unet-export builds no TensorRT engine from it. On this project's AVX2 test
+machine OpenVINO runs every quantized convolution of either file in int8, but computes the symmetric file's
+masks wrongly (the convolutions after each Concat take the signed transposed-convolution output, and
+OpenVINO's CPU plugin supports signed activations for convolutions only on AMX); unet-export checks every
+file in OpenVINO and records the verdict (see int8.py), so the openvino engine refuses it there.
 
-Both schemes quantize weights to 7 bits (`reduce_range`): CPUs without VNNI (AVX2) multiply uint8 x int8
-pairs into 16-bit sums that saturate, and this is ONNX Runtime's documented remedy. Measured on this
-project's AVX2 machine: the test model's mask agreement in ONNX Runtime went from 0.992 to 0.998 (symmetric),
-and the trained default U-Net's `cpu` file from 0.984 (not kept) to the figures in docs/benchmarks.md.
-Per-channel 7-bit weights cost little on any hardware.
+`symmetric` quantizes weights to 7 bits (`reduce_range`): CPUs without VNNI (AVX2) multiply int8 pairs
+into 16-bit sums that can saturate, and this is ONNX Runtime's documented remedy; measured on this project's
+AVX2 machine it lifted the test model's mask agreement in ONNX Runtime from 0.992 to 0.998. For `cpu` it
+made no difference on the trained default U-Net (0.984 and 0.983), so its weights keep all 8 bits.
 
 Calibration: MinMax over the samples (`calibration.py`). ONNX Runtime's Entropy and Percentile methods
 keep every activation of every sample in memory, far too much for this U-Net at Carvana's size.
@@ -67,7 +66,7 @@ def quantizer_options(scheme: str) -> dict[str, Any]:
     return {
         "quant_format": QuantFormat.QDQ,
         "per_channel": True,
-        "reduce_range": True,
+        "reduce_range": symmetric,
         "activation_type": QuantType.QInt8 if symmetric else QuantType.QUInt8,
         "weight_type": QuantType.QInt8,
         "op_types_to_quantize": list(QUANTIZED_OPS),

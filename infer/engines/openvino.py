@@ -113,7 +113,6 @@ class OpenVinoEngine(Engine):
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: ONNX file not found; run unet-export on the checkpoint first")
-        self._ov = ov
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(str(path))
