@@ -3,8 +3,8 @@
 Verified like FP16 (mask Dice against eager FP32 on the synthetic car, see verify.py) in ONNX Runtime, which
 gates whether the file is kept, and in OpenVINO too where it is installed. OpenVINO's verdict is written
 into the file (`runtime_checks`, with the CPU it was checked on): the openvino engine refuses a file that
-OpenVINO failed, rather than returning wrong masks. (On AVX2 CPUs without VNNI, OpenVINO runs the symmetric
-scheme's signed activations inaccurately; see docs/benchmarks.md.)
+OpenVINO failed, rather than returning wrong masks (as OpenVINO does with the symmetric scheme on this
+project's AVX2 test CPU; see quantize.py and docs/benchmarks.md).
 """
 
 from __future__ import annotations
