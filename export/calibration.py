@@ -13,6 +13,7 @@ gives the same samples in the same order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ LAYOUT_IMAGE_DIRS = ("imgs", "train", "images", "leftImg8bit/train")
 DEFAULT_COUNT = 128
 DEFAULT_TILE = 256
 SYNTHETIC_HW = (1280, 1918)  # Carvana's size, as the verification's car image
+log = logging.getLogger(__name__)
 
 
 class CalibrationError(UnetkitError):
@@ -130,9 +132,15 @@ def _crop(x: torch.Tensor, crop: tuple[float, float] | None, tile: int) -> torch
 def samples(
     source: CalibrationSource, meta: ModelMeta, items: list[CalibrationItem], tile: int, seed: int
 ) -> Iterator[np.ndarray]:
-    """The model inputs (1, 3, h, w) float32 for `items`, computed one at a time."""
+    """The model inputs (1, 3, h, w) float32 for `items`, computed one at a time; an unreadable image is named
+    in a warning and skipped (the others still calibrate)."""
     for item in items:
-        pixels = torch.from_numpy(_pixels(source, item.index, seed)).permute(2, 0, 1)
+        try:
+            image = _pixels(source, item.index, seed)
+        except UnetkitError as exc:
+            log.warning("warning: calibration skips %s", exc)
+            continue
+        pixels = torch.from_numpy(image).permute(2, 0, 1)
         x = _crop(model_input(pixels, meta), item.crop, tile)
         yield np.ascontiguousarray(x[None].numpy())
 

@@ -111,6 +111,12 @@ def test_calibration_sources(tmp_path, meta, calib_images):
     assert "empty/imgs" in str(exc.value) and "empty/train" in str(exc.value)
     x = next(samples(gone, meta, plan(gone, 1, 16, 0), 16, 0))
     assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32  # a synthetic car's tile, normalized
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "bad.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "mixed" / "good.png")
+    mixed = calibration_source(tmp_path / "mixed", meta)
+    got = list(samples(mixed, meta, plan(mixed, 2, 0, 0), 0, 0))  # the corrupt file is skipped, not fatal
+    assert len(got) == 1 and got[0].shape[1] == 3
 
 
 def test_constant_calibration_images_are_refused(exported_checkpoint, tmp_path):
