@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetkit.core.labels import predict_labels
-from unetkit.core.metrics import confusion_counts, dice_from_counts, iou_from_counts
+from unetkit.core.metrics import ClassScores, class_scores, confusion_counts
 from unetkit.core.preprocess import normalize
 
 from .losses import LossFn
@@ -42,17 +42,30 @@ class BatchSetup:
 @dataclass
 class EvalResult:
     loss: float
-    dice: list[float]  # per scored class
-    iou: list[float]
+    scores: ClassScores  # per scored class; multi-class means count only the classes in the truth
     sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, truth, prediction
 
     @property
+    def dice(self) -> list[float | None]:
+        """Per class; None for a class the validation truth lacks."""
+        return self.scores.dice
+
+    @property
+    def iou(self) -> list[float | None]:
+        return self.scores.iou
+
+    @property
+    def absent(self) -> list[int]:
+        return self.scores.absent
+
+    @property
     def mean_dice(self) -> float:
-        return sum(self.dice) / len(self.dice)
+        """The score that picks best.pth and drives the learning-rate schedule and early stopping."""
+        return self.scores.mean_dice
 
     @property
     def mean_iou(self) -> float:
-        return sum(self.iou) / len(self.iou)
+        return self.scores.mean_iou
 
 
 class EarlyStopping:
@@ -130,7 +143,8 @@ def evaluate(
     threshold: float = 0.5,
     progress: bool = False,
 ) -> EvalResult:
-    """Loss and data-set-level Dice/IoU per class over `loader`, plus the first image's triplet."""
+    """Loss and data-set-level Dice/IoU per class over `loader` (at the model's resolution), plus the first
+    image's triplet."""
     model.eval()
     total, seen, counts, sample = 0.0, 0, None, None
     for images, labels in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
@@ -146,4 +160,4 @@ def evaluate(
             sample = (images[0], labels[0], pred[0].cpu())
     if counts is None:
         raise ValueError("evaluate() got an empty loader")
-    return EvalResult(total / seen, dice_from_counts(counts), iou_from_counts(counts), sample)
+    return EvalResult(total / seen, class_scores(counts, n_classes), sample)

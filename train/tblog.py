@@ -25,13 +25,17 @@ class TensorBoardLog:
         self.class_names = list(class_names)
         self.mask_kind = mask_kind
 
-    def scalars(self, epoch: int, values: dict[str, float], dice: Sequence[float], iou: Sequence[float]) -> None:
+    def scalars(
+        self, epoch: int, values: dict[str, float], dice: Sequence[float | None], iou: Sequence[float | None]
+    ) -> None:
+        """The epoch's scalars and, for multi-class, per-class scores (classes the truth lacks are skipped)."""
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, epoch)
         if len(self.class_names) > 1:
             for name, d, i in zip(self.class_names, dice, iou, strict=True):
-                self.writer.add_scalar(f"Dice/{name}", d, epoch)
-                self.writer.add_scalar(f"IoU/{name}", i, epoch)
+                if d is not None and i is not None:
+                    self.writer.add_scalar(f"Dice/{name}", d, epoch)
+                    self.writer.add_scalar(f"IoU/{name}", i, epoch)
         self.writer.flush()
 
     def triplet(self, epoch: int, image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, n_classes: int) -> None:
