@@ -14,7 +14,7 @@ from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
-from unetkit.core.preprocess import scaled_size
+from unetkit.core.preprocess import input_size
 from unetkit.infer.engines.compiled import COMPILE_MODES
 
 from .e2e import bench_e2e, synthetic_jpegs
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "U-Net with random weights); its exported artifacts are benchmarked too")  # fmt: skip
     add_device_argument(p)
     p.add_argument("--shape", default="1280x1918", help="image HxW (default 1280x1918, Carvana's); the model "
-                   "input is this at the checkpoint's scale")  # fmt: skip
+                   "input is this resized by the checkpoint's rule")  # fmt: skip
     p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
     p.add_argument("--engines", help="ENGINE:PRECISION list instead of the defaults, e.g. torch:fp32,trt:fp16")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for compile rows")
@@ -122,7 +122,7 @@ def _bench(args: argparse.Namespace) -> int:
         ckpt, described = _checkpoint(args, Path(scratch))
         checkpoint = read_checkpoint(ckpt)
         meta, config = checkpoint.meta, checkpoint.config
-        model_hw = scaled_size(*image_hw, meta.scale)
+        model_hw = input_size(*image_hw, meta)
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
         # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
@@ -135,6 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
                 "image_hw": list(image_hw),
                 "model_hw": list(model_hw),
                 "scale": meta.scale,
+                "resize": meta.resize_rule.describe(),
                 "batches": batches,
                 "target_ms": args.target_ms,
                 "warmup": plan.warmup,

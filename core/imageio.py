@@ -25,6 +25,8 @@ MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg", ".webp"})
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+#: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
+MASK_THRESHOLD_HINT = "--mask-threshold 128"
 
 
 def _open(path: Path) -> Image.Image:
@@ -79,18 +81,24 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def binary_mask(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-    """Turn raw mask values into {0, 1}: 0/1 and 0/255 are exact; lossy formats are thresholded at 128."""
+def binary_mask(raw: np.ndarray, path: str | os.PathLike, threshold: int | None = None) -> np.ndarray:
+    """Turn raw mask values into {0, 1}: 0/1 and 0/255 are exact; lossy formats are thresholded at 128.
+
+    A lossless mask with other values is an error unless `threshold` is given: then values >= threshold are
+    foreground (lossy masks use it too), for masks saved with a few stray grey values.
+    """
     path = Path(path)
-    if path.suffix.lower() in LOSSY_EXTENSIONS:
-        return (raw >= 128).astype(np.uint8)
     values = np.unique(raw)
     if np.isin(values, (0, 1)).all():
         return raw.astype(np.uint8)
+    if threshold is not None or path.suffix.lower() in LOSSY_EXTENSIONS:
+        return (raw >= (128 if threshold is None else threshold)).astype(np.uint8)
     if np.isin(values, (0, 255)).all():
         return (raw == 255).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise DataError(f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255")
+    raise DataError(
+        f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255 ({MASK_THRESHOLD_HINT} binarises it)"
+    )
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -37,7 +37,7 @@ def test_cli_writes_verified_onnx_and_reports(exported):
     fp32 = next(line for line in lines if line.startswith("best.onnx"))
     fp16 = next(line for line in lines if line.startswith("best.fp16.onnx"))
     assert " MB " in fp32 and "built" in fp32 and "verified" in fp32 and fp32.endswith("ok")
-    assert "car: Dice" in fp16 and fp16.endswith("ok")
+    assert "sample: Dice" in fp16 and fp16.endswith("ok")
     assert any(line.startswith("best.fp16.engine") and "skipped" in line for line in lines)
     assert "wrote 2 verified artifact(s) to" in proc.stdout
     for name in ("best.onnx", "best.fp16.onnx"):
