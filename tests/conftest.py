@@ -104,6 +104,18 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_small: Pa
 
 
 @pytest.fixture(scope="session")
+def grouped_run(tmp_path_factory: pytest.TempPathFactory):
+    """`unet-train` for 2 epochs on 24 synthetic 96x64 pairs (6 cars x 4 views), split by car at scale 1, through
+    the real CLI: (data folder, run folder, process), the run ending with its validation report."""
+    data = tmp_path_factory.mktemp("grouped_data")
+    write_synthetic(data, 24, (96, 64), seed=2, progress=False, views=4)
+    run = tmp_path_factory.mktemp("grouped_run")
+    proc = run_cli("unet-train", "--data", data, "--out", run, "--epochs", "2", "--scale", "1", "--base-channels",
+                   "4", "--workers", "0", "--lr", "3e-3", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    return data, run, proc
+
+
+@pytest.fixture(scope="session")
 def exported_checkpoint(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path):
     """`unet-export --device cpu` run once through the real CLI: (folder with best.pth, best.onnx,
     best.fp16.onnx, process); on the CPU no TensorRT engine is built, whatever the machine has."""

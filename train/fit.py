@@ -1,7 +1,8 @@
 """A whole training run: data checked, model built or resumed, epochs run, checkpoints and logs written.
 
-Writes into the run folder: best.pth (when validation Dice improves), last.pth (every epoch, with what
---resume needs), history.jsonl (one line per epoch) and tb/ (TensorBoard event files).
+Writes into the run folder: split.json (which pairs train and which validate), best.pth (when validation Dice
+improves), last.pth (every epoch, with what --resume needs), history.jsonl (one line per epoch) and tb/
+(TensorBoard event files).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
 from .config import RESUME_OVERRIDES, TrainConfig
+from .data.buckets import BucketBatchSampler, by_input_size
 from .data.checks import check_dataset, describe_unmatched
-from .data.dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
+from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
+from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
 from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, train_one_epoch
 from .losses import LossFn, make_loss
 from .tblog import TensorBoardLog
@@ -98,34 +101,49 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
     return replace(stored, out=cfg.out, **overrides), checkpoint
 
 
+def resolve_split(cfg: TrainConfig, index: DatasetIndex, resuming: bool) -> tuple[Split, bool]:
+    """(split, whether to record it): a new run draws its split (recorded in RUN/split.json once the data
+    check passed); a resumed run reads it back and refuses data that no longer matches it. Runs from before
+    split.json existed draw theirs again by their own rule (per image)."""
+    path = cfg.out / SPLIT_FILE
+    if resuming and path.exists():
+        return read_split(path, index), False
+    return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed), True
+
+
 def _loaders(
-    cfg: TrainConfig, index: DatasetIndex, device: torch.device, sampler_rng: torch.Generator
+    cfg: TrainConfig, index: DatasetIndex, split: Split, device: torch.device, sampler_rng: torch.Generator
 ) -> tuple[DataLoader, DataLoader]:
     from .data.augment import Augmenter  # albumentations is only needed when training
 
-    train_pairs, val_pairs = split_pairs(index.pairs, cfg.val_fraction, cfg.seed)
-    cache = SampleCache(cfg.cache, cfg.scale, index.mask_kind) if cfg.cache else None
-    report = check_dataset(index, cfg.scale, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
+    rule = SampleRule(cfg.resize_rule, index.mask_kind, cfg.mask_threshold)
+    cache = SampleCache(cfg.cache, rule) if cfg.cache else None
+    report = check_dataset(index, rule, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
     report.raise_if_problems()
+    sizes = {p.image: hw for p, hw in zip(index.pairs, report.input_sizes, strict=True)}
     common: dict[str, Any] = dict(
-        batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         collate_fn=pad_collate,
         persistent_workers=cfg.workers > 0,
     )
-    train_ds = SegmentationDataset(train_pairs, cfg.scale, index.mask_kind, Augmenter() if cfg.augment else None, cache)
-    val_ds = SegmentationDataset(val_pairs, cfg.scale, index.mask_kind, None, cache)
-    train = DataLoader(train_ds, sampler=SeededSampler(len(train_ds), sampler_rng), drop_last=False, **common)
-    val = DataLoader(val_ds, shuffle=False, **common)
-    log.info("data: %s layout, %d train / %d val pairs, scale %g", index.layout, len(train_ds), len(val_ds), cfg.scale)
+    train_ds = SegmentationDataset(split.train, rule, Augmenter() if cfg.augment else None, cache)
+    val_ds = SegmentationDataset(by_input_size(split.val, sizes), rule, None, cache)
+    batches = BucketBatchSampler([sizes[p.image] for p in split.train], cfg.batch_size, sampler_rng)
+    train = DataLoader(train_ds, batch_sampler=batches, **common)
+    val = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **common)
+    log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
     return train, val
 
 
 def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int) -> ModelMeta:
+    rule = cfg.resize_rule
     return ModelMeta(
         n_classes=index.n_classes,
-        scale=cfg.scale,
+        scale=rule.scale,
+        resize=rule.mode,
+        input_size=rule.size,
+        max_side=rule.max_side,
         mean=cfg.mean,
         std=cfg.std,
         threshold=cfg.threshold,
@@ -138,6 +156,7 @@ def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int)
         extra={
             "val_dice_per_class": result.dice,
             "val_iou_per_class": result.iou,
+            "val_absent_classes": [index.class_names[i] for i in result.absent],
             "train_args": cfg.to_dict(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
@@ -148,7 +167,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
     """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from."""
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device) if cfg.amp else None
-    index = index_dataset(cfg.data, cfg.layout)
+    index = index_dataset(cfg.data, cfg.layout, cfg.folders)
     for line in describe_unmatched(index):
         log.warning("warning: %s", line)
     loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
@@ -177,9 +196,12 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
         run.restore(resume.training)
         log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)
 
-    train_loader, val_loader = _loaders(cfg, index, device, run.sampler_rng)
+    split, new_split = resolve_split(cfg, index, resuming=resume is not None)
+    train_loader, val_loader = _loaders(cfg, index, split, device, run.sampler_rng)
     setup = BatchSetup(device, amp, cfg.mean, cfg.std)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if new_split:
+        write_split(cfg.out / SPLIT_FILE, split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed))
     tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
     log.info(
         "model: U-Net base %d (%s up-sampling), %s, %s, loss %s",
@@ -206,6 +228,7 @@ def _epochs(
 ) -> bool:
     """Run epochs until the last, early stopping or the time limit; True when the time limit ended it."""
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    first = run.epoch + 1
     while run.epoch < cfg.epochs and not run.stopper.stop:
         epoch = run.epoch + 1
         start = time.perf_counter()
@@ -215,6 +238,9 @@ def _epochs(
             desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, deadline=deadline,
         )  # fmt: skip
         result = evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress)
+        if result.absent and epoch == first:
+            names = ", ".join(index.class_names[i] for i in result.absent)
+            log.info("validation truth lacks %d class(es), left out of the mean Dice: %s", len(result.absent), names)
         improved = run.stopper.step(result.mean_dice)
         run.scheduler.step(result.mean_dice)
         run.epoch = epoch
