@@ -1,7 +1,8 @@
 """Tiling arithmetic for sliding-window prediction: pure functions on sizes and weights.
 
-Tiles are spread evenly so the first starts at 0 and the last ends exactly at the edge (as nnU-Net and
-MONAI place them); the requested overlap is a minimum. Blending weighs each tile's probabilities with a
+Tiles are spread evenly so the first starts at 0 and the last ends exactly at the edge, as nnU-Net places
+them (MONAI instead steps by a fixed stride and moves only the last window back to the edge); the requested
+overlap is a minimum. Blending weighs each tile's probabilities with a
 gaussian (more weight to a tile's centre, where the network sees context on every side) or constant weight,
 and the result is normalized by the summed weights, as MONAI's sliding window does.
 """
