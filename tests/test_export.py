@@ -88,9 +88,10 @@ def test_metadata_round_trips(exported):
     ckpt, out, _ = exported
     _, meta = load_checkpoint(ckpt)
     props = {p.key: p.value for p in onnx.load(str(out / "best.onnx")).metadata_props}
-    assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool)) for v in props.values())
+    assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool, type(None))) for v in props.values())
+    assert json.loads(props["unetkit.resize"]) == "scale" and json.loads(props["unetkit.input_size"]) is None
     decoded = decode_metadata(props, "best.onnx")
-    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "mask_kind", "val_dice"):
+    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "mask_kind", "val_dice", "resize"):
         assert getattr(decoded, key) == getattr(meta, key), key
     extra = decoded.extra
     assert extra["precision"] == "fp32" and "logits" in extra["output"] and "mean" in extra["input"]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from unetkit.core.checkpoint import load_checkpoint
 from unetkit.core.device import autocast_dtype, resolve_device
@@ -32,7 +33,7 @@ from unetkit.core.preprocess import resize_masks
 
 from .data.buckets import by_input_size
 from .data.dataset import SampleRule, read_pair, resize_image
-from .data.layouts import FolderSpec, Pair, index_dataset
+from .data.layouts import DatasetIndex, FolderSpec, Pair, index_dataset
 from .data.split import SPLIT_FILE, Split, group_key_fn, make_split, read_split
 from .loop import BatchSetup
 from .losses import make_loss
@@ -83,11 +84,10 @@ class EvalSettings:
     device: str = "auto"
     workers: int = 2
     progress: bool = True
-    picture: bool = True
 
 
 def _pairs(
-    checkpoint: Path, index: Any, settings: EvalSettings, args: dict[str, Any]
+    checkpoint: Path, index: DatasetIndex, settings: EvalSettings, args: dict[str, Any]
 ) -> tuple[list[Pair], dict[Path, str], str]:
     """The pairs to score, each image's group, and the group rule in words."""
     group_by = settings.group_by or str(args.get("group_by", "auto" if settings.split == "all" else "none"))
@@ -117,7 +117,7 @@ def evaluate_checkpoint(
     checkpoint: str | os.PathLike, data: str | os.PathLike, settings: EvalSettings | None = None
 ) -> EvalReport:
     """Score `checkpoint` on all pairs of `data`, or on the train/val side of the split it was trained with
-    (RUN/split.json beside it); write the worst-images picture beside it unless `settings.picture` is off."""
+    (RUN/split.json beside it); the worst images are drawn into a picture beside it."""
     settings = settings or EvalSettings()
     checkpoint = Path(checkpoint)
     dev = resolve_device(settings.device)
@@ -160,14 +160,13 @@ def evaluate_checkpoint(
         recorded_dice=meta.val_dice,
         recorded_epoch=meta.epoch,
     )
-    if settings.picture:
-        worst = report.worst(WORST_ROWS)
-        by_name = {s.name: p for s, p in zip(images, pairs, strict=True)}
-        rows = [_worst_row(model, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
-        stem = report_stem(checkpoint, data, settings.split)
-        report.picture = stem.with_name(stem.name + "-worst.png")
-        report.worst_shown = [s.name for s, _, _ in worst]
-        write_worst(report.picture, rows, meta.n_classes, meta.mask_kind)
+    worst = report.worst(WORST_ROWS)
+    by_name = {s.name: p for s, p in zip(images, pairs, strict=True)}
+    rows = [_worst_row(model, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
+    stem = report_stem(checkpoint, data, settings.split)
+    report.picture = stem.with_name(stem.name + "-worst.png")
+    report.worst_shown = [s.name for s, _, _ in worst]
+    write_worst(report.picture, rows, meta.n_classes, meta.mask_kind)
     return report
 
 
@@ -189,8 +188,6 @@ def _score(
     progress: bool,
 ) -> tuple[list[ImageScore], torch.Tensor, float]:
     """Per-image counts at the original size, pooled counts at the model's size, and the mean loss."""
-    from tqdm import tqdm
-
     loss_fn = make_loss("bce+dice" if meta.n_classes == 1 else "ce+dice", meta.n_classes)
     model.eval()
     images: list[ImageScore] = []
