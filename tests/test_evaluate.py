@@ -87,3 +87,41 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     val = json.loads((run / "best-eval-grouped_data0-val.json").read_text())
     assert val["split"] == "val" and f"numbers: {run / 'best-eval-grouped_data0-val.json'}" in train_proc.stdout
     assert val["model_size"]["dice"] == pytest.approx(val["recorded_val_dice"], abs=1e-6)
+
+
+def test_multiclass_evaluation_end_to_end_names_absent_classes(tmp_path):
+    from unetkit.core import UNet, UNetConfig, save_checkpoint
+    from unetkit.train.data.layouts import CITYSCAPES_CLASSES
+    from unetkit.train.evaluate import EvalSettings, evaluate_checkpoint
+
+    for split, city in (("train", "aachen"), ("val", "lindau")):
+        name = f"{city}_000000_000019"
+        img = tmp_path / f"data/leftImg8bit/{split}/{city}/{name}_leftImg8bit.png"
+        img.parent.mkdir(parents=True)
+        Image.new("RGB", (24, 16), (90, 120, 60)).save(img)
+        ids = np.full((16, 24), 7, np.uint8)  # road
+        ids[:5] = 23  # sky
+        ids[:, :2] = 0  # void: ignored
+        gt = tmp_path / f"data/gtFine/{split}/{city}/{name}_gtFine_labelIds.png"
+        gt.parent.mkdir(parents=True)
+        Image.fromarray(ids).save(gt)
+    torch.manual_seed(0)
+    meta = make_meta_19()
+    save_checkpoint(tmp_path / "best.pth", UNet(UNetConfig(n_classes=19, base_channels=2)).eval(), meta)
+    report = evaluate_checkpoint(tmp_path / "best.pth", tmp_path / "data", EvalSettings(device="cpu", progress=False))
+    data = report.to_dict()
+    assert data["images"] == 2 and data["groups"] == 2  # by city
+    assert set(data["absent_classes"]) == set(CITYSCAPES_CLASSES) - {"road", "sky"}
+    present = [c for c in data["per_class"] if c["present"]]
+    assert [c["name"] for c in present] == ["road", "sky"]
+    assert data["dice"] == pytest.approx(sum(c["dice"] for c in present) / 2)
+    with Image.open(report.picture) as img:
+        img.load()
+        assert img.mode == "RGB"
+
+
+def make_meta_19():
+    from unetkit.core.meta import ModelMeta
+    from unetkit.train.data.layouts import CITYSCAPES_CLASSES
+
+    return ModelMeta(n_classes=19, scale=1.0, class_names=CITYSCAPES_CLASSES, mask_kind="cityscapes")

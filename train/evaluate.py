@@ -164,9 +164,13 @@ def evaluate_checkpoint(
     by_name = {s.name: p for s, p in zip(images, pairs, strict=True)}
     rows = [_worst_row(model, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
     stem = report_stem(checkpoint, data, settings.split)
-    report.picture = stem.with_name(stem.name + "-worst.png")
-    report.worst_shown = [s.name for s, _, _ in worst]
-    write_worst(report.picture, rows, meta.n_classes, meta.mask_kind)
+    picture = stem.with_name(stem.name + "-worst.png")
+    try:
+        write_worst(picture, rows, meta.n_classes, meta.mask_kind)
+    except OSError as exc:  # a read-only model folder costs the picture, not the numbers
+        log.warning("warning: could not write %s (%s)", picture, exc.strerror or exc)
+    else:
+        report.picture, report.worst_shown = picture, [s.name for s, _, _ in worst]
     return report
 
 
