@@ -143,3 +143,18 @@ def test_unet_data_check_reports_groups_per_side(synth_small):
     assert "val 10 images in 10 group(s) (one group per image)" in leaky.stdout
     bad = run_cli("unet-data", "check", synth_small, "--group-by", "[")
     assert bad.returncode == 2 and "--group-by '[': not a regular expression" in error_lines(bad)[0]
+
+
+def test_per_image_split_is_the_first_releases_split(synth_small):
+    """Runs recorded before group-aware splits (no group_by in their arguments) split per image: resuming or
+    evaluating them must use the images they validated on, as the first releases drew them."""
+    import torch
+
+    from unetkit.train.config import TrainConfig
+
+    assert TrainConfig.from_dict({"data": "d", "out": "o"}).group_by == "none"
+    pairs = index_dataset(synth_small).pairs
+    split = make_split(index_dataset(synth_small), "none", 0.2, seed=3)
+    first_release = sorted(torch.randperm(48, generator=torch.Generator().manual_seed(3)).tolist()[:10])
+    assert [pairs.index(p) for p in split.val] == first_release
+    assert make_split(index_dataset(synth_small), "none", 0.2, seed=4).val != split.val

@@ -121,6 +121,15 @@ def assign_groups(keys: Sequence[str], val_fraction: float, seed: int) -> list[b
     return [key in chosen for key in keys]
 
 
+def per_image(n: int, val_fraction: float, seed: int) -> list[bool]:
+    """The per-image split of the first releases, kept exactly so their runs resume and evaluate on the
+    images they validated on: a seeded permutation, its first round(n * val_fraction) to validation."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    chosen = set(order[:n_val])
+    return [i in chosen for i in range(n)]
+
+
 def make_split(index: DatasetIndex, group_by: str, val_fraction: float, seed: int) -> Split:
     """The official split where the data set has one (Cityscapes), else a seeded split by groups."""
     if not 0.0 < val_fraction < 1.0:
@@ -135,7 +144,10 @@ def make_split(index: DatasetIndex, group_by: str, val_fraction: float, seed: in
         log.warning("warning: %s has no leftImg8bit/val/ folder: using a seeded split of train/ instead", index.root)
     if len(pairs) < 2:
         raise DataError(f"{len(pairs)} image/mask pair(s): at least 2 are needed to train and validate")
-    is_val = assign_groups([keys[p.image] for p in pairs], val_fraction, seed)
+    if group_by == "none":
+        is_val = per_image(len(pairs), val_fraction, seed)
+    else:
+        is_val = assign_groups([keys[p.image] for p in pairs], val_fraction, seed)
     train = [p for p, v in zip(pairs, is_val, strict=True) if not v]
     val = [p for p, v in zip(pairs, is_val, strict=True) if v]
     return Split(train, val, rule, keys)
