@@ -51,6 +51,7 @@ test: lint typecheck
 # Carvana-sized synthetic images; a small U-Net at scale 0.125 (240x160 model inputs) keeps it quick on a CPU.
 demo: venv
 	$(BIN)/unet-data synth --out $(DEMO)/data --n 48 --size 1918x1280 --seed 0
+	rm -rf $(DEMO)/run  # the demo starts its run over; unet-train never writes into a folder holding a run
 	$(BIN)/unet-train --data $(DEMO)/data --out $(DEMO)/run --epochs 10 --base-channels 16 --lr 1e-3 \
 		--scale 0.125 --batch-size 8 --workers 2 --cache $(DEMO)/cache
 	$(BIN)/unet-export $(DEMO)/run/best.pth

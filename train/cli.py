@@ -7,8 +7,9 @@ from pathlib import Path
 
 from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FOLDER, check_outputs
 
-from .config import TrainConfig
+from .config import TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
 from .evaluate import SPLITS, evaluate_checkpoint
 from .extras import require_training_stack
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", type=Path, help="data set folder (see README: data layouts)")
-    p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
+    p.add_argument("--out", type=Path, help=f"run folder (default {d.out}, or the next free {d.out}2, {d.out}3, ... "
+                   "when it holds a run; a folder given here that holds a run is refused)")  # fmt: skip
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="data layout (default auto: detected)")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
@@ -83,12 +85,14 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
     if args.resume:
-        path = args.out / "last.pth" if args.resume is True else Path(args.resume)
-        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
+        path, out = _resume_paths(args)
+        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
     else:
         if args.data is None:
             raise UnetkitError("--data is required (a data set folder; try `unet-data synth --out data/synth`)")
+        given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
+    check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])
     result = fit(cfg, checkpoint)
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
@@ -97,6 +101,32 @@ def _train(args: argparse.Namespace) -> int:
         f"checkpoint: {result.run_dir / 'best.pth'}"
     )
     return EXIT_OK
+
+
+def _new_run_dir(out: Path | None) -> Path:
+    """A new run's folder: one given must hold no run; the default moves on to the next free name."""
+    if out is not None:
+        found = run_files(out)
+        if found:
+            raise UnetkitError(f"--out {out}: holds an earlier run ({', '.join(found)}); continue it with "
+                               "--resume, or choose a new folder")  # fmt: skip
+        return out
+    free = next_free_run_dir(DEFAULTS.out)
+    if free != DEFAULTS.out:
+        print(f"{DEFAULTS.out} holds an earlier run: this run goes to {free}", flush=True)
+    return free
+
+
+def _resume_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(last.pth to resume, run folder): --resume FILE continues in FILE's folder, plain --resume in --out's."""
+    if args.resume is True:
+        out = args.out or DEFAULTS.out
+        return out / "last.pth", out
+    path = Path(args.resume)
+    if args.out is not None and args.out.resolve() != path.parent.resolve():
+        raise UnetkitError(f"--out {args.out}: --resume {path} continues the run in {path.parent}; leave --out out "
+                           "or name that folder")  # fmt: skip
+    return path, path.parent
 
 
 def main(argv: list[str] | None = None) -> int:

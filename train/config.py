@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
 RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes")
+#: What makes a folder hold a run: a new run never writes into one (it would overwrite or truncate them).
+RUN_FILES = ("best.pth", "last.pth", "history.jsonl", "tb")
+#: Flags whose presence sets a setting to a fixed value (store_true / store_false).
+SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
 
 
 @dataclass(frozen=True)
@@ -79,3 +84,51 @@ class TrainConfig:
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+def run_files(folder: Path) -> list[str]:
+    """The files of an earlier run in `folder` (an empty tb/ does not count)."""
+    found = []
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(name)
+    return found
+
+
+def next_free_run_dir(base: Path) -> Path:
+    """`base` when it holds no run, else the first of base2, base3, ... that holds none (as Ultralytics does)."""
+    candidate, n = base, 1
+    while run_files(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate
+
+
+def resume_conflicts(stored: TrainConfig, given: dict[str, Any]) -> list[str]:
+    """Flags given to --resume that would change the run but cannot: each names the flag and both values.
+
+    Only RESUME_OVERRIDES may change (and `out`, the run folder itself). `--data` may also point elsewhere
+    when the run's data folder no longer exists (the data set was moved).
+    """
+    problems = []
+    for key, value in given.items():
+        if key in RESUME_OVERRIDES or key == "out" or value is None:
+            continue
+        old = getattr(stored, key)
+        if _same(old, value) or (key == "data" and not Path(old).exists()):
+            continue
+        if key in SWITCHES:
+            problems.append(f"{SWITCHES[key]}: the run was started without it")
+        else:
+            was = "the default" if old is None else str(old)
+            problems.append(f"--{key.replace('_', '-')} {value}: the run was started with {was}")
+    return problems
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, Path) or isinstance(new, Path):
+        return old is not None and (Path(old) == Path(new) or Path(old).resolve() == Path(new).resolve())
+    if isinstance(old, float) and isinstance(new, (int, float)):
+        return math.isclose(old, new, rel_tol=1e-9)
+    return bool(old == new)

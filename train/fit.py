@@ -24,7 +24,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
-from .config import RESUME_OVERRIDES, TrainConfig
+from .config import RESUME_OVERRIDES, TrainConfig, resume_conflicts, run_files
 from .data.checks import check_dataset, describe_unmatched
 from .data.dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
 from .data.layouts import DatasetIndex, index_dataset
@@ -57,6 +57,7 @@ class _Run:
     sampler_rng: torch.Generator
     epoch: int = 0
     best_epoch: int = 0
+    saved_epoch: int = 0  # the epoch last.pth holds on disk (0: none yet)
 
     def training_state(self, cfg: TrainConfig) -> dict[str, Any]:
         return {
@@ -85,15 +86,22 @@ class _Run:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        self.saved_epoch = self.epoch
 
 
 def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
-    """The stored run's config (with the allowed overrides from `given`) and the last.pth checkpoint."""
+    """The stored run's config (with the allowed overrides from `given`) and the last.pth checkpoint; a
+    given flag that would change anything else is an error naming it and both values."""
     path = Path(resume)
     checkpoint = read_checkpoint(path)
     if checkpoint.training is None:
         raise UnetkitError(f"{path}: has no training state (only last.pth can be resumed)")
     stored = TrainConfig.from_dict(checkpoint.training["config"])
+    conflicts = resume_conflicts(stored, given)
+    if conflicts:
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_OVERRIDES if k != "progress")
+        raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
+                           "start a new run in another --out to change the rest)")  # fmt: skip
     overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES and v is not None}
     return replace(stored, out=cfg.out, **overrides), checkpoint
 
@@ -145,7 +153,14 @@ def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int)
 
 
 def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
-    """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from."""
+    """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from.
+
+    A new run never writes into a folder that holds an earlier one. A write that fails (disk full) ends the
+    run with an OSError whose message says which checkpoint is intact.
+    """
+    if resume is None and run_files(cfg.out):
+        raise UnetkitError(f"{cfg.out}: holds an earlier run ({', '.join(run_files(cfg.out))}); resume it or "
+                           "choose another folder")  # fmt: skip
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device) if cfg.amp else None
     index = index_dataset(cfg.data, cfg.layout)
@@ -189,6 +204,8 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
     try:
         with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
             out_of_time = _epochs(cfg, run, index, train_loader, val_loader, loss_fn, setup, tb)
+    except OSError as exc:  # disk full, quota, read-only: the atomic writes kept every earlier file whole
+        raise _write_failed(exc, cfg.out, run.saved_epoch) from None
     finally:
         tb.close()
     return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out, out_of_time)
@@ -224,6 +241,7 @@ def _epochs(
         save_checkpoint(
             cfg.out / "last.pth", run.model, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
         )
+        run.saved_epoch = epoch
         scalars = {
             "Loss/train": train_loss, "Loss/val": result.loss, "Dice/val": result.mean_dice,
             "IoU/val": result.mean_iou, "LR": lr, "Throughput/train_images_per_s": img_s,
@@ -243,6 +261,14 @@ def _epochs(
     if run.stopper.stop:
         log.info("early stopping: no better validation Dice for %d epochs", cfg.patience)
     return False
+
+
+def _write_failed(exc: OSError, out: Path, saved_epoch: int) -> OSError:
+    """The one line a failed write ends a run with: which file, why, and what is intact."""
+    last = out / "last.pth"
+    kept = (f"{last} (epoch {saved_epoch}) is intact: continue with `unet-train --out {out} --resume`"
+            if saved_epoch else "no checkpoint had been written yet")  # fmt: skip
+    return OSError(exc.errno, f"{exc.strerror or exc}; training stopped, {kept}", exc.filename)
 
 
 def _append_history(path: Path, epoch: int, scalars: dict[str, float], result: EvalResult) -> None:
