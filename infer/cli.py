@@ -17,7 +17,7 @@ from unetkit.core.cli import (
 
 from .engines import DTYPES, ENGINE_NAMES
 from .engines.compiled import COMPILE_MODES
-from .io import default_out_dir, discover
+from .io import DEFAULT_OUT_SUFFIX, default_out_dir, discover, output_paths
 from .predictor import Predictor
 from .settings import DECODERS, InferSettings, OutputOptions
 from .tiling import BLEND_MODES, DEFAULT_TILE
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, metavar="M", help="minimum tile overlap in pixels (default N/4)")
     p.add_argument("--blend", choices=BLEND_MODES, default="gaussian", help="tile blending weights (default gaussian)")
     p.add_argument("--batch", type=int, help="images (or tiles) per engine call (default 8 on CUDA, 2 on the CPU)")
-    p.add_argument("--out", type=Path, help="output folder (default <folder>_masks)")
+    p.add_argument("--out", type=Path, help=f"output folder (default <folder>{DEFAULT_OUT_SUFFIX} beside the input "
+                   "folder)")  # fmt: skip
     p.add_argument("--recursive", action="store_true", help="also search subfolders (outputs mirror them)")
     p.add_argument("--save-prob", action="store_true", help="also write <name>.prob.png probability maps")
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.jpg for a quick look")
@@ -71,6 +72,7 @@ def _infer(args: argparse.Namespace) -> int:
     settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
     out = args.out or default_out_dir(args.folder)
     items = discover(args.folder, out, args.recursive)  # a missing or empty folder fails before any loading
+    output_paths(out, args.rle)  # and so does an output that cannot be written
     predictor = Predictor(
         args.model or args.checkpoint, args.engine, args.device, args.precision, compile_mode=args.compile_mode,
         **vars(settings),

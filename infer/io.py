@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,13 @@ from PIL import Image
 from unetkit.core.atomic import atomic_path
 from unetkit.core.errors import DataError
 from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+#: unet-infer's default output folder is `<folder>` + this, beside the input: never a data layout's mask folder
+#: (Kaggle's train/ has its ground truth in train_masks/).
+DEFAULT_OUT_SUFFIX = "_predictions"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,25 +37,35 @@ class Item:
 
 
 def default_out_dir(folder: str | os.PathLike) -> Path:
+    """`<folder>_predictions` beside the input folder."""
     folder = Path(folder).resolve()
-    return folder.with_name(folder.name + "_masks")
+    if folder == folder.parent:
+        raise DataError(f"{folder}: has no parent folder to put {DEFAULT_OUT_SUFFIX[1:]} beside; give --out")
+    return folder.with_name(folder.name + DEFAULT_OUT_SUFFIX)
 
 
 def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool = False) -> list[Item]:
-    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs."""
+    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs.
+
+    With `recursive`, symlinked folders are followed; a folder reached twice (a link loop, or two links to
+    one folder) is searched once and the others are counted in a warning.
+    """
     folder, out = Path(folder), Path(out)
     if not folder.exists():
         raise DataError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     out_resolved = out.resolve()
-    candidates = folder.rglob("*") if recursive else folder.glob("*")
+    if out_resolved == folder.resolve():
+        raise DataError(f"--out {out}: is the input folder {folder}; masks would land among the images (choose "
+                        "another folder; the default is <folder>_predictions beside it)")  # fmt: skip
+    candidates = _walk(folder, out_resolved) if recursive else folder.iterdir()
     sources = sorted(
         p
         for p in candidates
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.suffix.lower() in IMAGE_EXTENSIONS
         and not p.name.startswith(".")
+        and p.is_file()
         and out_resolved not in p.resolve().parents
     )
     if not sources:
@@ -68,6 +84,44 @@ def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool 
         owner[mask] = src
         items.append(Item(src, rel, mask))
     return items
+
+
+def output_paths(out: Path, rle: Path | None) -> None:
+    """A folder run's outputs checked before any work: the mask folder and the CSV."""
+    check_outputs([("--out", out, FOLDER), ("--rle", rle, FILE)])
+
+
+def _walk(folder: Path, skip: Path) -> list[Path]:
+    """Files under `folder`, following symlinked folders; each folder (by device and inode) is searched once,
+    and `skip` (the output folder) not at all."""
+    files: list[Path] = []
+    seen = {_identity(folder)}
+    repeated: list[str] = []
+    unreadable: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=lambda e: unreadable.append(str(e.filename))):
+        keep = []
+        for name in sorted(dirs):
+            path = Path(root, name)
+            key = _identity(path)
+            if key in seen or path.resolve() == skip:
+                if key in seen:
+                    repeated.append(str(path))
+                continue
+            seen.add(key)
+            keep.append(name)
+        dirs[:] = keep
+        files += (Path(root, name) for name in names)
+    if repeated:
+        log.warning("warning: %d folder(s) reached again through a symlink were searched once: %s",
+                    len(repeated), ", ".join(repeated[:3]) + (" ..." if len(repeated) > 3 else ""))  # fmt: skip
+    if unreadable:
+        log.warning("warning: %d folder(s) could not be searched: %s", len(unreadable), ", ".join(unreadable[:3]))
+    return files
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def decode_to_tensor(path: Path, pin: bool = False) -> torch.Tensor:
