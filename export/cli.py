@@ -17,12 +17,13 @@ from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 
-from .onnx_export import EXPORTERS, export_onnx
+from .onnx_export import EXPORTERS, export_onnx, opset_range, resolve_exporter
 from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
 from .tensorrt_build import BuildSettings, build_engine, default_timing_cache, engine_skip_reason, tensorrt_unavailable
@@ -39,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="a unetkit checkpoint, e.g. runs/carvana/best.pth")
     p.add_argument("--out-dir", type=Path, help="where to write (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18 with the dynamo exporter, 17 with TorchScript)")
+    (dlo, dhi), (tlo, thi) = opset_range("dynamo"), opset_range("torchscript")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18 with the dynamo exporter, 17 with TorchScript; "
+                   f"with this torch dynamo writes {dlo} to {dhi}, TorchScript {tlo} to {thi})")  # fmt: skip
     p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch.onnx exporter (default auto: "
-                   "dynamo from torch 2.9, TorchScript before)")  # fmt: skip
+                   "dynamo from torch 2.9, TorchScript before or for an --opset below 18)")  # fmt: skip
     p.add_argument("--no-verify", dest="verify", action="store_false", help="keep artifacts without checking them")
     trt = p.add_mutually_exclusive_group()
     trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="require the TensorRT engine")
@@ -67,7 +70,12 @@ def _onnx_builder(model: UNet, meta: ModelMeta, fp16: bool, args: argparse.Names
 
 
 def _export(args: argparse.Namespace) -> int:
+    exporter = resolve_exporter(args.exporter, args.opset)  # an opset it cannot write: one line, before any work
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
+    out_dir = args.out_dir or args.checkpoint.parent
+    check_outputs([("--out-dir", out_dir, FOLDER), ("--timing-cache", args.timing_cache, FILE)])
+    if args.opset is not None and args.exporter == "auto" and exporter != resolve_exporter("auto"):
+        print(f"--opset {args.opset}: exporting with the {exporter} exporter, which writes it")
     device = resolve_device(args.device)
     missing = onnxruntime_missing() if args.verify else None
     if missing:
@@ -76,7 +84,6 @@ def _export(args: argparse.Namespace) -> int:
     if args.trt and trt_reason:
         raise UnetkitError(f"--trt: {trt_reason}")
     profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
-    out_dir = args.out_dir or args.checkpoint.parent
     target = out_dir / args.checkpoint.name
     # Every artifact carries the model's description and where it came from; training details stay behind.
     artifact_meta = dataclasses.replace(meta, extra={
