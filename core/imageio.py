@@ -7,11 +7,19 @@ Images become 8-bit RGB arrays (H, W, 3):
 - 16-bit images are scaled to 8 bit (value / 257, rounded).
 Masks become (H, W) uint8 arrays of raw values; turning them into labels is `binary_mask`'s or a
 layout's job. Any failure is a `DataError` naming the file.
+
+Very large images: Pillow guards against decompression bombs. Above its warning limit (89.5 megapixels) an
+image is decoded with one warning line naming the file (logged once per file; the CLIs silence Pillow's
+own multi-line warning); above twice that (179 megapixels) Pillow refuses it, and the image fails with a
+DataError naming the file and its size.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +33,16 @@ MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg", ".webp"})
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+log = logging.getLogger(__name__)
 
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path` with EXIF orientation applied."""
     try:
         with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                _warn_large(str(path), img.width, img.height, limit)
             img.load()
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -39,11 +51,24 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _warn_large(path: str, width: int, height: int, limit: int) -> None:
+    """One line per large file, however often it is read (training reads a file every epoch)."""
+    log.warning("warning: %s: %dx%d is %.0f megapixels, above Pillow's decompression-bomb warning limit of %.0f; "
+                "decoding it anyway", path, width, height, width * height / 1e6, limit / 1e6)  # fmt: skip
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file, or an unsupported format"
+    pixels = re.search(r"\((\d+) pixels\)", msg)
+    if isinstance(exc, Image.DecompressionBombError) and pixels and Image.MAX_IMAGE_PIXELS:
+        return (
+            f"{int(pixels.group(1)) / 1e6:.0f} megapixels is over Pillow's decompression-bomb limit of "
+            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f}; downscale or split it first"
+        )
     return msg
 
 

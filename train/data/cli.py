@@ -7,6 +7,7 @@ from pathlib import Path
 
 from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FOLDER, check_outputs
 
 PROG = "unet-data"
 
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate a data set and summarize it")
     k.add_argument("data", type=Path, help="data set folder")
     k.add_argument("--layout", default="auto", help="data layout (default auto)")
-    k.add_argument("--scale", type=float, default=1.0, help="check at this scale, as training would (default 1)")
+    k.add_argument("--scale", type=float, default=1.0, help="check at this scale, in (0, 1], as training would "
+                   "(default 1)")  # fmt: skip
     add_workers_argument(k, "decoding threads")
     for q in (s, c, k):
         add_progress_argument(q)
@@ -44,6 +46,7 @@ def _synth(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     except ValueError as exc:
         raise UnetkitError(f"--size: {exc}") from None
+    check_outputs([("--out", args.out, FOLDER)])
     written = write_synthetic(args.out, args.n, size, args.seed, progress=args.progress)
     print(f"wrote {len(written)} image/mask pairs ({size[0]}x{size[1]}) to {args.out}/train and {args.out}/train_masks")
     return EXIT_OK
@@ -52,6 +55,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _carvana(args: argparse.Namespace) -> int:
     from .kaggle import download_carvana
 
+    check_outputs([("--out", args.out, FOLDER)])
     out = download_carvana(args.out, hq=args.hq, quiet=not args.progress)
     print(f"Carvana training data is in {out}/train and {out}/train_masks")
     return EXIT_OK
@@ -61,6 +65,8 @@ def _check(args: argparse.Namespace) -> int:
     from .checks import check_dataset, describe_unmatched
     from .layouts import index_dataset
 
+    if not 0 < args.scale <= 1:  # the rule unet-train applies to its --scale
+        raise UnetkitError(f"--scale {args.scale:g}: must be in (0, 1]")
     index = index_dataset(args.data, args.layout)
     report = check_dataset(index, args.scale, workers=args.workers, progress=args.progress)
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")
