@@ -17,6 +17,7 @@ DataError naming the file and its size.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import write_bytes_atomic
 from .errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -130,3 +132,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def save_image(path: str | os.PathLike, image: Image.Image, format: str, **params: object) -> None:
+    """Encode `image` in memory, then write the file atomically.
+
+    Pillow's encoders write straight to the file descriptor and ignore a short write, so on a full disk they
+    can leave a truncated picture without an error; Python's own file writes raise ENOSPC instead.
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    write_bytes_atomic(path, buffer.getvalue())

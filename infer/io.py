@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetkit.core.atomic import atomic_path
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image, save_image
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
@@ -138,10 +137,8 @@ def write_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) 
     image = Image.fromarray(array)
     if palette is not None:
         image.putpalette(palette.reshape(-1).tolist())  # an L image becomes P with its values as indices
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)
+    save_image(path, image, "PNG", compress_level=1)
 
 
 def write_jpeg(path: Path, chw: np.ndarray, quality: int = 90) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(tmp, format="JPEG", quality=quality)
+    save_image(path, Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), "JPEG", quality=quality)

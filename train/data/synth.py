@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from unetkit.core.atomic import atomic_path
 from unetkit.core.cli import parse_pair
 from unetkit.core.errors import DataError
+from unetkit.core.imageio import save_image
 
 VIEWS_PER_CAR = 16
 # Common car paints: white, silver, black, grey, red, blue, plus any colour now and then.
@@ -198,9 +198,7 @@ def write_synthetic(
             raise DataError(f"size {w}x{h}: out of memory drawing image {i + 1}; choose a smaller size") from None
         name = f"{car_id}_{view + 1:02d}"
         img_path = out / "train" / f"{name}.jpg"
-        with atomic_path(img_path) as tmp:
-            Image.fromarray(image).save(tmp, format="JPEG", quality=90)
-        with atomic_path(out / "train_masks" / f"{name}_mask.gif") as tmp:
-            Image.fromarray(mask).save(tmp, format="GIF")
+        save_image(img_path, Image.fromarray(image), "JPEG", quality=90)
+        save_image(out / "train_masks" / f"{name}_mask.gif", Image.fromarray(mask), "GIF")
         written.append(img_path)
     return written
