@@ -169,3 +169,25 @@ def test_merge_without_parts_is_one_line(tmp_path):
         f"unet-infer: error: {tmp_path / 'sub.csv'}: no finished parts (sub.part-I-of-K.json) beside it; run "
         "unet-infer with --rle sub.csv --num-parts K --part-id I first"
     ]
+
+
+@pytest.mark.gpu
+def test_one_gpu_rank_under_torchrun(tmp_path, folder, random_checkpoint, single):
+    """World size 1 on cuda:0: the torchrun path's smoke test on one GPU, merged by rank 0."""
+    import numpy as np
+    from PIL import Image
+
+    from unetkit.core.metrics import mask_agreement
+
+    csv = tmp_path / "sub.csv"
+    args = ["--out", tmp_path / "masks", "--rle", csv, "--no-progress", "--batch", "1", "--precision", "fp32"]
+    proc = run_torchrun(1, "unetkit.infer", folder, "--checkpoint", random_checkpoint, *args, "--dist-timeout", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "part 0 of 1 (torchrun): 7 of 7 images" in proc.stdout and "on cuda:0" in proc.stdout
+    assert "merged 1 part(s)" in proc.stdout
+    assert [r.split(",")[0] for r in csv.read_text().splitlines()] == [
+        r.split(",")[0] for r in (single / "sub.csv").read_text().splitlines()
+    ]
+    for mask in sorted((single / "masks").iterdir()):
+        a, b = (np.asarray(Image.open(p)) > 127 for p in (mask, tmp_path / "masks" / mask.name))
+        assert mask_agreement(a, b, 1) > 0.98  # CUDA (TF32 convolutions) against the CPU reference
