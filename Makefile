@@ -43,7 +43,7 @@ typecheck: venv
 	@mkdir -p build/typecheck/unetkit
 	@for s in $(STAGES); do ln -sfn ../../../$$s build/typecheck/unetkit/$$s; done
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p unetkit
-	$(BIN)/mypy tools/gpu_check.py
+	$(BIN)/mypy tools/gpu_check.py examples/triton_client.py
 
 test: lint typecheck
 	$(BIN)/pytest -q

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
+from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FOLDER, check_outputs
 
-from .config import TrainConfig, next_free_run_dir, run_files
+from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
 from .evaluate import SPLITS, evaluate_checkpoint
 from .extras import require_training_stack
@@ -27,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorBoard logs (tb/) into the run folder.",
         epilog="examples:\n  unet-train --data data/carvana --out runs/carvana\n"
         "  unet-train --data data/carvana --out runs/carvana --resume --epochs 80\n"
-        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val",
+        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val\n"
+        "  torchrun --nproc-per-node 4 -m unetkit.train --data data/carvana --out runs/carvana   # 4 GPUs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", type=Path, help="data set folder (see README: data layouts)")
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "when it holds a run; a folder given here that holds a run is refused)")  # fmt: skip
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="data layout (default auto: detected)")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, help=f"images per step, per process under torchrun (default "
+                   f"{d.batch_size})")  # fmt: skip
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
     p.add_argument("--base-channels", type=int, help=f"width of the first level (default {d.base_channels})")
@@ -55,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.threshold})")  # fmt: skip
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes: the epoch in "
                    "progress is cut short, validated and saved (default: no limit)")  # fmt: skip
+    p.add_argument("--sync-bn", choices=SYNC_BN_CHOICES, help="under torchrun: BatchNorm statistics over all "
+                   "processes; auto (default) on CUDA with more than one process")  # fmt: skip
+    p.add_argument("--dist-timeout", type=float, metavar="MIN", help="under torchrun: minutes a process waits for "
+                   f"the others before the run fails (default {d.dist_timeout:g})")  # fmt: skip
     p.add_argument("--resume", nargs="?", const=True, metavar="LAST_PTH",
                    help="continue a run from its last.pth (default: RUN_DIR/last.pth); only --epochs, --device, "
-                   "--workers and --cache may change")  # fmt: skip
+                   "--workers, --cache, --max-minutes, --sync-bn and --dist-timeout may change")  # fmt: skip
     p.add_argument("--eval", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on --data and exit")
     p.add_argument("--split", choices=SPLITS, default="all", help="with --eval: all pairs, or the train/val part "
                    "of the split the checkpoint was trained with (default all)")  # fmt: skip
@@ -81,7 +89,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     require_training_stack()
+    from .distributed import training_processes
     from .fit import fit, resume_config  # albumentations and TensorBoard are imported only when training
+
+    dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
     if args.resume:
@@ -92,8 +103,11 @@ def _train(args: argparse.Namespace) -> int:
             raise UnetkitError("--data is required (a data set folder; try `unet-data synth --out data/synth`)")
         given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
-    check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])
-    result = fit(cfg, checkpoint)
+    check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])  # looks, creates nothing
+    with training_processes(cfg, dist) as ddp:  # joins torchrun's process group for the run
+        result = fit(cfg, checkpoint, ddp)
+    if dist is not None and not dist.is_main:
+        return EXIT_OK
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"

@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.core.cli import DEFAULT_WORKERS
+from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes", "sync_bn", "dist_timeout")
 #: What makes a folder hold a run: a new run never writes into one (it would overwrite or truncate them).
 RUN_FILES = ("best.pth", "last.pth", "history.jsonl", "tb")
 #: Flags whose presence sets a setting to a fixed value (store_true / store_false).
 SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
+
+#: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
+SYNC_BN_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class TrainConfig:
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
     progress: bool = True
+    sync_bn: str = "auto"  # under torchrun: SyncBatchNorm on CUDA with several processes (auto), on, off
+    dist_timeout: float = DEFAULT_TIMEOUT_MINUTES  # under torchrun: minutes a process waits for the others
 
     def __post_init__(self) -> None:
         checks = {
@@ -58,6 +64,8 @@ class TrainConfig:
             "--patience must be at least 1": self.patience >= 1,
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
             "--max-minutes must be positive": self.max_minutes is None or self.max_minutes > 0,
+            "--sync-bn must be auto, on or off": self.sync_bn in SYNC_BN_CHOICES,
+            "--dist-timeout must be positive": self.dist_timeout > 0,
         }
         for message, ok in checks.items():
             if not ok:
