@@ -7,16 +7,26 @@ Images become 8-bit RGB arrays (H, W, 3):
 - 16-bit images are scaled to 8 bit (value / 257, rounded).
 Masks become (H, W) uint8 arrays of raw values; turning them into labels is `binary_mask`'s or a
 layout's job. Any failure is a `DataError` naming the file.
+
+Very large images: Pillow guards against decompression bombs. Above its warning limit (89.5 megapixels) an
+image is decoded with one warning line naming the file (logged once per file; the CLIs silence Pillow's
+own multi-line warning); above twice that (179 megapixels) Pillow refuses it, and the image fails with a
+DataError naming the file and its size.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import write_bytes_atomic
 from .errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -27,12 +37,16 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageErr
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 #: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
 MASK_THRESHOLD_HINT = "--mask-threshold 128"
+log = logging.getLogger(__name__)
 
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path` with EXIF orientation applied."""
     try:
         with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                _warn_large(str(path), img.width, img.height, limit)
             img.load()
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -41,11 +55,24 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _warn_large(path: str, width: int, height: int, limit: int) -> None:
+    """One line per large file, however often it is read (training reads a file every epoch)."""
+    log.warning("warning: %s: %dx%d is %.0f megapixels, above Pillow's decompression-bomb warning limit of %.0f; "
+                "decoding it anyway", path, width, height, width * height / 1e6, limit / 1e6)  # fmt: skip
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file, or an unsupported format"
+    pixels = re.search(r"\((\d+) pixels\)", msg)
+    if isinstance(exc, Image.DecompressionBombError) and pixels and Image.MAX_IMAGE_PIXELS:
+        return (
+            f"{int(pixels.group(1)) / 1e6:.0f} megapixels is over Pillow's decompression-bomb limit of "
+            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f}; downscale or split it first"
+        )
     return msg
 
 
@@ -113,3 +140,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def save_image(path: str | os.PathLike, image: Image.Image, format: str, **params: object) -> None:
+    """Encode `image` in memory, then write the file atomically.
+
+    Pillow's encoders write straight to the file descriptor and ignore a short write, so on a full disk they
+    can leave a truncated picture without an error; Python's own file writes raise ENOSPC instead.
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    write_bytes_atomic(path, buffer.getvalue())

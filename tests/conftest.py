@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,32 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def run_torchrun(
+    nproc: int, module: str, *args: str | os.PathLike, timeout: float = 240, cwd: str | os.PathLike | None = None
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m module args` as a real subprocess, Gloo on loopback.
+
+    --standalone picks a free port on localhost. torchrun and its workers run in their own session, which is
+    killed whole when `timeout` passes, so no worker outlives a test.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd += ["-m", module, *map(str, args)]
+    env = {
+        **os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{cmd} ran past {timeout} s\nstdout:\n{stdout}\nstderr:\n{stderr}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

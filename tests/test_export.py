@@ -114,6 +114,25 @@ def test_both_exporters_give_verified_graphs(tmp_path, exporter):
     assert session(path).run(None, {"image": np.zeros((3, 3, 50, 70), np.float32)})[0].shape == (3, 3, 50, 70)
 
 
+def test_opset_is_written_as_asked_or_refused(tmp_path):
+    """The dynamo exporter writes 18 for anything lower without a word: auto takes TorchScript there, and an
+    opset no exporter writes is refused naming both ranges."""
+    from unetkit.core.errors import UnetkitError
+    from unetkit.export.onnx_export import opset_range, resolve_exporter, written_opset
+
+    model, meta = UNet(UNetConfig(base_channels=2)).eval(), make_meta()
+    assert resolve_exporter("auto", 13) == "torchscript" and resolve_exporter("auto", 19) == "dynamo"
+    for exporter, opset in (("auto", 13), ("dynamo", 19)):
+        path = export_onnx(model, meta, tmp_path / f"{opset}.onnx", exporter=exporter, opset=opset)
+        assert written_opset(onnx.load(str(path))) == opset
+    assert opset_range("dynamo")[0] == 18 and opset_range("torchscript")[0] == 11
+    with pytest.raises(UnetkitError, match=r"--opset 13: the dynamo exporter of torch .* writes opsets 18 to \d+"):
+        export_onnx(model, meta, tmp_path / "x.onnx", exporter="dynamo", opset=13)
+    with pytest.raises(UnetkitError, match=r"--opset 99: .*\(the torchscript exporter: 11 to \d+\)"):
+        resolve_exporter("auto", 99)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_fp16_overflow_is_caught_and_the_artifact_not_kept(tmp_path):
     """Weights beyond FP16's range (65504) become inf in the FP16 graph: verification must refuse it.
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
+from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
-from .config import TrainConfig
+from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
 from .data.options import add_data_arguments, parse_hw, resolve_folders
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
@@ -31,14 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  unet-train --out runs/carvana --resume --epochs 80\n"
         "  unet-train --images DRIVE/training/images --masks DRIVE/training/1st_manual --image-suffix _training "
         "--mask-suffix _manual1 --max-side 576 --out runs/drive\n"
-        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val --json val.json",
+        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val --json val.json\n"
+        "  torchrun --nproc-per-node 4 -m unetkit.train --data data/carvana --out runs/carvana   # 4 GPUs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", type=Path, help="data set folder (see README: data layouts)")
-    p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
+    p.add_argument("--out", type=Path, help=f"run folder (default {d.out}, or the next free {d.out}2, {d.out}3, ... "
+                   "when it holds a run; a folder given here that holds a run is refused)")  # fmt: skip
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="data layout (default auto: detected)")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, help=f"images per step, per process under torchrun (default "
+                   f"{d.batch_size})")  # fmt: skip
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
     p.add_argument("--size", type=parse_hw, metavar="HxW", help="resize every image to this model-input size "
@@ -63,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.threshold})")  # fmt: skip
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes: the epoch in "
                    "progress is cut short, validated and saved (default: no limit)")  # fmt: skip
+    p.add_argument("--sync-bn", choices=SYNC_BN_CHOICES, help="under torchrun: BatchNorm statistics over all "
+                   "processes; auto (default) on CUDA with more than one process")  # fmt: skip
+    p.add_argument("--dist-timeout", type=float, metavar="MIN", help="under torchrun: minutes a process waits for "
+                   f"the others before the run fails (default {d.dist_timeout:g})")  # fmt: skip
     p.add_argument("--resume", nargs="?", const=True, metavar="LAST_PTH",
                    help="continue a run from its last.pth (default: RUN_DIR/last.pth); only --epochs, --device, "
-                   "--workers and --cache may change")  # fmt: skip
+                   "--workers, --cache, --max-minutes, --sync-bn and --dist-timeout may change")  # fmt: skip
     p.add_argument("--eval", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on --data and exit")
     p.add_argument(
         "--split",
@@ -88,6 +98,7 @@ def _eval(args: argparse.Namespace) -> int:
         mask_threshold=args.mask_threshold, batch_size=args.batch_size, device=args.device or "auto",
         workers=args.workers if args.workers is not None else DEFAULTS.workers, progress=args.progress is not False,
     )  # fmt: skip
+    check_outputs([("--json", args.json, FILE)])  # looks, creates nothing
     report = evaluate_checkpoint(args.eval, data, settings)
     print("\n".join(report.lines()))
     if args.json is not None:
@@ -98,25 +109,32 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     require_training_stack()
+    from .distributed import training_processes
     from .fit import fit, resume_config  # albumentations and TensorBoard are imported only when training
 
     if args.scale is not None and (args.size is not None or args.max_side is not None):
         raise UnetkitError("--size and --max-side replace --scale: give one of the three")
+    dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
     data, folders = resolve_folders(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split", "json")}
     if folders is not None:
         given.update(data=data, images=folders.images, masks=folders.masks)
     if args.resume:
-        path = args.out / "last.pth" if args.resume is True else Path(args.resume)
-        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
+        path, out = _resume_paths(args)
+        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
     else:
         if data is None:
             raise UnetkitError(
                 "--data (a data set folder) or --images and --masks are required; try `unet-data synth --out "
                 "data/synth`"
             )
+        given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
-    result = fit(cfg, checkpoint)
+    check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])  # looks, creates nothing
+    with training_processes(cfg, dist) as ddp:  # joins torchrun's process group for the run
+        result = fit(cfg, checkpoint, ddp)
+    if dist is not None and not dist.is_main:
+        return EXIT_OK
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"
@@ -141,6 +159,32 @@ def _final_eval(cfg: TrainConfig, best: Path) -> None:
     write_text_atomic(numbers, json.dumps(report.to_dict(), indent=1) + "\n")
     print("\n".join(report.lines()))
     print(f"  numbers: {numbers}")
+
+
+def _new_run_dir(out: Path | None) -> Path:
+    """A new run's folder: one given must hold no run; the default moves on to the next free name."""
+    if out is not None:
+        found = run_files(out)
+        if found:
+            raise UnetkitError(f"--out {out}: holds an earlier run ({', '.join(found)}); continue it with "
+                               "--resume, or choose a new folder")  # fmt: skip
+        return out
+    free = next_free_run_dir(DEFAULTS.out)
+    if free != DEFAULTS.out:
+        print(f"{DEFAULTS.out} holds an earlier run: this run goes to {free}", flush=True)
+    return free
+
+
+def _resume_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(last.pth to resume, run folder): --resume FILE continues in FILE's folder, plain --resume in --out's."""
+    if args.resume is True:
+        out = args.out or DEFAULTS.out
+        return out / "last.pth", out
+    path = Path(args.resume)
+    if args.out is not None and args.out.resolve() != path.parent.resolve():
+        raise UnetkitError(f"--out {args.out}: --resume {path} continues the run in {path.parent}; leave --out out "
+                           "or name that folder")  # fmt: skip
+    return path, path.parent
 
 
 def main(argv: list[str] | None = None) -> int:

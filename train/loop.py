@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +44,8 @@ class EvalResult:
     loss: float
     scores: ClassScores  # per scored class; multi-class means count only the classes in the truth
     sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, truth, prediction
+    counts: torch.Tensor | None = None  # (K, 3) tp, fp, fn per scored class, which the scores come from
+    n: int = 0  # images scored
 
     @property
     def dice(self) -> list[float | None]:
@@ -106,9 +108,9 @@ def train_one_epoch(
     setup: BatchSetup,
     desc: str = "train",
     progress: bool = True,
-    deadline: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
-    """Train over `loader` once, or until `time.monotonic()` passes `deadline` (after at least one batch);
+    """Train over `loader` once, or until `stop()`, asked after every batch, says so (the time limit);
     returns (mean loss per image, images per second)."""
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
@@ -127,7 +129,7 @@ def train_one_epoch(
         seen += len(images)
         if progress:  # .item() is a device sync: only pay for it when a bar shows it
             bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-        if deadline is not None and time.monotonic() > deadline:
+        if stop is not None and stop():
             break
     seconds = time.perf_counter() - start
     return total.item() / max(seen, 1), seen / max(seconds, 1e-9)
@@ -160,4 +162,4 @@ def evaluate(
             sample = (images[0], labels[0], pred[0].cpu())
     if counts is None:
         raise ValueError("evaluate() got an empty loader")
-    return EvalResult(total / seen, class_scores(counts, n_classes), sample)
+    return EvalResult(total / seen, class_scores(counts, n_classes), sample, counts, seen)

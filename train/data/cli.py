@@ -7,6 +7,7 @@ from pathlib import Path
 
 from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FOLDER, check_outputs
 
 from .options import add_data_arguments, parse_hw, resolve_folders
 
@@ -55,6 +56,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise UnetkitError(f"--size: {exc}") from None
     if args.views < 1:
         raise UnetkitError("--views must be at least 1")
+    check_outputs([("--out", args.out, FOLDER)])
     written = write_synthetic(args.out, args.n, size, args.seed, progress=args.progress, views=args.views)
     cars = -(-len(written) // args.views)
     print(
@@ -67,6 +69,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _carvana(args: argparse.Namespace) -> int:
     from .kaggle import download_carvana
 
+    check_outputs([("--out", args.out, FOLDER)])
     out = download_carvana(args.out, hq=args.hq, quiet=not args.progress)
     print(f"Carvana training data is in {out}/train and {out}/train_masks")
     return EXIT_OK
@@ -82,6 +85,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if sum(v is not None for v in (args.scale, args.size, args.max_side)) > 1:
         raise UnetkitError("--scale, --size and --max-side are three rules: give one")
+    if args.scale is not None and not 0 < args.scale <= 1:  # the rule unet-train applies to its --scale
+        raise UnetkitError(f"--scale {args.scale:g}: must be in (0, 1]")
     data, folders = resolve_folders(args)
     if data is None:
         raise UnetkitError("a data set folder (or --images and --masks) is required")

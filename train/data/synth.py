@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from unetkit.core.atomic import atomic_path
 from unetkit.core.cli import parse_pair
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import save_image
 
 VIEWS_PER_CAR = 16
 # Common car paints: white, silver, black, grey, red, blue; every other car has any colour at all.
@@ -188,6 +189,12 @@ def render(car: Car, rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
+#: The largest side drawn: 8x Carvana's width, far beyond any segmentation data set's images.
+MAX_SIDE = 16384
+#: Memory one image takes while it is drawn (float32 layers, masks, noise), measured: about 73 bytes a pixel.
+BYTES_PER_PIXEL = 80
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'1918x1280' -> (1918, 1280): width then height."""
     try:
@@ -196,7 +203,31 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size '{text}' is not WIDTHxHEIGHT, e.g. 1918x1280") from None
     if w < 16 or h < 16:
         raise ValueError(f"size '{text}' is too small; use at least 16x16")
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(f"size '{text}' is too large; each side at most {MAX_SIDE} (drawing a {w}x{h} image "
+                         f"takes about {drawing_bytes(w, h) / 1e9:.0f} GB of memory)")  # fmt: skip
     return w, h
+
+
+def drawing_bytes(width: int, height: int) -> int:
+    """Memory needed to draw one image of this size."""
+    return BYTES_PER_PIXEL * width * height
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable: free plus reclaimable cache; else free pages), None
+    where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def write_synthetic(
@@ -208,9 +239,16 @@ def write_synthetic(
     views: int = VIEWS_PER_CAR,
 ) -> list[Path]:
     """Write `n` image/mask pairs under `out` (train/ and train_masks/), `views` per car; returns the image
-    paths."""
+    paths.
+
+    A size that cannot be drawn in the memory available now is a DataError before anything is written.
+    """
     out = Path(out)
     w, h = size
+    need, have = drawing_bytes(w, h), available_memory()
+    if have is not None and need > have:
+        raise DataError(f"size {w}x{h}: drawing one image needs about {need / 1e9:.1f} GB of memory, "
+                        f"{have / 1e9:.1f} GB is available; choose a smaller size")  # fmt: skip
     written = []
     rng_ids = np.random.default_rng(seed)
     car_id, car = "", random_car(np.random.default_rng([seed, 0]))
@@ -219,12 +257,13 @@ def write_synthetic(
         if view == 0:
             car_id = "".join(f"{b:02x}" for b in rng_ids.integers(0, 256, 6))
             car = random_car(np.random.default_rng([seed, i]))
-        image, mask = render(car, np.random.default_rng([seed, i, 1]), w, h)
+        try:
+            image, mask = render(car, np.random.default_rng([seed, i, 1]), w, h)
+        except MemoryError:
+            raise DataError(f"size {w}x{h}: out of memory drawing image {i + 1}; choose a smaller size") from None
         name = f"{car_id}_{view + 1:02d}"
         img_path = out / "train" / f"{name}.jpg"
-        with atomic_path(img_path) as tmp:
-            Image.fromarray(image).save(tmp, format="JPEG", quality=90)
-        with atomic_path(out / "train_masks" / f"{name}_mask.gif") as tmp:
-            Image.fromarray(mask).save(tmp, format="GIF")
+        save_image(img_path, Image.fromarray(image), "JPEG", quality=90)
+        save_image(out / "train_masks" / f"{name}_mask.gif", Image.fromarray(mask), "GIF")
         written.append(img_path)
     return written
