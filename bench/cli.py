@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import tempfile
 from pathlib import Path
@@ -14,9 +15,11 @@ from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
-from unetkit.core.preprocess import scaled_size
+from unetkit.core.outputs import FILE, check_outputs
+from unetkit.core.preprocess import input_size
 from unetkit.infer.engines import DTYPES
 from unetkit.infer.engines.compiled import COMPILE_MODES
+from unetkit.infer.io import discover
 
 from .e2e import bench_e2e, synthetic_jpegs
 from .env import environment
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "U-Net with random weights); its exported artifacts are benchmarked too")  # fmt: skip
     add_device_argument(p)
     p.add_argument("--shape", default="1280x1918", help="image HxW (default 1280x1918, Carvana's); the model "
-                   "input is this at the checkpoint's scale")  # fmt: skip
+                   "input is this resized by the checkpoint's rule")  # fmt: skip
     p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
     p.add_argument("--engines", help="ENGINE:PRECISION list instead of the defaults, e.g. torch:fp32,trt:fp16")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for compile rows")
@@ -116,15 +119,38 @@ def _specs(args: argparse.Namespace, device: torch.device) -> list[tuple[EngineS
     return [(s, default_skip(s, device)) for s in ALL_SPECS]
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Values that would be ignored, replaced or fail only after the benchmark: one line each, before any work."""
+    e2e = args.scope in ("e2e", "both")
+    for ok, message in (
+        (args.e2e_images is None or args.e2e_images >= 1, f"--e2e-images {args.e2e_images}: must be at least 1"),
+        (args.e2e_images is None or e2e, f"--e2e-images: only used by --scope e2e or both, not {args.scope}"),
+        (args.e2e_images is None or args.images is None, "--e2e-images: synthetic images are not made when "
+         "--images names a folder; give one of the two"),
+        (args.images is None or e2e, f"--images: only used by --scope e2e or both, not {args.scope}"),
+        (args.target_ms > 0, f"--target-ms {args.target_ms:g}: must be positive"),
+        (args.base_channels >= 1, f"--base-channels {args.base_channels}: must be at least 1"),
+        (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
+        (args.plot is None or importlib.util.find_spec("matplotlib") is not None,
+         "--plot needs matplotlib: pip install 'unetkit[plot]'"),
+    ):  # fmt: skip
+        if not ok:
+            raise UnetkitError(message)
+    check_outputs([("--json", args.json, FILE), ("--markdown", args.markdown, FILE), ("--plot", args.plot, FILE)])
+
+
 def _bench(args: argparse.Namespace) -> int:
+    _check_args(args)
     device = resolve_device(args.device)
     image_hw, batches = _hw(args.shape), _batches(args.batch)
     plan = TimingPlan(warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
+        if args.images is not None and args.scope != "model":
+            discover(args.images, Path(scratch) / "unused")  # a missing or empty folder fails before any timing
         ckpt, described = _checkpoint(args, Path(scratch))
         checkpoint = read_checkpoint(ckpt)
         meta, config = checkpoint.meta, checkpoint.config
-        model_hw = scaled_size(*image_hw, meta.scale)
+        model_hw = input_size(*image_hw, meta)
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
         # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
@@ -140,6 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
                 "image_hw": list(image_hw),
                 "model_hw": list(model_hw),
                 "scale": meta.scale,
+                "resize": meta.resize_rule.describe(),
                 "batches": batches,
                 "target_ms": args.target_ms,
                 "warmup": plan.warmup,

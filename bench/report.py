@@ -11,7 +11,7 @@ from unetkit.core.atomic import atomic_path, write_text_atomic
 from unetkit.core.errors import UnetkitError
 
 from .e2e import E2ERow
-from .runner import Row, best_row
+from .runner import OVER_PEAK, Row, best_row
 
 SCHEMA = "unetkit.bench/1"
 MODEL_COLUMNS = ("engine", "batch", "ms/batch p50", "p90", "p99", "ms/img p50", "img/s", "mem MB", "vs fp32",
@@ -59,6 +59,19 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _share(r: Row) -> str:
+    """The share of peak in percent; one over 100 % is marked (*) and explained under the table."""
+    if r.peak_share is None:
+        return "-"
+    return f"{100 * r.peak_share:.1f}" + ("*" if r.peak_share_note else "")
+
+
+def _footnotes(rows: list[Row]) -> list[str]:
+    if any(r.peak_share_note for r in rows):
+        return [f"* {OVER_PEAK} (other load slowed it); this run's shares of peak are not reliable"]
+    return []
+
+
 def model_cells(r: Row) -> list[str]:
     if r.status != "ok":
         return [r.label, str(r.batch), f"{r.status}: {r.reason}"]
@@ -66,8 +79,8 @@ def model_cells(r: Row) -> list[str]:
     return [
         r.label, str(r.batch), _fmt(lat["p50"], ".2f"), _fmt(lat["p90"], ".2f"), _fmt(lat["p99"], ".2f"),
         _fmt(img["p50"], ".2f"), _fmt(r.images_per_s, ".2f"), _fmt(r.peak_memory_mb, ".0f"),
-        _fmt(r.speedup_vs_eager_fp32, ".2f") + "x", _fmt(r.dice_vs_eager_fp32, ".4f"), _fmt(r.tflops, ".2f"),
-        _fmt(None if r.peak_share is None else 100 * r.peak_share), _fmt(100 * lat["cv"]),
+        _fmt(r.speedup_vs_eager_fp32, ".2f") + "x", _fmt(r.dice_vs_eager_fp32, ".4f"), _fmt(r.tflops, ".3g"),
+        _share(r), _fmt(100 * lat["cv"]),
         "meets" if r.meets_target else "misses",
     ]  # fmt: skip
 
@@ -103,7 +116,7 @@ def _header(report: Report) -> list[str]:
     env, s = report.environment, report.settings
     caps = env.get("cpu_capabilities") or {}
     where = env.get("gpu") or f"{env.get('cpu')} ({caps.get('summary', 'flags unknown')})"
-    peaks = ", ".join(f"{k} {v:.1f}" for k, v in report.peaks_tflops.items())
+    peaks = ", ".join(f"{k} {v:.3g}" for k, v in report.peaks_tflops.items())
     return [
         f"unet-bench on {where} ({env['device']}), {env['date']}; torch {env['torch']}, onnxruntime "
         f"{env.get('onnxruntime')}, OpenVINO {env.get('openvino') or 'not installed'}, TensorRT "
@@ -112,15 +125,16 @@ def _header(report: Report) -> list[str]:
            if env.get("gpu") else ""),
         f"model: {s['model']}; artifacts {s.get('artifacts', 'beside the checkpoint')}",
         f"image {s['image_hw'][1]}x{s['image_hw'][0]} -> model input "
-        f"{s['model_hw'][1]}x{s['model_hw'][0]} (scale {s['scale']:g}); {report.flops_per_image / 1e12:.3f} TFLOP "
+        f"{s['model_hw'][1]}x{s['model_hw'][0]} (scale {s['scale']:g}); {report.flops_per_image / 1e12:.3g} TFLOP "
         f"per image (counted)",
-        f"matmul peak measured now (TFLOP/s): {peaks}",
+        f"matmul peak measured now (TFLOP/s, best of several probes): {peaks}",
     ]  # fmt: skip
 
 
 def render_text(report: Report) -> str:
     lines = [*_header(report), "", "model only (inputs on the device; latency per batch and per image):"]
     lines += _table(MODEL_COLUMNS, [model_cells(r) for r in report.model])
+    lines += _footnotes(report.model)
     if report.e2e:
         lines += ["", "end to end (JPEG files in, masks written; busy ms per image by stage):"]
         lines += _table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])
@@ -139,11 +153,12 @@ def render_markdown(report: Report) -> str:
         out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for r in rows:
             cells = r if len(r) == len(columns) else [*r[:2], " ".join(r[2:]), *[""] * (len(columns) - 3)]
-            out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+            out.append("| " + " | ".join(c.replace("|", "/").replace("*", "\\*") for c in cells) + " |")
         return out
 
     lines = [f"- {line}" for line in _header(report)]
     lines += ["", "**Model only**", "", *table(MODEL_COLUMNS, [model_cells(r) for r in report.model])]
+    lines += [f"\n\\{note}" for note in _footnotes(report.model)]  # \* : a footnote mark, not a Markdown bullet
     if report.e2e:
         lines += ["", "**End to end**", "", *table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])]
     lines += ["", render_text(report).splitlines()[-1]]

@@ -52,6 +52,9 @@ class EngineSpec:
         return cls(name, precision)
 
 
+#: What a share of the matmul peak above 100 % means: the probe ran slower than the hardware can, not that the
+#: network beat the hardware.
+OVER_PEAK = "over 100%: the peak probe was disturbed"
 BASELINE = EngineSpec("torch", "fp32")
 ALL_SPECS = (
     BASELINE,
@@ -118,6 +121,7 @@ class Row:
     dice_vs_eager_fp32: float | None = None
     tflops: float | None = None
     peak_share: float | None = None
+    peak_share_note: str = ""  # set when the share is not to be believed (over 100 %)
     meets_target: bool | None = None
     detail: str = ""
 
@@ -242,6 +246,7 @@ def finish_rows(rows: list[Row], flops_per_image: int, peaks: dict[str, float], 
         row.tflops = flops_per_image * (row.images_per_s or 0.0) / 1e12
         peak = peaks.get(row.precision)
         row.peak_share = row.tflops / peak if peak else None
+        row.peak_share_note = OVER_PEAK if row.peak_share is not None and row.peak_share > 1 else ""
         row.meets_target = row.per_image_ms["p50"] <= target_ms
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unetkit.core.errors import UnetkitError
 from unetkit.infer.engines import DTYPES
 
 
@@ -20,6 +21,15 @@ class TimingPlan:
     min_time: float = 2.0  # seconds of measured calls
     max_iters: int = 2000
     rotate: int = 3  # distinct inputs cycled through, so no cache sees the same data twice in a row
+
+    def __post_init__(self) -> None:
+        for ok, message in (
+            (self.warmup >= 0, f"--warmup {self.warmup}: must be 0 or more"),
+            (self.min_iters >= 1, f"--min-iters {self.min_iters}: must be at least 1"),
+            (self.min_time >= 0, f"--min-time {self.min_time}: must be 0 or more seconds"),
+        ):
+            if not ok:
+                raise UnetkitError(message)
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,16 +76,29 @@ def matmul_tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def matmul_peak_tflops(precision: str, device: torch.device, size: int | None = None) -> float:
+def matmul_peak_tflops(
+    precision: str, device: torch.device, size: int | None = None, probes: int | None = None
+) -> float:
     """Dense matrix-multiply throughput measured now, in the given precision: the hardware's practical peak.
 
-    FP32 on CUDA is probed with TF32 as cuDNN's convolutions use it (PyTorch's default: on), so an FP32
-    convolution network is compared with the matrix rate it actually gets.
+    Other load on the machine can only slow a probe down, so the peak is the best of several probes
+    (`best_rate`). FP32 on CUDA is probed with TF32 as cuDNN's convolutions use it (PyTorch's default: on), so
+    an FP32 convolution network is compared with the matrix rate it actually gets.
     """
     n = size or (8192 if device.type == "cuda" else 1024)
     a, b = random_inputs((n, n), DTYPES[precision], device, 2)
-    plan = TimingPlan(warmup=3, min_iters=10, min_time=0.5 if device.type == "cuda" else 0.2)
+    plan = TimingPlan(warmup=3, min_iters=10, min_time=0.3 if device.type == "cuda" else 0.15)
+    runs = []
     with matmul_tf32(torch.backends.cudnn.allow_tf32 if device.type == "cuda" else False):
-        times = time_calls(lambda _: torch.mm(a, b), [a], plan)
-    times.sort()
-    return 2 * n**3 / times[len(times) // 2] / 1e12
+        for _ in range(probes or (5 if device.type == "cuda" else 3)):
+            runs.append(time_calls(lambda _: torch.mm(a, b), [a], plan))
+    return best_rate(2 * n**3, runs) / 1e12
+
+
+def best_rate(work: float, runs: list[list[float]]) -> float:
+    """`work` per second of the fastest run's median call: a median is robust to a stray slow call, and the
+    best run is the one the least disturbed by other load."""
+    medians = [sorted(times)[len(times) // 2] for times in runs if times]
+    if not medians:
+        raise ValueError("no timed calls")
+    return work / min(medians)

@@ -19,7 +19,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -70,7 +70,8 @@ def versions() -> dict[str, str]:
 def save_checkpoint(
     path: str | os.PathLike, model: UNet, meta: ModelMeta, training: dict[str, Any] | None = None
 ) -> None:
-    """Write a checkpoint atomically (temp file + rename)."""
+    """Write a checkpoint atomically (temp file + rename); a failed write is an OSError naming `path` and the
+    file system's reason (torch.save itself only says "unexpected pos" when a disk fills up)."""
     net = _unwrap(model)
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -81,8 +82,33 @@ def save_checkpoint(
     }
     if training is not None:
         payload["training"] = training
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _RecordingWriter(f)
+        try:
+            torch.save(payload, cast(IO[bytes], sink))  # torch only calls write() and flush()
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+
+
+class _RecordingWriter:
+    """A file for torch.save that remembers the OSError behind a failed write: torch turns it into a
+    RuntimeError without the errno, which says whether the disk is full."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -7,7 +7,10 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
+
+from PIL import Image
 
 from .errors import UnetkitError
 
@@ -52,6 +55,8 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     logging.getLogger("unetkit").setLevel(logging.INFO)
     for noisy in ("torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.export", "torch.fx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Image reading says it in one line naming the file (core/imageio.py), not in Pillow's multi-line warning.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         return body()
     except UnetkitError as exc:

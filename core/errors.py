@@ -14,3 +14,7 @@ class CheckpointError(UnetkitError):
 
 class DataError(UnetkitError):
     """A data set or an image is missing, unreadable, corrupt or inconsistent."""
+
+
+class OutputError(UnetkitError):
+    """An output cannot be written: its path is unusable, or the disk is full, over quota or read-only."""

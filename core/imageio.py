@@ -7,16 +7,26 @@ Images become 8-bit RGB arrays (H, W, 3):
 - 16-bit images are scaled to 8 bit (value / 257, rounded).
 Masks become (H, W) uint8 arrays of raw values; turning them into labels is `binary_mask`'s or a
 layout's job. Any failure is a `DataError` naming the file.
+
+Very large images: Pillow guards against decompression bombs. Above its warning limit (89.5 megapixels) an
+image is decoded with one warning line naming the file (logged once per file; the CLIs silence Pillow's
+own multi-line warning); above twice that (179 megapixels) Pillow refuses it, and the image fails with a
+DataError naming the file and its size.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import write_bytes_atomic
 from .errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -25,12 +35,18 @@ MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg", ".webp"})
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+#: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
+MASK_THRESHOLD_HINT = "--mask-threshold 128"
+log = logging.getLogger(__name__)
 
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path` with EXIF orientation applied."""
     try:
         with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                _warn_large(str(path), img.width, img.height, limit)
             img.load()
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -39,11 +55,24 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _warn_large(path: str, width: int, height: int, limit: int) -> None:
+    """One line per large file, however often it is read (training reads a file every epoch)."""
+    log.warning("warning: %s: %dx%d is %.0f megapixels, above Pillow's decompression-bomb warning limit of %.0f; "
+                "decoding it anyway", path, width, height, width * height / 1e6, limit / 1e6)  # fmt: skip
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file, or an unsupported format"
+    pixels = re.search(r"\((\d+) pixels\)", msg)
+    if isinstance(exc, Image.DecompressionBombError) and pixels and Image.MAX_IMAGE_PIXELS:
+        return (
+            f"{int(pixels.group(1)) / 1e6:.0f} megapixels is over Pillow's decompression-bomb limit of "
+            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f}; downscale or split it first"
+        )
     return msg
 
 
@@ -79,18 +108,24 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def binary_mask(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-    """Turn raw mask values into {0, 1}: 0/1 and 0/255 are exact; lossy formats are thresholded at 128."""
+def binary_mask(raw: np.ndarray, path: str | os.PathLike, threshold: int | None = None) -> np.ndarray:
+    """Turn raw mask values into {0, 1}: 0/1 and 0/255 are exact; lossy formats are thresholded at 128.
+
+    A lossless mask with other values is an error unless `threshold` is given: then values >= threshold are
+    foreground (lossy masks use it too), for masks saved with a few stray grey values.
+    """
     path = Path(path)
-    if path.suffix.lower() in LOSSY_EXTENSIONS:
-        return (raw >= 128).astype(np.uint8)
     values = np.unique(raw)
     if np.isin(values, (0, 1)).all():
         return raw.astype(np.uint8)
+    if threshold is not None or path.suffix.lower() in LOSSY_EXTENSIONS:
+        return (raw >= (128 if threshold is None else threshold)).astype(np.uint8)
     if np.isin(values, (0, 255)).all():
         return (raw == 255).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise DataError(f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255")
+    raise DataError(
+        f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255 ({MASK_THRESHOLD_HINT} binarises it)"
+    )
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -105,3 +140,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({_describe(exc)})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def save_image(path: str | os.PathLike, image: Image.Image, format: str, **params: object) -> None:
+    """Encode `image` in memory, then write the file atomically.
+
+    Pillow's encoders write straight to the file descriptor and ignore a short write, so on a full disk they
+    can leave a truncated picture without an error; Python's own file writes raise ENOSPC instead.
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 #: Label of pixels that count for nothing (padding, rotation borders, Cityscapes' void classes).
 IGNORE_INDEX = 255
@@ -24,6 +25,14 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Logits (..., C, H, W) -> float32 probabilities: sigmoid for one channel, softmax over the classes."""
     logits = logits.float()
     return torch.sigmoid(logits) if logits.shape[-3] == 1 else torch.softmax(logits, dim=-3)
+
+
+def resize_probabilities(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) probabilities resized bilinearly to (H, W), e.g. back to an image's original size: the
+    probabilities are resized, never the labels or logits, so the decision is made at full resolution."""
+    if tuple(prob.shape[-2:]) == tuple(size):
+        return prob
+    return F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def to_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:

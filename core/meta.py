@@ -20,6 +20,7 @@ from .labels import IGNORE_INDEX
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 MASK_KINDS = ("binary", "multiclass", "cityscapes")
+RESIZE_MODES = ("scale", "size", "max_side")
 
 
 class MetaError(ValueError):
@@ -27,11 +28,57 @@ class MetaError(ValueError):
 
 
 @dataclass(frozen=True)
+class ResizeRule:
+    """How an image of any size becomes a model input of (height, width): one rule for training and every
+    inference path, so a model always sees what it was trained on.
+
+    - scale: both sides times `scale` (the tutorial's rule; small images shrink with the large ones);
+    - size: exactly `size` = (height, width), whatever the image's aspect;
+    - max_side: the longer side becomes `max_side`, the aspect is kept (images larger and smaller alike).
+    """
+
+    mode: str = "scale"
+    scale: float = 1.0
+    size: tuple[int, int] | None = None
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        problems = [
+            (self.mode in RESIZE_MODES, f"resize '{self.mode}' (one of {', '.join(RESIZE_MODES)})"),
+            (self.mode != "scale" or (math.isfinite(self.scale) and self.scale > 0),
+             f"scale {self.scale} (must be a positive number)"),
+            (self.mode != "size" or (self.size is not None and min(self.size) >= 1),
+             f"input_size {self.size} (resize 'size' needs a positive height and width)"),
+            (self.mode != "max_side" or (self.max_side is not None and self.max_side >= 1),
+             f"max_side {self.max_side} (resize 'max_side' needs a positive side)"),
+        ]  # fmt: skip
+        bad = [text for ok, text in problems if not ok]
+        if bad:
+            raise MetaError("invalid resize rule: " + "; ".join(bad))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image of this size is resized to (at least 1x1)."""
+        if self.mode == "size":
+            assert self.size is not None  # checked in __post_init__
+            return self.size
+        factor = self.scale if self.mode == "scale" else (self.max_side or 1) / max(height, width)
+        return max(1, round(height * factor)), max(1, round(width * factor))
+
+    def describe(self) -> str:
+        if self.mode == "size":
+            assert self.size is not None
+            return f"size {self.size[0]}x{self.size[1]}"
+        return f"max side {self.max_side}" if self.mode == "max_side" else f"scale {self.scale:g}"
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """How to feed a model and read its output, and how good it was."""
 
     n_classes: int  # output channels: 1 for binary (sigmoid), else one per class (softmax)
-    scale: float  # input scale applied to an image before the model sees it
+    scale: float  # input scale applied to an image before the model sees it (resize "scale")
     mean: tuple[float, ...] = DEFAULT_MEAN  # normalization, per channel, in [0, 1] units
     std: tuple[float, ...] = DEFAULT_STD
     threshold: float = 0.5  # binary decision threshold on the probability
@@ -43,6 +90,9 @@ class ModelMeta:
     val_dice: float | None = None
     val_iou: float | None = None
     epoch: int | None = None
+    resize: str = "scale"  # scale | size | max_side: see ResizeRule; descriptions without it mean scale
+    input_size: tuple[int, int] | None = None  # (height, width) for resize "size"
+    max_side: int | None = None  # for resize "max_side"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     #: Keys a stored description must hold; the rest have defaults.
@@ -53,6 +103,10 @@ class ModelMeta:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "class_names", tuple(str(v) for v in self.class_names))
         object.__setattr__(self, "extra", dict(self.extra))
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.max_side is not None:
+            object.__setattr__(self, "max_side", int(self.max_side))
         problems = [
             (self.n_classes >= 1, f"n_classes {self.n_classes} (must be at least 1)"),
             (self.in_channels >= 1, f"in_channels {self.in_channels} (must be at least 1)"),
@@ -70,6 +124,12 @@ class ModelMeta:
         bad = [text for ok, text in problems if not ok]
         if bad:
             raise MetaError("invalid model description: " + "; ".join(bad))
+        ResizeRule(self.resize, self.scale, self.input_size, self.max_side)  # MetaError on an impossible rule
+
+    @property
+    def resize_rule(self) -> ResizeRule:
+        """How images are resized before this model sees them (`core.preprocess.input_size`)."""
+        return ResizeRule(self.resize, self.scale, self.input_size, self.max_side)
 
     @property
     def names(self) -> tuple[str, ...]:

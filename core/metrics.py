@@ -1,11 +1,17 @@
-"""Dice and IoU from hard predictions: pure functions, shared by training, export checks and the benchmark.
+"""Dice and IoU from hard predictions: pure functions, shared by training, evaluation, export checks and the
+benchmark.
 
 Scores are accumulated over a whole data set (true/false positives and false negatives summed over every
-valid pixel, then divided once), per class. A class absent from both prediction and truth scores 1.0:
-nothing to find, nothing found.
+valid pixel, then divided once), per class. The mean over classes counts only the classes that occur in the
+truth: a class the truth lacks has no score to earn, so neither an empty-for-empty 1.0 nor a 0 for a few
+stray pixels of it may move the mean (those pixels still count, as misses of the class they belong to).
+Binary models score their one foreground class, where empty truth and empty prediction agree perfectly (1.0).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,7 +49,52 @@ def iou_from_counts(counts: torch.Tensor) -> list[float]:
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones_like(denom)).tolist()
 
 
+@dataclass(frozen=True)
+class ClassScores:
+    """Per-class Dice and IoU (None for a class the truth lacks) and their means over the present classes."""
+
+    dice: list[float | None]
+    iou: list[float | None]
+    absent: list[int]  # classes with no pixel in the truth (multi-class only)
+    stray_pixels: list[int]  # per class: pixels predicted as a class the truth lacks (0 for present classes)
+
+    @property
+    def present(self) -> list[int]:
+        return [i for i, d in enumerate(self.dice) if d is not None]
+
+    @property
+    def mean_dice(self) -> float:
+        return _mean(self.dice)
+
+    @property
+    def mean_iou(self) -> float:
+        return _mean(self.iou)
+
+
+def _mean(values: list[float | None]) -> float:
+    """Mean of the scored entries; NaN when there are none (a truth of ignored pixels only)."""
+    scored = [v for v in values if v is not None]
+    return sum(scored) / len(scored) if scored else math.nan
+
+
+def class_scores(counts: torch.Tensor, n_classes: int) -> ClassScores:
+    """Dice/IoU per class from (K, 3) counts; for multi-class, classes absent from the truth get None and
+    are left out of the means. Binary keeps its single score (1.0 when truth and prediction are empty)."""
+    dice, iou = dice_from_counts(counts), iou_from_counts(counts)
+    if n_classes == 1:
+        return ClassScores(list(dice), list(iou), [], [0] * len(dice))
+    in_truth = (counts[:, 0] + counts[:, 2] > 0).tolist()
+    stray = [0 if here else int(fp) for here, fp in zip(in_truth, counts[:, 1].tolist(), strict=True)]
+    return ClassScores(
+        [d if here else None for d, here in zip(dice, in_truth, strict=True)],
+        [v if here else None for v, here in zip(iou, in_truth, strict=True)],
+        [i for i, here in enumerate(in_truth) if not here],
+        stray,
+    )
+
+
 def mask_agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, n_classes: int) -> float:
-    """Dice between two predicted label maps (mean over classes for multi-class): how far engines agree."""
-    scores = dice_from_counts(confusion_counts(torch.as_tensor(a), torch.as_tensor(b), n_classes, ignore_index=-1))
-    return float(sum(scores) / len(scores))
+    """Dice of label map `a` against the reference `b` (for multi-class, the mean over the classes `b`
+    contains): how far engines agree."""
+    counts = confusion_counts(torch.as_tensor(a), torch.as_tensor(b), n_classes, ignore_index=-1)
+    return class_scores(counts, n_classes).mean_dice

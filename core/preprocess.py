@@ -1,9 +1,9 @@
 """Pixels -> model input: one implementation for training, every inference engine, export verification and
 the benchmark.
 
-An image is scaled by the model's `scale` with antialiased bilinear interpolation and rounded back to 8-bit
-pixels (what training caches and augments), then normalized with the model's mean and std on the device.
-Masks are resized with nearest neighbour.
+An image is resized by the model's rule (`ModelMeta.resize_rule`: a scale, a fixed size, or a longest side)
+with antialiased bilinear interpolation and rounded back to 8-bit pixels (what training caches and augments),
+then normalized with the model's mean and std on the device. Masks are resized with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .meta import DEFAULT_MEAN, DEFAULT_STD, ModelMeta
+from .meta import DEFAULT_MEAN, DEFAULT_STD, ModelMeta, ResizeRule
 
 __all__ = [
     "DEFAULT_MEAN",
     "DEFAULT_STD",
+    "input_size",
     "model_input",
     "normalize",
     "resize_masks",
@@ -30,7 +31,12 @@ __all__ = [
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The (height, width) an image of this size is resized to at `scale` (at least 1x1)."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    return ResizeRule(scale=scale).output_size(height, width)
+
+
+def input_size(height: int, width: int, meta: ModelMeta) -> tuple[int, int]:
+    """The model-input (height, width) of an image of this size: the model's resize rule."""
+    return meta.resize_rule.output_size(height, width)
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -75,8 +81,10 @@ def normalize(
 
 
 def model_input(pixels: torch.Tensor, meta: ModelMeta, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (..., 3, H, W) pixels -> the model's input: scaled by `meta.scale`, normalized by its mean/std."""
-    return normalize(scale_pixels(pixels, meta.scale), meta.mean, meta.std, dtype)
+    """uint8 (..., 3, H, W) pixels -> the model's input: resized by the model's rule, normalized by its
+    mean/std."""
+    size = input_size(pixels.shape[-2], pixels.shape[-1], meta)
+    return normalize(resize_pixels(pixels, size), meta.mean, meta.std, dtype)
 
 
 @functools.lru_cache(maxsize=16)

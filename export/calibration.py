@@ -5,7 +5,7 @@ Where the images come from, in order: `--calib DIR`; else the training data set 
 A folder is read as images directly in it, or in a data set layout's image folder (imgs/, train/, images/,
 leftImg8bit/train/), so a data set root works as well as a plain folder of images.
 
-Each sample is one image's model input (scaled by `meta.scale`, normalized by its mean/std), whole or one
+Each sample is one image's model input (resized by the model's rule, normalized by its mean/std), whole or one
 square tile of it at a seeded position; the plan of (image, tile position) pairs is drawn once from the
 seed, and images are read only when the calibrator asks for them, so memory stays flat and the same seed
 gives the same samples in the same order.

@@ -18,16 +18,18 @@ from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
 from unetkit.core.device import resolve_device
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 
 from .int8 import add_int8_arguments, calibration_line, int8_source, produce_int8
-from .onnx_export import EXPORTERS, export_onnx
+from .onnx_export import EXPORTERS, export_onnx, opset_range, resolve_exporter
 from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
 from .tensorrt_build import BuildSettings, build_engine, default_timing_cache, engine_skip_reason, tensorrt_unavailable
+from .triton import Plan, TritonSettings, check_batch_range, read_plan, write_repository
 from .verify import Reference, Verification, sample_inputs, verify
 
 PROG = "unet-export"
@@ -41,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="a unetkit checkpoint, e.g. runs/carvana/best.pth")
     p.add_argument("--out-dir", type=Path, help="where to write (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18 with the dynamo exporter, 17 with TorchScript)")
+    (dlo, dhi), (tlo, thi) = opset_range("dynamo"), opset_range("torchscript")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18 with the dynamo exporter, 17 with TorchScript; "
+                   f"with this torch dynamo writes {dlo} to {dhi}, TorchScript {tlo} to {thi})")  # fmt: skip
     p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch.onnx exporter (default auto: "
-                   "dynamo from torch 2.9, TorchScript before)")  # fmt: skip
+                   "dynamo from torch 2.9, TorchScript before or for an --opset below 18)")  # fmt: skip
     p.add_argument("--no-verify", dest="verify", action="store_false", help="keep artifacts without checking them")
     trt = p.add_mutually_exclusive_group()
     trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="require the TensorRT engine")
@@ -56,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "TensorRT's, the device memory)")  # fmt: skip
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds (default: "
                    "~/.cache/unetkit/ per TensorRT version and GPU)")  # fmt: skip
+    p.add_argument("--triton", type=Path, metavar="REPO", help="also write a Triton Inference Server model repository: "
+                   "NAME_onnx (ONNX Runtime) and, where an engine was built, NAME_trt (TensorRT plan)")  # fmt: skip
+    p.add_argument("--triton-name", default="unet", metavar="NAME", help="model name prefix in the repository "
+                   "(default unet: unet_onnx, unet_trt)")  # fmt: skip
+    p.add_argument("--triton-instances", type=int, default=1, metavar="N", help="model instances per GPU "
+                   "(default 1)")  # fmt: skip
+    p.add_argument("--triton-trt-accelerator", action="store_true", help="the ONNX Runtime model uses TensorRT "
+                   "as its GPU execution accelerator, in FP16")  # fmt: skip
     add_device_argument(p, ": where artifacts are verified and a TensorRT engine is built")
     add_progress_argument(p)
     add_int8_arguments(p)
@@ -70,7 +82,13 @@ def _onnx_builder(model: UNet, meta: ModelMeta, fp16: bool, args: argparse.Names
 
 
 def _export(args: argparse.Namespace) -> int:
+    exporter = resolve_exporter(args.exporter, args.opset)  # an opset it cannot write: one line, before any work
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
+    out_dir = args.out_dir or args.checkpoint.parent
+    check_outputs([("--out-dir", out_dir, FOLDER), ("--timing-cache", args.timing_cache, FILE),
+                   ("--triton", args.triton, FOLDER)])  # fmt: skip
+    if args.opset is not None and args.exporter == "auto" and exporter != resolve_exporter("auto"):
+        print(f"--opset {args.opset}: exporting with the {exporter} exporter, which writes it")
     device = resolve_device(args.device)
     missing = onnxruntime_missing() if args.verify or args.int8 else None
     if missing and args.int8:
@@ -80,14 +98,23 @@ def _export(args: argparse.Namespace) -> int:
     trt_reason = engine_skip_reason(device, tensorrt_unavailable()) if args.trt is not False else None
     if args.trt and trt_reason:
         raise UnetkitError(f"--trt: {trt_reason}")
-    profile = make_profile(parse_batch(args.batch), parse_shape(args.shape) if args.shape else default_shape(meta))
+    batch = parse_batch(args.batch)
+    profile = make_profile(batch, parse_shape(args.shape) if args.shape else default_shape(meta))
     calibration = int8_source(args, meta)  # a bad --calib fails here, before anything is written
-    out_dir = args.out_dir or args.checkpoint.parent
     target = out_dir / args.checkpoint.name
+    source_sha256 = sha256_file(args.checkpoint)
+    triton, existing_plan = None, None
+    if args.triton:  # every check that can be made before the export is made here
+        triton = TritonSettings(args.triton, args.triton_name, batch[2], batch[1], args.triton_instances,
+                                args.triton_trt_accelerator)  # fmt: skip
+        if args.trt is not False and not trt_reason:
+            check_batch_range(batch, f"--batch {args.batch} for the engine in the Triton repository")
+        elif args.trt is None and artifact_path(target, "trt").exists():  # built elsewhere, on a GPU
+            existing_plan = read_plan(artifact_path(target, "trt"), source_sha256, batch[2])
     # Every artifact carries the model's description and where it came from; training details stay behind.
     artifact_meta = dataclasses.replace(meta, extra={
         "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,
-        "source_sha256": sha256_file(args.checkpoint), "export_verified": bool(args.verify),
+        "source_sha256": source_sha256, "export_verified": bool(args.verify),
     })  # fmt: skip
     reference = Reference(model, meta) if args.verify else None
     onnx_inputs = sample_inputs(meta) if args.verify else []
@@ -123,8 +150,12 @@ def _export(args: argparse.Namespace) -> int:
             results.append(Artifact(int8_path, "int8", note="skipped: the FP32 ONNX it is built from was not kept"))
         print("\n".join([results[-1].line(), *notes]), flush=True)
     fp16_onnx = results[1]
-    results += _engines(args, target, fp16_onnx, results[-1] if calibration else None, profile, artifact_meta,
-                        reference, device, trt_reason)  # fmt: skip
+    engines = _engines(args, target, fp16_onnx, results[-1] if calibration else None, profile, artifact_meta,
+                       reference, device, trt_reason)  # fmt: skip
+    results += engines
+    if triton is not None:
+        fp16_engine = next((r for r in engines if r.precision == "fp16"), None)
+        _triton(triton, results[0], results[1], fp16_engine, existing_plan, artifact_meta, source_sha256)
     failed = [r.path.name for r in results if not r.kept]
     if failed:
         print(f"not kept: {', '.join(failed)} (see above); the exit code is {EXIT_FAILURES}")
@@ -165,6 +196,33 @@ def _engines(
             results.append(_engine(args, source.path, engine_path, profile, meta, reference, device, precision))
             print(results[-1].line())
     return results
+
+
+def _triton(
+    settings: TritonSettings,
+    onnx: Artifact,
+    onnx_fp16: Artifact,
+    built: Artifact | None,
+    existing: Plan | None,
+    meta: ModelMeta,
+    source_sha256: str,
+) -> None:
+    """The model repository from the artifacts kept: the FP32 ONNX file, and the FP16 engine built now (`built`)
+    or before (`existing`)."""
+    if not onnx.kept:
+        print(f"triton: nothing written to {settings.repo}: {onnx.path.name} was not kept")
+        return
+    plan = existing
+    if built is not None and built.kept:
+        plan = read_plan(built.path, source_sha256, settings.max_batch_size)
+    elif existing is not None:
+        print(f"triton: {existing.path.name} was built before, on {existing.gpu} (compute capability "
+              f"{existing.compute_capability}, TensorRT {existing.tensorrt_version}); it goes in as it is")  # fmt: skip
+    plan_onnx = onnx_fp16.path if onnx_fp16.kept else onnx.path  # the graph the plan was built from names its I/O
+    for line in write_repository(settings, onnx.path, meta, source_sha256, plan, plan_onnx):
+        print(f"triton: {line}")
+    if plan is None:
+        print(f"triton: no TensorRT plan ({settings.plan_model}): no engine was built")
 
 
 def _engine(

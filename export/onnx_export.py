@@ -44,13 +44,46 @@ class HalfCompute(torch.nn.Module):
         return self.net(x.half()).float()
 
 
-def resolve_exporter(name: str) -> str:
-    """'auto' follows torch's own default: the dynamo exporter from 2.9, TorchScript before."""
+#: Default opsets: the dynamo exporter's own, and the newest TorchScript opset that every TensorRT 10 parses.
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The opsets `exporter` really writes with this torch. The dynamo exporter builds opset 18 and newer; asked
+    for an older one it tries ONNX's version converter and writes 18 when that fails (it does for this model),
+    without an error. TorchScript needs opset 11 for the model's size-dependent padding and has symbolic
+    functions up to torch's TorchScript maximum."""
+    from torch.onnx import _constants  # torch's own limits; private, so read with fallbacks
+
+    newest = int(getattr(_constants, "ONNX_MAX_OPSET", 20))
+    if exporter == "dynamo":
+        return 18, newest
+    return 11, int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", newest))
+
+
+def resolve_exporter(name: str, opset: int | None = None) -> str:
+    """'auto' follows torch's own default (the dynamo exporter from 2.9, TorchScript before), and takes
+    TorchScript for an opset below the dynamo exporter's range. An opset the exporter cannot write is refused
+    in one line naming what it can."""
     if name not in EXPORTERS:
         raise UnetkitError(f"--exporter '{name}': choose one of {', '.join(EXPORTERS)}")
+    exporter = name
     if name == "auto":
-        return "dynamo" if TORCH_VERSION >= (2, 9) else "torchscript"
-    return name
+        dynamo = TORCH_VERSION >= (2, 9) and (opset is None or opset >= opset_range("dynamo")[0])
+        exporter = "dynamo" if dynamo else "torchscript"
+    if opset is not None:
+        lo, hi = opset_range(exporter)
+        if not lo <= opset <= hi:
+            other = "torchscript" if exporter == "dynamo" else "dynamo"
+            olo, ohi = opset_range(other)
+            raise UnetkitError(f"--opset {opset}: the {exporter} exporter of torch {torch.__version__} writes opsets "
+                               f"{lo} to {hi} (the {other} exporter: {olo} to {ohi})")  # fmt: skip
+    return exporter
+
+
+def written_opset(proto: Any) -> int:
+    """The default-domain opset of an ONNX model."""
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _export_kwargs(exporter: str, opset: int | None) -> dict[str, Any]:
@@ -60,10 +93,13 @@ def _export_kwargs(exporter: str, opset: int | None) -> dict[str, Any]:
             "external_data": False,
             "verbose": False,
             "dynamic_shapes": {"x": {0: "batch", 2: "height", 3: "width"}},
-            "opset_version": opset or 18,
+            "opset_version": opset or DEFAULT_OPSET["dynamo"],
         }
     axes = {0: "batch", 2: "height", 3: "width"}
-    kwargs: dict[str, Any] = {"dynamic_axes": {INPUT_NAME: axes, OUTPUT_NAME: axes}, "opset_version": opset or 17}
+    kwargs: dict[str, Any] = {
+        "dynamic_axes": {INPUT_NAME: axes, OUTPUT_NAME: axes},
+        "opset_version": opset or DEFAULT_OPSET["torchscript"],
+    }
     if TORCH_VERSION >= (2, 5):  # the argument exists from 2.5; before, TorchScript is the only exporter
         kwargs["dynamo"] = False
     return kwargs
@@ -77,10 +113,11 @@ def export_onnx(
     exporter: str = "auto",
     opset: int | None = None,
 ) -> Path:
-    """Write the ONNX graph of `model` to `path` (not atomically: callers write to a temp path first)."""
+    """Write the ONNX graph of `model` to `path` (not atomically: callers write to a temp path first); the
+    opset written is the one asked for, or an error."""
     import onnx
 
-    exporter = resolve_exporter(exporter)
+    exporter = resolve_exporter(exporter, opset)
     net: torch.nn.Module = fuse_batchnorm(model).cpu().float()
     if fp16:
         net = HalfCompute(net)
@@ -98,10 +135,13 @@ def export_onnx(
         except Exception as exc:  # the exporters raise many types; the message is what matters
             raise ExportError(f"torch.onnx ({exporter}) failed: {str(exc).strip().splitlines()[0]}") from None
     proto = onnx.load(str(path))
+    written = written_opset(proto)
+    if opset is not None and written != opset:
+        raise ExportError(f"torch.onnx ({exporter}) wrote opset {written} when asked for {opset}")
     del proto.metadata_props[:]
     props = encode_metadata(
         meta, precision="fp16" if fp16 else "fp32", input=INPUT_DOC, output=OUTPUT_DOC, exporter=exporter,
-        opset=proto.opset_import[0].version,
+        opset=written,
     )  # fmt: skip
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))

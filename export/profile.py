@@ -1,7 +1,8 @@
 """The TensorRT optimization profile: parsing --batch and --shape, and the defaults.
 
-Shapes are model-input sizes (after the checkpoint's scale). The defaults cover whole-image inference of a
-1918x1280 image at the checkpoint's scale (the shape TensorRT tunes for) and unet-infer's default tile.
+Shapes are model-input sizes (after the checkpoint's resize rule). The defaults cover whole-image inference of
+a 1918x1280 image by the checkpoint's rule (the shape TensorRT tunes for), images of any aspect for a
+longest-side rule, and unet-infer's default tile.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from unetkit.core.cli import parse_pair
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import DOWNSAMPLE
-from unetkit.core.preprocess import scaled_size
+from unetkit.core.preprocess import input_size
 from unetkit.infer.engines import ShapeRange
 from unetkit.infer.tiling import DEFAULT_TILE
 
@@ -53,9 +54,13 @@ def parse_shape(text: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int,
 
 
 def default_shape(meta: ModelMeta) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Tuned for a whole 1918x1280 image at the checkpoint's scale; wide enough for the default tile."""
-    opt = scaled_size(*CARVANA_HW, meta.scale)
-    hi = (max(_round_up(opt[0]), DEFAULT_TILE), max(_round_up(opt[1]), DEFAULT_TILE))
+    """Tuned for a whole 1918x1280 image by the checkpoint's resize rule; wide enough for the default tile.
+
+    A fixed-size model takes that size, a longest-side model takes any aspect (up to the side squared)."""
+    opt = input_size(*CARVANA_HW, meta)
+    rule = meta.resize_rule
+    top = (rule.max_side, rule.max_side) if rule.mode == "max_side" and rule.max_side else opt
+    hi = (max(_round_up(top[0]), DEFAULT_TILE), max(_round_up(top[1]), DEFAULT_TILE))
     return (MIN_SIDE, MIN_SIDE), opt, hi
 
 

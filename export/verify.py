@@ -1,11 +1,11 @@
 """Each artifact against PyTorch FP32, through the same engine objects unet-infer uses.
 
-Inputs: a synthetic car image of Carvana's size (1918x1280) at the checkpoint's scale, which is what the
-model is for, and a random batch of two at an odd size, which is what the graph must survive.
+Inputs: a realistic sample image (a synthetic 1918x1280 scene, resized by the checkpoint's own rule), which is
+what a model is fed, and a random batch of two at an odd size, which is what the graph must survive.
 
 Criteria:
 - FP32 ONNX: probabilities within 1e-4 of PyTorch's on every input.
-- FP16 artifacts: masks agree with PyTorch's at Dice >= 0.999 on the car image, and no probability is off
+- FP16 artifacts: masks agree with PyTorch's at Dice >= 0.999 on the sample image, and no probability is off
   by more than 0.05 on any input. On random noise many pixels sit at the decision threshold in FP32 itself,
   so flipped pixels there say nothing about the artifact; their Dice is reported, the gap is what is gated.
 - INT8 artifacts: masks agree at Dice >= 0.99 on the car image. Calibrated ranges are meant for images, so
@@ -25,7 +25,7 @@ from unetkit.core import UNet
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import mask_agreement
-from unetkit.core.preprocess import normalize, resize_pixels, scaled_size
+from unetkit.core.preprocess import input_size, normalize, resize_pixels
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
 from unetkit.train.data.synth import random_car, render
@@ -94,7 +94,7 @@ class Verification:
 
 
 def _short(entry: dict[str, Any]) -> str:
-    """'car' or 'car/openvino': the input's kind, and the runtime where more than one checked it."""
+    """'sample' or 'sample/openvino': the input's kind, and the runtime where more than one checked it."""
     runtime = entry.get("runtime")
     return entry["name"].split()[0] + (f"/{runtime}" if runtime else "") + ("" if entry.get("gated", True) else "*")
 
@@ -107,17 +107,17 @@ def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
 
 
 def sample_inputs(meta: ModelMeta, shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:
-    """The car image and the random batch, sized to fit `shapes` when an engine has limits."""
+    """The sample image and the random batch, sized to fit `shapes` when an engine has limits."""
     rng = np.random.default_rng(seed)
     image, _ = render(random_car(rng), rng, SAMPLE_HW[1], SAMPLE_HW[0])
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
-    hw = _fit(scaled_size(*SAMPLE_HW, meta.scale), shapes)  # the model's own input rule, within the profile
-    car = normalize(resize_pixels(pixels, hw), meta.mean, meta.std)
+    hw = _fit(input_size(*SAMPLE_HW, meta), shapes)  # the model's own input rule, within the profile
+    image_x = normalize(resize_pixels(pixels, hw), meta.mean, meta.std)
     batch = 2 if shapes is None else min(max(2, shapes.min[0]), shapes.max[0])
     odd = _fit((hw[0] * 3 // 4 + 1, hw[1] * 3 // 4 + 3), shapes)
     noise = torch.randn(batch, 3, *odd, generator=torch.Generator().manual_seed(seed))
     return [
-        Sample(f"car 1x{hw[1]}x{hw[0]}", car, realistic=True),
+        Sample(f"sample 1x{hw[1]}x{hw[0]}", image_x, realistic=True),
         Sample(f"random {batch}x{odd[1]}x{odd[0]}", noise, realistic=False),
     ]
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
+
+import torch
 
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
 from unetkit.core.cli import (
@@ -15,14 +19,16 @@ from unetkit.core.cli import (
     run_cli,
 )
 from unetkit.core.device import resolve_device
+from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES, barrier, process_group, rank_device, torchrun_env
 from unetkit.core.errors import UnetkitError
 
 from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
 from .fastest import Probe, probe_engines, probe_input
-from .io import Item, default_out_dir, discover
+from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_paths
 from .predictor import Predictor
 from .settings import DECODERS, InferSettings, OutputOptions
+from .shard import Part, choose_part, merge_parts, write_manifest
 from .tiling import BLEND_MODES, DEFAULT_TILE
 
 PROG = "unet-infer"
@@ -35,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "after `unet-export best.pth`, `unet-infer images/ --engine trt` needs no more flags.",
         epilog="examples:\n  unet-infer data/test --checkpoint runs/carvana/best.pth --engine trt --batch 8\n"
         f"  unet-infer scans/ --tile {DEFAULT_TILE} --overlap 128 --overlay\n"
-        "  unet-infer data/test --rle submission.csv --resume",
+        "  unet-infer data/test --rle submission.csv --resume\n"
+        "  unet-infer data/test --rle submission.csv --num-parts 4 --part-id 0   # one of 4 jobs; then:\n"
+        "  unet-infer merge submission.csv\n"
+        "  torchrun --nproc-per-node 8 -m unetkit.infer data/test --rle submission.csv   # 8 GPUs, merged by rank 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", type=Path, help="folder of images (jpg, jpeg, png, bmp, tif, tiff, webp)")
@@ -57,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, metavar="M", help="minimum tile overlap in pixels (default N/4)")
     p.add_argument("--blend", choices=BLEND_MODES, default="gaussian", help="tile blending weights (default gaussian)")
     p.add_argument("--batch", type=int, help="images (or tiles) per engine call (default 8 on CUDA, 2 on the CPU)")
-    p.add_argument("--out", type=Path, help="output folder (default <folder>_masks)")
+    p.add_argument("--out", type=Path, help=f"output folder (default <folder>{DEFAULT_OUT_SUFFIX} beside the input "
+                   "folder)")  # fmt: skip
     p.add_argument("--recursive", action="store_true", help="also search subfolders (outputs mirror them)")
     p.add_argument("--save-prob", action="store_true", help="also write <name>.prob.png probability maps")
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.jpg for a quick look")
@@ -65,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rle", type=Path, metavar="FILE.csv", help="also write Carvana's Kaggle submission CSV "
                    "(img,rle_mask)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="skip images whose mask already exists")
+    p.add_argument("--num-parts", type=int, metavar="K", help="split the sorted files into K parts and run one "
+                   "of them (separate jobs: Slurm arrays, Kubernetes indexed jobs); with --rle it writes "
+                   "FILE.part-I-of-K.csv for `unet-infer merge FILE.csv`. Under torchrun each rank takes its part "
+                   "by itself")  # fmt: skip
+    p.add_argument("--part-id", type=int, metavar="I", help="which part this job runs, 0 to K-1")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MINUTES, metavar="MIN", help="under "
+                   "torchrun: minutes rank 0 waits for the other parts before it merges (default "
+                   f"{DEFAULT_TIMEOUT_MINUTES:g})")  # fmt: skip
     add_workers_argument(p, "decoding and writing threads")
     p.add_argument("--decoder", choices=DECODERS, default="auto", help="JPEG decoding: nvjpeg (torchvision, on the "
                    "GPU), cpu (Pillow), auto (nvjpeg where available)")  # fmt: skip
@@ -73,35 +91,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    dist = torchrun_env(os.environ)
+    part = choose_part(args.num_parts, args.part_id, dist)  # a bad part range fails before any work
+    if dist is None:
+        return _run(args, part, args.device, args.progress)
+    # Under torchrun each rank runs its part on cuda:LOCAL_RANK; Gloo is only for the barriers.
+    device = rank_device(args.device, dist, torch.cuda.device_count())
+    with process_group(dist, torch.device("cpu"), args.dist_timeout):
+        code = _run(args, part, device, args.progress and dist.is_main)
+        barrier()  # every part has finished
+        if dist.is_main and args.rle:
+            code = max(code, _merge(args.rle))
+        barrier()  # no rank ends (torchrun ends the job when one fails) before the merged CSV is written
+    return code
+
+
+def _run(args: argparse.Namespace, part: Part | None, device: str, progress: bool) -> int:
+    """The folder, or this part of it, through one Predictor; a part with --rle also writes its manifest."""
     settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
     out = args.out or default_out_dir(args.folder)
     items = discover(args.folder, out, args.recursive)  # a missing or empty folder fails before any loading
-    if args.engine == "fastest":
-        predictor = _fastest(args, settings, items)
+    mine = items
+    if part is not None:
+        print(part.describe(len(items)), flush=True)
+        mine = part.select(items)
+    rle = part.path(args.rle) if part is not None and args.rle else args.rle
+    output_paths(out, rle)  # and so does an output that cannot be written (parts share --out)
+    if args.engine == "fastest":  # every part times the same first image of the whole folder
+        predictor = _fastest(args, device, settings, items)
     else:
         predictor = Predictor(
-            args.model or args.checkpoint, args.engine, args.device, args.precision, compile_mode=args.compile_mode,
+            args.model or args.checkpoint, args.engine, device, args.precision, compile_mode=args.compile_mode,
             **vars(settings),
         )  # fmt: skip
-    outputs = OutputOptions(args.save_prob, args.overlay, args.palette, args.rle, args.resume, args.progress)
+    outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
     with predictor:
-        summary = predictor.pipeline(outputs).run(items)
+        summary = predictor.pipeline(outputs).run(mine)
         detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
+        if part is not None and args.rle:
+            relative = {str(it.source): it.relative.as_posix() for it in mine}
+            failed = [relative[source] for source, _ in summary.failures]
+            write_manifest(part, args.rle, items, failed, predictor.meta, predictor.engine.label)
+    tag = f"part {part.index} of {part.count}: " if part is not None else ""
     for line in summary.lines():
-        print(line)
+        print(tag + line)
     if detail:
-        print(f"{predictor.engine.label}: {detail}")
-    print(f"masks in {out}" + (f", RLE in {args.rle}" if args.rle else ""))
+        print(f"{tag}{predictor.engine.label}: {detail}")
+    print(f"{tag}masks in {out}" + (f", RLE in {rle}" if rle else ""))
     return EXIT_FAILURES if summary.failures else EXIT_OK
 
 
-def _fastest(args: argparse.Namespace, settings: InferSettings, items: list[Item]) -> Predictor:
+def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, items: list[Item]) -> Predictor:
     """--engine fastest: probe the CPU engines on the first image, print every time, keep the fastest."""
     if args.model:
         raise UnetkitError("--engine fastest chooses among the artifacts beside --checkpoint; it takes no --model")
     if args.precision:
         raise UnetkitError("--engine fastest chooses the precision too; leave out --precision")
-    if resolve_device(args.device).type != "cpu":
+    if resolve_device(device).type != "cpu":
         raise UnetkitError("--engine fastest compares CPU engines: pass --device cpu (on a GPU, --engine trt is the "
                            "fast path)")  # fmt: skip
     meta = read_checkpoint(args.checkpoint).meta
@@ -120,7 +166,30 @@ def _fastest(args: argparse.Namespace, settings: InferSettings, items: list[Item
     return Predictor.from_engine(engine, settings)
 
 
+def build_merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} merge",
+        description="Merge the part CSVs of a split run (--num-parts K --part-id I --rle FILE.csv) into FILE.csv, "
+        "rows in sorted order, byte for byte what one process would have written; refuses when a part is "
+        "missing or the parts disagree.",
+    )
+    p.add_argument("csv", type=Path, help="the --rle FILE.csv the parts were run with")
+    return p
+
+
+def _merge(csv_path: Path) -> int:
+    result = merge_parts(csv_path)
+    print(f"merged {result.parts} part(s) into {result.path}: {result.rows} rows, {len(result.failed)} failed image(s)")
+    for name in result.failed:
+        print(f"failed (no row): {name}")
+    return EXIT_FAILURES if result.failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:  # a folder named merge is ./merge
+        merge = build_merge_parser().parse_args(argv[1:])
+        return run_cli(PROG, lambda: _merge(merge.csv))
     args = build_parser().parse_args(argv)
     return run_cli(PROG, lambda: _infer(args))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetkit.core.atomic import atomic_path
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image, save_image
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+#: unet-infer's default output folder is `<folder>` + this, beside the input: never a data layout's mask folder
+#: (Kaggle's train/ has its ground truth in train_masks/).
+DEFAULT_OUT_SUFFIX = "_predictions"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,25 +36,35 @@ class Item:
 
 
 def default_out_dir(folder: str | os.PathLike) -> Path:
+    """`<folder>_predictions` beside the input folder."""
     folder = Path(folder).resolve()
-    return folder.with_name(folder.name + "_masks")
+    if folder == folder.parent:
+        raise DataError(f"{folder}: has no parent folder to put {DEFAULT_OUT_SUFFIX[1:]} beside; give --out")
+    return folder.with_name(folder.name + DEFAULT_OUT_SUFFIX)
 
 
 def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool = False) -> list[Item]:
-    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs."""
+    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs.
+
+    With `recursive`, symlinked folders are followed; a folder reached twice (a link loop, or two links to
+    one folder) is searched once and the others are counted in a warning.
+    """
     folder, out = Path(folder), Path(out)
     if not folder.exists():
         raise DataError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     out_resolved = out.resolve()
-    candidates = folder.rglob("*") if recursive else folder.glob("*")
+    if out_resolved == folder.resolve():
+        raise DataError(f"--out {out}: is the input folder {folder}; masks would land among the images (choose "
+                        "another folder; the default is <folder>_predictions beside it)")  # fmt: skip
+    candidates = _walk(folder, out_resolved) if recursive else folder.iterdir()
     sources = sorted(
         p
         for p in candidates
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.suffix.lower() in IMAGE_EXTENSIONS
         and not p.name.startswith(".")
+        and p.is_file()
         and out_resolved not in p.resolve().parents
     )
     if not sources:
@@ -70,6 +85,44 @@ def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool 
     return items
 
 
+def output_paths(out: Path, rle: Path | None) -> None:
+    """A folder run's outputs checked before any work: the mask folder and the CSV."""
+    check_outputs([("--out", out, FOLDER), ("--rle", rle, FILE)])
+
+
+def _walk(folder: Path, skip: Path) -> list[Path]:
+    """Files under `folder`, following symlinked folders; each folder (by device and inode) is searched once,
+    and `skip` (the output folder) not at all."""
+    files: list[Path] = []
+    seen = {_identity(folder)}
+    repeated: list[str] = []
+    unreadable: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=lambda e: unreadable.append(str(e.filename))):
+        keep = []
+        for name in sorted(dirs):
+            path = Path(root, name)
+            key = _identity(path)
+            if key in seen or path.resolve() == skip:
+                if key in seen:
+                    repeated.append(str(path))
+                continue
+            seen.add(key)
+            keep.append(name)
+        dirs[:] = keep
+        files += (Path(root, name) for name in names)
+    if repeated:
+        log.warning("warning: %d folder(s) reached again through a symlink were searched once: %s",
+                    len(repeated), ", ".join(repeated[:3]) + (" ..." if len(repeated) > 3 else ""))  # fmt: skip
+    if unreadable:
+        log.warning("warning: %d folder(s) could not be searched: %s", len(unreadable), ", ".join(unreadable[:3]))
+    return files
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
 def decode_to_tensor(path: Path, pin: bool = False) -> torch.Tensor:
     """Decode by unetkit's reading rule into a uint8 (H, W, 3) tensor, in pinned memory for a CUDA upload."""
     array = torch.from_numpy(read_image(path))
@@ -84,10 +137,8 @@ def write_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) 
     image = Image.fromarray(array)
     if palette is not None:
         image.putpalette(palette.reshape(-1).tolist())  # an L image becomes P with its values as indices
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)
+    save_image(path, image, "PNG", compress_level=1)
 
 
 def write_jpeg(path: Path, chw: np.ndarray, quality: int = 90) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(tmp, format="JPEG", quality=quality)
+    save_image(path, Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), "JPEG", quality=quality)

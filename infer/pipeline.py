@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from unetkit.core.errors import DataError, UnetkitError
+from unetkit.core.errors import DataError, OutputError, UnetkitError
 from unetkit.core.labels import to_labels
+from unetkit.core.outputs import write_error_repeats
 from unetkit.core.preprocess import model_input
 
 from .batching import BatchRunner, Job
@@ -128,8 +129,9 @@ class _FolderRun:
 
     def execute(self) -> RunSummary:
         s, outputs = self.p.settings, self.p.outputs
-        done = [it for it in self.items if outputs.resume and it.mask.exists()]
-        todo = [it for it in self.items if not (outputs.resume and it.mask.exists())]
+        finished = {it for it in self.items if outputs.resume and self.p.writer.finished(it)}
+        done = [it for it in self.items if it in finished]
+        todo = [it for it in self.items if it not in finished]
         self.summary.images, self.summary.skipped = len(self.items), len(done)
         window = max(2 * s.batch_size, 2 * s.workers, 4)  # images in flight per stage: memory stays flat
         start = time.perf_counter()
@@ -279,6 +281,8 @@ class _FolderRun:
             try:
                 row = future.result()
             except (OSError, DataError) as exc:
+                if write_error_repeats(exc):  # disk full or read-only: every later image would fail the same way
+                    raise self.stopped(item, exc) from None
                 self.fail(item, str(exc), f"could not write {item.mask}: {exc}")
                 continue
             if not resumed:
@@ -286,6 +290,15 @@ class _FolderRun:
                 self.bar.update()
             if self.rle is not None:
                 self.rle.writerow([item.relative.as_posix(), row])
+
+    def stopped(self, item: Item, exc: BaseException) -> OutputError:
+        """The one line a run ends with when a write fails in a way that will repeat."""
+        assert isinstance(exc, OSError)
+        todo = self.summary.images - self.summary.skipped
+        return OutputError(
+            f"{exc.filename or item.mask}: {exc.strerror}; stopped after {self.summary.written} of {todo} images "
+            "(every file written is complete): free space, then run again with --resume"
+        )
 
     def fail(self, item: Item, why: str, warning: str) -> None:
         self.summary.failures.append((str(item.source), why))

@@ -14,6 +14,7 @@ from PIL import Image
 
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import DEFAULT_WORKERS
+from unetkit.core.errors import DataError
 from unetkit.core.imageio import read_image
 from unetkit.core.labels import to_labels
 from unetkit.core.meta import ModelMeta
@@ -21,7 +22,7 @@ from unetkit.core.preprocess import model_input
 
 from .batching import BatchRunner, Job, run_all
 from .engines import Engine, create_engine
-from .io import default_out_dir, discover
+from .io import default_out_dir, discover, output_paths
 from .pipeline import Pipeline, RunSummary
 from .settings import InferSettings, OutputOptions
 from .transforms import to_size
@@ -93,14 +94,18 @@ class Predictor:
     @staticmethod
     def _pixels(image: ImageLike) -> np.ndarray:
         if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
+            pixels = np.asarray(image.convert("RGB"))
+        elif isinstance(image, np.ndarray):
             if image.ndim == 2:
                 image = np.repeat(image[:, :, None], 3, axis=2)
             if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-                raise ValueError(f"expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
-            return image[:, :, :3]
-        return read_image(image)
+                raise DataError(f"expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
+            pixels = image[:, :, :3]
+        else:
+            return read_image(image)
+        if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+            raise DataError(f"the image has no pixels ({pixels.shape[1]}x{pixels.shape[0]})")
+        return pixels
 
     @torch.inference_mode()
     def predict(
@@ -134,11 +139,15 @@ class Predictor:
         recursive: bool = False,
         **outputs: Any,
     ) -> RunSummary:
-        """Masks for every image in `folder`, written under `out` (default <folder>_masks); `outputs` are
-        OutputOptions' fields (save_prob, overlay, palette, rle, resume, progress); see unet-infer."""
-        pipeline = self.pipeline(OutputOptions(**outputs))
+        """Masks for every image in `folder`, written under `out` (default <folder>_predictions beside it);
+        `outputs` are OutputOptions' fields (save_prob, overlay, palette, rle, resume, progress); see unet-infer.
+        Every output path is checked before any image is read."""
+        options = OutputOptions(**outputs)
+        pipeline = self.pipeline(options)
         target = Path(out) if out is not None else default_out_dir(folder)
-        return pipeline.run(discover(folder, target, recursive))
+        items = discover(folder, target, recursive)
+        output_paths(target, options.rle)
+        return pipeline.run(items)
 
     def close(self) -> None:
         self.engine.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.errors import UnetkitError
 
-from .tiling import BLEND_MODES, default_overlap
+from .tiling import BLEND_MODES, MIN_TILE, default_overlap, max_overlap
 
 DECODERS = ("auto", "cpu", "nvjpeg")
 #: Images (or tiles) per engine call when none is asked for: a GPU wants full batches, a CPU gains little.
@@ -33,15 +33,20 @@ class InferSettings:
 
     def __post_init__(self) -> None:
         problems = [
-            (self.tile >= 0, f"--tile {self.tile}: must be 0 (whole images) or a tile edge in pixels"),
+            (
+                self.tile == 0 or self.tile >= MIN_TILE,
+                f"--tile {self.tile}: must be 0 (whole images) or a tile edge of at least {MIN_TILE} pixels",
+            ),
+            (self.tile or self.overlap is None, f"--overlap {self.overlap}: only applies to tiles; give --tile too"),
             (self.batch is None or self.batch >= 1, f"--batch {self.batch}: must be at least 1"),
             (self.workers >= 1, f"--workers {self.workers}: must be at least 1"),
             (self.blend in BLEND_MODES, f"--blend {self.blend}: choose one of {', '.join(BLEND_MODES)}"),
             (self.decoder in DECODERS, f"--decoder {self.decoder}: choose one of {', '.join(DECODERS)}"),
         ]
-        if self.tile and self.overlap is not None:
-            problems.append((0 <= self.overlap < self.tile, f"--overlap {self.overlap}: must be in [0, {self.tile}) "
-                             f"for --tile {self.tile}"))  # fmt: skip
+        if self.tile >= MIN_TILE and self.overlap is not None:
+            most = max_overlap(self.tile)
+            problems.append((0 <= self.overlap <= most, f"--overlap {self.overlap}: must be in [0, {most}] for "
+                             f"--tile {self.tile} (at most half a tile)"))  # fmt: skip
         for ok, message in problems:
             if not ok:
                 raise UnetkitError(message)

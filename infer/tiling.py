@@ -1,7 +1,8 @@
 """Tiling arithmetic for sliding-window prediction: pure functions on sizes and weights.
 
-Tiles are spread evenly so the first starts at 0 and the last ends exactly at the edge (as nnU-Net and
-MONAI place them); the requested overlap is a minimum. Blending weighs each tile's probabilities with a
+Tiles are spread evenly so the first starts at 0 and the last ends exactly at the edge, as nnU-Net places
+them (MONAI instead steps by a fixed stride and moves only the last window back to the edge); the requested
+overlap is a minimum. Blending weighs each tile's probabilities with a
 gaussian (more weight to a tile's centre, where the network sees context on every side) or constant weight,
 and the result is normalized by the summed weights, as MONAI's sliding window does.
 """
@@ -15,6 +16,9 @@ import torch
 
 #: Default tile edge (model-input pixels) of `unet-infer --tile`; export's default TensorRT profile covers it.
 DEFAULT_TILE = 512
+#: The smallest tile: twice the U-Net's stride of 16, so even a tile's deepest level sees 2x2 positions (smaller
+#: tiles are padded to 16 anyway and cost far more calls for no context).
+MIN_TILE = 32
 BLEND_MODES = ("gaussian", "constant")
 #: Gaussian sigma as a fraction of the tile size (MONAI's default) and the floor that keeps weights positive.
 SIGMA_SCALE = 0.125
@@ -23,6 +27,12 @@ MIN_WEIGHT = 1e-3
 
 def default_overlap(tile: int) -> int:
     return tile // 4
+
+
+def max_overlap(tile: int) -> int:
+    """At most half a tile: each pixel is then predicted at most 4 times (an overlap near the tile would
+    multiply the tiles without bound)."""
+    return tile // 2
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:

@@ -10,18 +10,16 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from unetkit.core.labels import palette
+from unetkit.core.labels import palette, resize_probabilities
 
 OVERLAY_ALPHA = 0.45
-#: Binary overlays tint the foreground in this colour.
-OVERLAY_COLOR = (255, 40, 40)
+#: Binary overlays tint the foreground in whichever of these stands out most from the pixels under the mask
+#: (a red car gets cyan, a white one a saturated colour), and outline it in the same colour at full strength.
+OVERLAY_COLORS = ((255, 40, 40), (40, 200, 40), (40, 90, 255), (255, 220, 0), (0, 220, 255), (255, 0, 255))
 
 
-def to_size(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, h, w) probabilities resized bilinearly to the original (H, W); probabilities, not logits."""
-    if tuple(prob.shape[-2:]) == tuple(size):
-        return prob
-    return F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
+#: (C, h, w) probabilities back to the original (H, W): the function evaluation scores with, too.
+to_size = resize_probabilities
 
 
 def confidence(prob: torch.Tensor) -> torch.Tensor:
@@ -32,19 +30,43 @@ def confidence(prob: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _colors(n_classes: int, mask_kind: str, device: torch.device) -> torch.Tensor:
-    """The overlay tint (3, 1, 1) for binary, the class palette (256, 3) otherwise; made once per device."""
+    """The binary candidates (K, 3), or the class palette (256, 3); made once per device."""
     if n_classes == 1:
-        return torch.tensor(OVERLAY_COLOR, dtype=torch.float32).view(3, 1, 1).to(device)
+        return torch.tensor(OVERLAY_COLORS, dtype=torch.float32).to(device)
     return torch.from_numpy(palette(n_classes, mask_kind)).float().to(device)
 
 
+def contrast_color(image: torch.Tensor, region: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """The candidate colour (3,) farthest from the mean colour of `image` (3, H, W) inside `region` (H, W)
+    (the whole image when the region is empty)."""
+    pixels, weight = image.float(), region.float()
+    total = weight.sum()  # stays on the device: no host sync in the streamed pipeline
+    inside = (pixels * weight).sum(dim=(1, 2)) / total.clamp(min=1)
+    mean = torch.where(total > 0, inside, pixels.mean(dim=(1, 2)))
+    return candidates[(candidates - mean).norm(dim=1).argmax()]
+
+
+def outline(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """bool (H, W): pixels within `width` of a place where the label changes (mask edges, class borders)."""
+    x = labels.float()[None, None]
+    k = 2 * width + 1
+    hi = F.max_pool2d(x, k, stride=1, padding=width)
+    lo = -F.max_pool2d(-x, k, stride=1, padding=width)
+    return (hi != lo)[0, 0]
+
+
 def overlay(image: torch.Tensor, labels: torch.Tensor, n_classes: int, mask_kind: str) -> torch.Tensor:
-    """uint8 (3, H, W) image with the prediction blended in: a red tint for binary, class colours otherwise."""
+    """uint8 (3, H, W) image with the prediction blended in and outlined, visible on any colour: binary masks
+    in the candidate colour that contrasts most with the pixels they cover, classes in their palette colours."""
+    width = max(1, round(max(labels.shape[-2:]) / 500))
+    edge = outline(labels, width)[None]
     if n_classes == 1:
-        color = _colors(1, mask_kind, image.device)
+        color = contrast_color(image, labels > 0, _colors(1, mask_kind, image.device)).view(3, 1, 1)
         alpha = labels.float()[None] * OVERLAY_ALPHA
+        edge = edge & (labels > 0)[None]
     else:
         color = _colors(n_classes, mask_kind, image.device)[labels.long()].permute(2, 0, 1)
         alpha = torch.full_like(labels, OVERLAY_ALPHA, dtype=torch.float32)[None]
+    alpha = torch.where(edge, torch.ones_like(alpha), alpha)
     out = image.float() * (1 - alpha) + color * alpha
     return out.round_().clamp_(0, 255).to(torch.uint8)

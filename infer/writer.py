@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import csv
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from unetkit.core.atomic import atomic_path
 from unetkit.core.labels import palette as label_palette
@@ -44,6 +45,15 @@ class OutputWriter:
             write_jpeg(item.sibling(".overlay.jpg"), host["overlay"].numpy())
         return rle_encode(mask) if self.outputs.rle else None
 
+    def paths(self, item: Item) -> list[Path]:
+        """Every file a finished image has: its mask and the pictures asked for."""
+        extra = [(self.outputs.save_prob, ".prob.png"), (self.outputs.overlay, ".overlay.jpg")]
+        return [item.mask, *(item.sibling(suffix) for wanted, suffix in extra if wanted)]
+
+    def finished(self, item: Item) -> bool:
+        """True when every output asked for exists and is complete (what --resume skips)."""
+        return all(is_complete_picture(path) for path in self.paths(item))
+
     def existing_rle(self, item: Item) -> str:
         """The RLE of a mask an earlier run wrote (for --resume with --rle)."""
         with Image.open(item.mask) as img:
@@ -55,7 +65,26 @@ class OutputWriter:
         if self.outputs.rle is None:
             yield None
             return
-        with atomic_path(self.outputs.rle) as tmp, open(tmp, "w", newline="") as f:
-            rows = csv.writer(f, lineterminator="\n")
-            rows.writerow(["img", "rle_mask"])
-            yield rows
+        with atomic_path(self.outputs.rle) as tmp:
+            f = open(tmp, "w", newline="")  # noqa: SIM115  # closed by hand: a failing close must not hide an error
+            try:
+                rows = csv.writer(f, lineterminator="\n")
+                rows.writerow(["img", "rle_mask"])
+                yield rows
+            except BaseException:
+                with contextlib.suppress(OSError):  # the run's own error (disk full) is the one to report
+                    f.close()
+                raise
+            f.close()
+
+
+def is_complete_picture(path: Path) -> bool:
+    """A non-empty file whose image header decodes: outputs are written atomically, so this tells a finished
+    output from a missing, truncated-to-nothing or foreign one without decoding every pixel."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+        with Image.open(path):
+            return True
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False

@@ -78,6 +78,29 @@ def test_speedup_throughput_share_and_verdict():
     assert missing.speedup_vs_eager_fp32 is None and best_row(rows) is trt
 
 
+def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
+    from unetkit.bench.report import Report, render_markdown, render_text
+    from unetkit.bench.runner import OVER_PEAK
+    from unetkit.bench.timing import best_rate
+
+    # Three probes of 1 TFLOP per call: the one disturbed by other load (medians 4 and 2 s) does not set the peak.
+    assert best_rate(1e12, [[4.0, 4.0, 9.0], [1.0, 1.0, 1.1], [2.0, 2.0, 2.0]]) == pytest.approx(1e12)
+    with pytest.raises(ValueError):
+        best_rate(1.0, [[]])
+    rows = [_row("torch", "fp32", 1, 10.0), _row("onnx", "fp32", 1, 20.0)]
+    finish_rows(rows, flops_per_image=10**12, peaks={"fp32": 50.0}, target_ms=150.0)  # 100 and 50 TFLOP/s
+    assert rows[0].peak_share == pytest.approx(2.0) and rows[0].peak_share_note == OVER_PEAK
+    assert rows[1].peak_share == pytest.approx(1.0) and rows[1].peak_share_note == ""  # exactly the peak is not over
+    report = Report({"device": "cpu", "cpu": "test CPU", "date": "today", "torch": "x"},
+                    {"model": "m", "image_hw": [1, 1], "model_hw": [1, 1], "scale": 1.0, "target_ms": 150.0},
+                    10**12, {"fp32": 0.0294}, rows)  # fmt: skip
+    text = render_text(report)
+    assert "fp32 0.0294" in text  # three significant digits: a CPU's small peak is not printed as 0.0
+    assert "200.0*" in text and f"* {OVER_PEAK}" in text and "100.0 " in text
+    md = render_markdown(report)
+    assert "200.0\\*" in md and f"\\* {OVER_PEAK}" in md
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory, exported_checkpoint):
     out = tmp_path_factory.mktemp("bench")

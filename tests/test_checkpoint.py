@@ -37,8 +37,7 @@ def test_write_is_atomic_when_saving_fails(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", broken_save)

@@ -104,7 +104,7 @@ def test_one_probabilities_to_labels_rule():
 def test_inference_settings_fail_before_the_engine_loads(tmp_path):
     missing = tmp_path / "nope.pth"  # never opened: the settings are checked first
     for kwargs, message in [({"tile": -1}, "--tile -1"), ({"batch": 0}, "--batch 0"), ({"workers": 0}, "--workers 0"),
-                            ({"tile": 64, "overlap": 64}, r"--overlap 64: must be in \[0, 64\)"),
+                            ({"tile": 64, "overlap": 64}, r"--overlap 64: must be in \[0, 32\]"),
                             ({"decoder": "gpu"}, "--decoder gpu"), ({"blend": "max"}, "--blend max")]:  # fmt: skip
         with pytest.raises(UnetkitError, match=message):
             Predictor(missing, **kwargs)

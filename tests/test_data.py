@@ -1,4 +1,4 @@
-"""Sample loading: scaling, the cache, the split, seeded sampling and augmentation, batching."""
+"""Sample loading: resizing, the cache, seeded sampling and augmentation, batching."""
 
 import os
 import time
@@ -7,22 +7,25 @@ import numpy as np
 import torch
 
 from unetkit.core.labels import IGNORE_INDEX
+from unetkit.core.meta import ResizeRule
 from unetkit.core.preprocess import scaled_size
 from unetkit.train.data.augment import Augmenter
 from unetkit.train.data.dataset import (
     SampleCache,
+    SampleRule,
     SeededSampler,
     SegmentationDataset,
     load_sample,
     pad_collate,
-    split_pairs,
 )
 from unetkit.train.data.layouts import index_dataset
+
+HALF = SampleRule(ResizeRule(scale=0.5), "binary")
 
 
 def test_scale_is_bilinear_for_images_and_nearest_for_masks(synth_small):
     pair = index_dataset(synth_small).pairs[0]
-    image, labels = load_sample(pair, 0.5, "binary")
+    image, labels = load_sample(pair, HALF)
     assert image.shape == (64, 96, 3) and image.dtype == np.uint8
     assert labels.shape == (64, 96) and set(np.unique(labels)) == {0, 1}  # nearest: no in-between values
     assert scaled_size(1280, 1918, 0.5) == (640, 959)
@@ -30,32 +33,24 @@ def test_scale_is_bilinear_for_images_and_nearest_for_masks(synth_small):
 
 def test_cache_stores_once_and_is_invalidated_by_changes(tmp_path, synth_small):
     pair = index_dataset(synth_small).pairs[0]
-    cache = SampleCache(tmp_path / "cache", 0.5, "binary")
+    cache = SampleCache(tmp_path / "cache", HALF)
     first = cache.load(pair)
     entries = list((tmp_path / "cache").iterdir())
     assert len(entries) == 1
     again = cache.load(pair)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert list((tmp_path / "cache").iterdir()) == entries  # read back, not rewritten
-    # a different scale is a different entry
-    SampleCache(tmp_path / "cache", 0.25, "binary").load(pair)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    # a different resize rule or mask threshold is a different entry
+    SampleCache(tmp_path / "cache", SampleRule(ResizeRule(scale=0.25), "binary")).load(pair)
+    SampleCache(tmp_path / "cache", SampleRule(ResizeRule("size", size=(32, 48)), "binary")).load(pair)
+    SampleCache(tmp_path / "cache", SampleRule(ResizeRule(scale=0.5), "binary", mask_threshold=100)).load(pair)
+    assert len(list((tmp_path / "cache").iterdir())) == 4
     # a touched source file is read again
     stamp = time.time() + 5
     os.utime(pair.mask, (stamp, stamp))
     assert cache.path(pair) not in entries
     cache.load(pair)
-    assert len(list((tmp_path / "cache").iterdir())) == 3
-
-
-def test_split_is_seeded_and_reproducible(synth_small):
-    pairs = index_dataset(synth_small).pairs
-    a_train, a_val = split_pairs(pairs, 0.2, seed=3)
-    b_train, b_val = split_pairs(pairs, 0.2, seed=3)
-    _, c_val = split_pairs(pairs, 0.2, seed=4)
-    assert a_val == b_val and a_train == b_train and a_val != c_val
-    assert len(a_val) == 10 and len(a_train) == 38
-    assert not set(a_val) & set(a_train)
+    assert len(list((tmp_path / "cache").iterdir())) == 5
 
 
 def test_sampler_order_depends_only_on_the_generator_state():
@@ -86,7 +81,7 @@ def test_augmentation_is_reproducible_per_seed_and_fills_with_ignore():
 
 def test_dataset_items_and_pad_collate(synth_small):
     pairs = index_dataset(synth_small).pairs[:2]
-    ds = SegmentationDataset(pairs, 0.5, "binary", augment=Augmenter())
+    ds = SegmentationDataset(pairs, HALF, augment=Augmenter())
     image, labels = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
     assert labels.dtype == torch.long and labels.shape == (64, 96)

@@ -38,9 +38,9 @@ def test_cli_writes_verified_onnx_and_reports(exported):
     fp16 = next(line for line in lines if line.startswith("best.fp16.onnx"))
     int8 = next(line for line in lines if line.startswith("best.int8.onnx"))
     assert " MB " in fp32 and "built" in fp32 and "verified" in fp32 and fp32.endswith("ok")
-    assert "car: Dice" in fp16 and fp16.endswith("ok")
+    assert "sample: Dice" in fp16 and fp16.endswith("ok")
     # INT8 is gated in ONNX Runtime and checked in OpenVINO too, whose verdict is recorded in the file.
-    assert "car/onnxruntime: Dice" in int8 and "car/openvino*: Dice" in int8 and "Dice >= 0.99]" in int8
+    assert "sample/onnxruntime: Dice" in int8 and "sample/openvino*: Dice" in int8 and "Dice >= 0.99]" in int8
     assert "(* reported, not gated)" in int8 and int8.endswith("ok")
     checks = decode_metadata({p.key: p.value for p in onnx.load(str(out / "best.int8.onnx")).metadata_props}, "x")
     checks = checks.extra["runtime_checks"]
@@ -99,9 +99,10 @@ def test_metadata_round_trips(exported):
     ckpt, out, _ = exported
     _, meta = load_checkpoint(ckpt)
     props = {p.key: p.value for p in onnx.load(str(out / "best.onnx")).metadata_props}
-    assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool)) for v in props.values())
+    assert all(isinstance(json.loads(v), (int, float, str, list, dict, bool, type(None))) for v in props.values())
+    assert json.loads(props["unetkit.resize"]) == "scale" and json.loads(props["unetkit.input_size"]) is None
     decoded = decode_metadata(props, "best.onnx")
-    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "mask_kind", "val_dice"):
+    for key in ("n_classes", "class_names", "scale", "mean", "std", "threshold", "mask_kind", "val_dice", "resize"):
         assert getattr(decoded, key) == getattr(meta, key), key
     extra = decoded.extra
     assert extra["precision"] == "fp32" and "logits" in extra["output"] and "mean" in extra["input"]
@@ -122,6 +123,25 @@ def test_both_exporters_give_verified_graphs(tmp_path, exporter):
     result = verify(OnnxEngine(path, torch.device("cpu")), Reference(model, meta), sample_inputs(meta), exact=True)
     assert result.passed, result.summary()
     assert session(path).run(None, {"image": np.zeros((3, 3, 50, 70), np.float32)})[0].shape == (3, 3, 50, 70)
+
+
+def test_opset_is_written_as_asked_or_refused(tmp_path):
+    """The dynamo exporter writes 18 for anything lower without a word: auto takes TorchScript there, and an
+    opset no exporter writes is refused naming both ranges."""
+    from unetkit.core.errors import UnetkitError
+    from unetkit.export.onnx_export import opset_range, resolve_exporter, written_opset
+
+    model, meta = UNet(UNetConfig(base_channels=2)).eval(), make_meta()
+    assert resolve_exporter("auto", 13) == "torchscript" and resolve_exporter("auto", 19) == "dynamo"
+    for exporter, opset in (("auto", 13), ("dynamo", 19)):
+        path = export_onnx(model, meta, tmp_path / f"{opset}.onnx", exporter=exporter, opset=opset)
+        assert written_opset(onnx.load(str(path))) == opset
+    assert opset_range("dynamo")[0] == 18 and opset_range("torchscript")[0] == 11
+    with pytest.raises(UnetkitError, match=r"--opset 13: the dynamo exporter of torch .* writes opsets 18 to \d+"):
+        export_onnx(model, meta, tmp_path / "x.onnx", exporter="dynamo", opset=13)
+    with pytest.raises(UnetkitError, match=r"--opset 99: .*\(the torchscript exporter: 11 to \d+\)"):
+        resolve_exporter("auto", 99)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_fp16_overflow_is_caught_and_the_artifact_not_kept(tmp_path):

@@ -8,9 +8,10 @@ from PIL import Image
 
 from conftest import error_lines, run_cli
 from unetkit.core.errors import DataError
+from unetkit.core.imageio import binary_mask
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.train.data.checks import check_dataset, describe_unmatched
-from unetkit.train.data.layouts import detect_layout, index_dataset
+from unetkit.train.data.layouts import FolderSpec, detect_layout, folder_root, index_dataset
 
 
 def image(path: Path, size=(24, 16), color=(200, 30, 30)) -> Path:
@@ -157,3 +158,82 @@ def test_detect_layout_prefers_specific_layouts(tmp_path):
     for d in ("train", "train_masks", "imgs", "masks"):
         (tmp_path / d).mkdir()
     assert detect_layout(tmp_path) == "kaggle-carvana"
+
+
+def test_named_folders_pair_by_stem_after_suffixes(tmp_path):
+    # DRIVE: images/21_training.tif + 1st_manual/21_manual1.gif
+    for n in (21, 22):
+        image(tmp_path / f"DRIVE/images/{n}_training.tif")
+        mask(tmp_path / f"DRIVE/1st_manual/{n}_manual1.gif")
+    spec = FolderSpec(tmp_path / "DRIVE/images", tmp_path / "DRIVE/1st_manual", "_training", "_manual1")
+    index = index_dataset(folder_root(spec), folders=spec)
+    assert index.layout == "folders" and index.n_classes == 1 and index.root == tmp_path / "DRIVE"
+    assert [(p.image.name, p.mask.name) for p in index.pairs] == [
+        ("21_training.tif", "21_manual1.gif"),
+        ("22_training.tif", "22_manual1.gif"),
+    ]
+    # CVC-ClinicDB: Original/1.tif + "Ground Truth"/1.tif, the same stem; --mask-ext keeps other files out
+    image(tmp_path / "CVC/Original/1.tif")
+    mask(tmp_path / "CVC/Ground Truth/1.tif")
+    mask(tmp_path / "CVC/Ground Truth/1.png")  # a second mask format of the same name
+    with pytest.raises(DataError, match="two masks for one image"):
+        index_dataset(tmp_path / "CVC", folders=FolderSpec(tmp_path / "CVC/Original", tmp_path / "CVC/Ground Truth"))
+    spec = FolderSpec(tmp_path / "CVC/Original", tmp_path / "CVC/Ground Truth", mask_exts=("tif",))
+    assert [p.mask.name for p in index_dataset(tmp_path / "CVC", folders=spec).pairs] == ["1.tif"]
+
+
+def test_named_folders_errors_name_the_files_and_the_remedy(tmp_path):
+    for n in (21, 22, 23):
+        image(tmp_path / f"images/{n}_training.tif")
+        mask(tmp_path / f"masks/{n}_manual1.gif")
+    image(tmp_path / "images/lonely_training.tif")
+    with pytest.raises(DataError) as info:  # nothing pairs: the endings that would pair them are suggested
+        index_dataset(tmp_path, folders=FolderSpec(tmp_path / "images", tmp_path / "masks"))
+    assert "no image in" in str(info.value) and "(e.g. image 21_training.tif, mask 21_manual1.gif)" in str(info.value)
+    assert "try --image-suffix '_training' --mask-suffix '_manual1'" in str(info.value)
+    with pytest.raises(DataError, match=r"no mask name ends in --mask-suffix '_mask' \(e.g. 21_manual1.gif\)"):
+        index_dataset(tmp_path, folders=FolderSpec(tmp_path / "images", tmp_path / "masks", mask_suffix="_mask"))
+    index = index_dataset(
+        tmp_path, folders=FolderSpec(tmp_path / "images", tmp_path / "masks", "_training", "_manual1")
+    )
+    assert len(index.pairs) == 3
+    assert describe_unmatched(index) == ["1 image(s) without a mask: images/lonely_training.tif"]
+    with pytest.raises(DataError, match="nowhere: --masks folder not found"):
+        index_dataset(tmp_path, folders=FolderSpec(tmp_path / "images", tmp_path / "nowhere"))
+
+
+def test_named_folders_through_the_clis(tmp_path):
+    for n in range(4):
+        image(tmp_path / f"data/pics/{n}.jpg")
+        mask(tmp_path / f"data/labels/{n}_seg.png")
+    proc = run_cli("unet-data", "check", "--images", tmp_path / "data/pics", "--masks", tmp_path / "data/labels",
+                   "--mask-suffix", "_seg", "--no-progress", check=True)  # fmt: skip
+    assert f"{tmp_path / 'data'}: folders layout, 4 pairs" in proc.stdout
+    assert "val 1 images in 1 group(s) (one group per image)" in proc.stdout
+    # relative to --data when both are given
+    proc = run_cli("unet-data", "check", tmp_path / "data", "--images", "pics", "--masks", "labels",
+                   "--mask-suffix", "_seg", "--no-progress", check=True)  # fmt: skip
+    assert "folders layout, 4 pairs" in proc.stdout
+    bad = run_cli("unet-data", "check", "--images", tmp_path / "data/pics", "--masks", tmp_path / "data/labels")
+    assert bad.returncode == 2
+    [line] = error_lines(bad)
+    assert "no image in" in line and "try --mask-suffix '_seg'" in line
+    alone = run_cli("unet-train", "--images", tmp_path / "data/pics", "--out", tmp_path / "run")
+    assert alone.returncode == 2 and "--images and --masks go together" in error_lines(alone)[0]
+
+
+def test_noisy_lossless_masks_are_an_error_that_names_the_remedy(tmp_path):
+    image(tmp_path / "imgs/a.jpg")
+    noisy = np.zeros((16, 24), np.uint8)
+    noisy[:8] = 255
+    noisy[0, :3] = (3, 128, 252)  # stray grey values, as in real CVC-ClinicDB masks
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(noisy).save(tmp_path / "masks/a_mask.png")
+    with pytest.raises(DataError, match=r"binary mask has values \{0, 3, 128, 252, 255\}.*--mask-threshold 128"):
+        binary_mask(noisy, tmp_path / "masks/a_mask.png")
+    assert binary_mask(noisy, "m.png", threshold=128).sum() == 8 * 24 - 1  # 3 became background
+    proc = run_cli("unet-data", "check", tmp_path, "--no-progress")
+    assert proc.returncode == 2
+    assert "1 bad file(s)" in proc.stderr and "(1 mask(s) with stray grey values: --mask-threshold 128 " in proc.stderr
+    ok = run_cli("unet-data", "check", tmp_path, "--mask-threshold", "128", "--no-progress", check=True)
+    assert "ok: every pair decodes" in ok.stdout

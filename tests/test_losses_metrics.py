@@ -7,6 +7,7 @@ import torch
 
 from unetkit.core.labels import predict_labels
 from unetkit.core.metrics import (
+    class_scores,
     confusion_counts,
     dice_from_counts,
     iou_from_counts,
@@ -115,3 +116,89 @@ def test_mask_agreement():
     a = torch.tensor([[1, 1, 0, 0]])
     assert mask_agreement(a, a, 1) == 1.0
     assert mask_agreement(a, torch.tensor([[1, 0, 1, 0]]), 1) == pytest.approx(0.5)
+
+
+def test_multiclass_means_count_only_classes_in_the_truth():
+    # class 2 is absent from the truth; one valid pixel is predicted as it, one ignored pixel too
+    truth = labels([0, 0, 0, 1, 1, 1, 255, 0])
+    pred = labels([0, 0, 2, 1, 1, 0, 2, 0])
+    scores = class_scores(confusion_counts(pred, truth, n_classes=3), n_classes=3)
+    # class 0: tp 3 (pixels 0, 1, 7), fp 1 (5), fn 1 (2) -> Dice 6/8, IoU 3/5
+    # class 1: tp 2, fp 0, fn 1 -> Dice 4/5, IoU 2/3
+    assert scores.dice == [pytest.approx(0.75), pytest.approx(0.8), None]
+    assert scores.iou == [pytest.approx(0.6), pytest.approx(2 / 3), None]
+    assert scores.absent == [2] and scores.stray_pixels == [0, 0, 1] and scores.present == [0, 1]
+    assert scores.mean_dice == pytest.approx((0.75 + 0.8) / 2)
+    assert scores.mean_iou == pytest.approx((0.6 + 2 / 3) / 2)
+    # the old rule averaged every class: the absent class scored 0 for one stray pixel
+    old = dice_from_counts(confusion_counts(pred, truth, n_classes=3))
+    assert sum(old) / 3 == pytest.approx((0.75 + 0.8 + 0.0) / 3)
+    # binary keeps its one score, and an empty truth with an empty prediction is a perfect 1.0
+    assert class_scores(confusion_counts(labels([0, 0]), labels([0, 0]), 1), 1).mean_dice == 1.0
+    assert math.isnan(class_scores(confusion_counts(labels([1]), labels([255]), 3), 3).mean_dice)
+
+
+def test_mask_agreement_is_over_the_reference_classes():
+    reference = torch.tensor([[0, 0, 1, 1]])
+    assert mask_agreement(reference, reference, 3) == 1.0  # class 2 in neither: not a free 1.0, just absent
+    stray = torch.tensor([[0, 2, 1, 1]])  # one pixel of a class the reference lacks
+    # class 0: tp 1, fn 1 -> 2/3; class 1: 1.0; class 2 left out
+    assert mask_agreement(stray, reference, 3) == pytest.approx((2 / 3 + 1) / 2)
+
+
+class _Fixed(torch.nn.Module):
+    """Returns the logits it holds: one epoch's predictions, to drive the real evaluate()."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[: x.shape[0]]
+
+
+def test_a_validation_set_lacking_classes_no_longer_moves_the_schedule():
+    from torch.utils.data import DataLoader
+
+    from unetkit.train.loop import BatchSetup, EarlyStopping, evaluate
+
+    truth = torch.tensor([[0] * 8 + [1] * 8]).view(1, 4, 4)  # classes 0 and 1; class 2 never appears
+    loader = DataLoader([(torch.zeros(3, 4, 4, dtype=torch.uint8), truth[0])], batch_size=1)
+    setup = BatchSetup(torch.device("cpu"), None, (0.5,) * 3, (0.25,) * 3)
+    loss = make_loss("ce", 3)
+
+    def predictions(wrong: int, as_class: int) -> torch.Tensor:
+        """A model's labels that get `wrong` class-0 pixels wrong, predicting `as_class` there."""
+        pred = truth[0].clone().view(-1)
+        pred[:wrong] = as_class
+        return pred.view(4, 4)
+
+    def new_rule(pred: torch.Tensor) -> float:
+        logits = torch.nn.functional.one_hot(pred.long(), 3).permute(2, 0, 1)[None].float() * BIG
+        return evaluate(_Fixed(logits), loader, loss, 3, setup).mean_dice
+
+    def old_rule(pred: torch.Tensor) -> float:  # every class averaged, absent-from-both as 1.0
+        scores = dice_from_counts(confusion_counts(pred, truth[0], 3))
+        return sum(scores) / 3
+
+    def lr_after(scores: list[float]) -> float:
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", patience=0)
+        for score in scores:
+            schedule.step(score)
+        return optimizer.param_groups[0]["lr"]
+
+    # each epoch is better on the classes present (4, 4, 2, 2, 1, 1 wrong pixels, every second epoch's
+    # mistakes going to class 2 instead of class 1), but every second epoch predicts class 2, which
+    # validation lacks
+    epochs = [predictions(w, c) for w, c in [(4, 1), (4, 2), (2, 1), (2, 2), (1, 1), (1, 2)]]
+    scores = [new_rule(p) for p in epochs]
+    assert scores == sorted(scores) and len(set(scores)) == 6
+    assert scores[:2] == [pytest.approx((8 / 12 + 16 / 20) / 2), pytest.approx((8 / 12 + 1) / 2)]
+    stopper = EarlyStopping(patience=1)
+    assert all(stopper.step(score) for score in scores) and not stopper.stop  # each epoch the best so far
+    assert lr_after(scores) == 1e-3
+    # the old rule dropped at every epoch that predicted class 2: the plateau schedule cut the rate each time
+    old = [old_rule(p) for p in epochs]
+    assert all(old[i] < old[i - 1] for i in (1, 3, 5))
+    assert lr_after(old) == pytest.approx(1e-3 * 0.1**3)

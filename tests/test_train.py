@@ -1,4 +1,5 @@
-"""unet-train end to end, through the real CLI: it learns, resumes exactly, logs, evaluates."""
+"""unet-train end to end, through the real CLI: it learns what generalizes to unseen cars, resumes exactly,
+logs, evaluates."""
 
 import json
 
@@ -14,21 +15,27 @@ FAST = ["--base-channels", "8", "--workers", "0", "--lr", "3e-3", "--device", "c
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A small U-Net trained on 64 synthetic 192x128 pairs at scale 0.5 (about 20 s on 2 cores)."""
+    """`make demo` at a small size: 48 synthetic 192x128 pairs of 24 cars (2 views each) split by car, a small
+    U-Net trained for 20 epochs at scale 0.5 (96x64 inputs, batch 4; about 20 s on 2 idle cores), and 16
+    images of 4 other cars held out."""
     data = tmp_path_factory.mktemp("learn_data")
-    write_synthetic(data, 64, (192, 128), seed=0, progress=False)
+    write_synthetic(data, 48, (192, 128), seed=0, progress=False, views=2)
+    heldout = tmp_path_factory.mktemp("heldout")
+    write_synthetic(heldout, 16, (192, 128), seed=1, progress=False, views=4)
     run = tmp_path_factory.mktemp("learn_run")
-    proc = run_cli("unet-train", "--data", data, "--out", run, "--epochs", "20", *FAST, check=True)
-    return data, run, proc
+    proc = run_cli("unet-train", "--data", data, "--out", run, "--epochs", "20", "--batch-size", "4", *FAST,
+                   check=True)  # fmt: skip
+    return data, run, proc, heldout
 
 
 @pytest.mark.slow
 def test_small_unet_learns_the_synthetic_cars(trained_run):
-    _, run, proc = trained_run
+    _, run, proc, _ = trained_run
     model, meta = load_checkpoint(run / "best.pth")
-    assert meta.val_dice >= 0.90, proc.stdout
-    assert meta.val_iou >= 0.80
+    assert meta.val_dice >= 0.88, proc.stdout  # on 5 cars it never trained on
+    assert meta.val_iou >= 0.78
     assert f"best validation Dice {meta.val_dice:.4f}" in proc.stdout
+    assert "38 train / 10 val images, 19 / 5 groups (grouped by car" in proc.stdout
     assert model.config.base_channels == 8 and meta.n_classes == 1 and meta.scale == 0.5
     assert meta.class_names == ("car",) and meta.extra["train_args"]["epochs"] == 20
     # one summary line per epoch, in order
@@ -37,30 +44,44 @@ def test_small_unet_learns_the_synthetic_cars(trained_run):
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_validation_score(trained_run):
-    data, run, _ = trained_run
+def test_the_model_generalizes_to_held_out_cars_as_the_demo_reports(trained_run, tmp_path):
+    _, run, _, heldout = trained_run
     _, meta = load_checkpoint(run / "best.pth")
-    proc = run_cli(
-        "unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--no-progress", check=True
-    )
-    assert "(val, 13 images, scale 0.5)" in proc.stdout
-    assert f"Dice {meta.val_dice:.4f}  IoU {meta.val_iou:.4f}" in proc.stdout
+    out = tmp_path / "heldout.json"
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", heldout, "--json", out, "--device", "cpu",
+                   "--no-progress", check=True)  # fmt: skip
+    numbers = json.loads(out.read_text())
+    assert numbers["images"] == 16 and numbers["groups"] == 4  # 4 cars, none seen in training or validation
+    assert numbers["dice"] >= 0.85, proc.stdout  # measured 0.91 (docs/benchmarks.md)
+    assert abs(numbers["dice"] - meta.val_dice) <= 0.08  # validation on unseen cars predicts unseen cars
+    assert f"(the checkpoint's validation Dice: {meta.val_dice:.4f} at epoch {meta.epoch})" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_validation_score(trained_run):
+    data, run, _, _ = trained_run
+    _, meta = load_checkpoint(run / "best.pth")
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--device", "cpu",
+                   "--no-progress", check=True)  # fmt: skip
+    assert "(val, 10 images in 5 group(s), grouped by car: <car>_<NN> names; model input by scale 0.5)" in proc.stdout
+    assert f"model input size: Dice {meta.val_dice:.4f}  IoU {meta.val_iou:.4f}" in proc.stdout
 
 
 @pytest.mark.slow
 def test_history_and_tensorboard_events_open_in_tensorboard(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run, _ = trained_run
+    _, run, proc, _ = trained_run
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == list(range(1, 21))
+    epochs = sum(line.startswith("epoch ") for line in proc.stdout.splitlines())  # 20, fewer if stopped early
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1)) and epochs >= 10
     acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     assert {"Loss/train", "Loss/val", "Dice/val", "IoU/val", "LR"} <= set(tags["scalars"])
     assert {"Input", "Ground Truth", "Prediction"} <= set(tags["images"])
     dice = [e.value for e in acc.Scalars("Dice/val")]
-    assert len(dice) == 20 and dice == pytest.approx([h["Dice/val"] for h in history])
+    assert len(dice) == epochs and dice == pytest.approx([h["Dice/val"] for h in history])
     picture = acc.Images("Prediction")[-1]
     assert (picture.width, picture.height) == (96, 64)
 

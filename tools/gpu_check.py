@@ -281,7 +281,8 @@ class StepFailed(Exception):
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:
     keep = ("engine", "precision", "batch", "status", "reason", "per_image_ms", "images_per_s", "peak_share",
-            "speedup_vs_eager_fp32", "dice_vs_eager_fp32", "e2e_over_model", "model_images_per_s")  # fmt: skip
+            "peak_share_note", "speedup_vs_eager_fp32", "dice_vs_eager_fp32", "e2e_over_model",
+            "model_images_per_s")  # fmt: skip
     short = {k: row[k] for k in keep if row.get(k) not in (None, "", {})}
     if "per_image_ms" in short:
         short["per_image_ms"] = short["per_image_ms"].get("p50")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
 
+from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
+from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
-from .config import TrainConfig
+from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
-from .evaluate import SPLITS, evaluate_checkpoint
+from .data.options import add_data_arguments, parse_hw, resolve_folders
+from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
 
@@ -25,17 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a U-Net on an image/mask data set; writes best.pth, last.pth, history.jsonl and "
         "TensorBoard logs (tb/) into the run folder.",
         epilog="examples:\n  unet-train --data data/carvana --out runs/carvana\n"
-        "  unet-train --data data/carvana --out runs/carvana --resume --epochs 80\n"
-        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val",
+        "  unet-train --out runs/carvana --resume --epochs 80\n"
+        "  unet-train --images DRIVE/training/images --masks DRIVE/training/1st_manual --image-suffix _training "
+        "--mask-suffix _manual1 --max-side 576 --out runs/drive\n"
+        "  unet-train --eval runs/carvana/best.pth --data data/carvana --split val --json val.json\n"
+        "  torchrun --nproc-per-node 4 -m unetkit.train --data data/carvana --out runs/carvana   # 4 GPUs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", type=Path, help="data set folder (see README: data layouts)")
-    p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
+    p.add_argument("--out", type=Path, help=f"run folder (default {d.out}, or the next free {d.out}2, {d.out}3, ... "
+                   "when it holds a run; a folder given here that holds a run is refused)")  # fmt: skip
     p.add_argument("--layout", choices=["auto", *LAYOUTS], help="data layout (default auto: detected)")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, help=f"images per step, per process under torchrun (default "
+                   f"{d.batch_size})")  # fmt: skip
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
+    p.add_argument("--size", type=parse_hw, metavar="HxW", help="resize every image to this model-input size "
+                   "instead of scaling it")  # fmt: skip
+    p.add_argument("--max-side", type=int, metavar="N", help="resize every image so its longer side is N, keeping "
+                   "its aspect, instead of scaling it (for data sets of mixed sizes)")  # fmt: skip
     p.add_argument("--base-channels", type=int, help=f"width of the first level (default {d.base_channels})")
     p.add_argument("--bilinear", action="store_true", default=None, help="bilinear up-sampling instead of "
                    "transposed convolutions")  # fmt: skip
@@ -44,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p, default=None)
     add_workers_argument(p, "DataLoader worker processes", default=None)
     p.add_argument("--seed", type=int, help=f"seed for initialization, split and augmentation (default {d.seed})")
-    p.add_argument("--val-fraction", type=float, help=f"validation share of a random split (default {d.val_fraction})")
+    p.add_argument("--val-fraction", type=float, help=f"validation share of the split (default {d.val_fraction})")
+    add_data_arguments(p)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="FP32 training on CUDA")
@@ -53,57 +69,129 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.threshold})")  # fmt: skip
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes: the epoch in "
                    "progress is cut short, validated and saved (default: no limit)")  # fmt: skip
+    p.add_argument("--sync-bn", choices=SYNC_BN_CHOICES, help="under torchrun: BatchNorm statistics over all "
+                   "processes; auto (default) on CUDA with more than one process")  # fmt: skip
+    p.add_argument("--dist-timeout", type=float, metavar="MIN", help="under torchrun: minutes a process waits for "
+                   f"the others before the run fails (default {d.dist_timeout:g})")  # fmt: skip
     p.add_argument("--resume", nargs="?", const=True, metavar="LAST_PTH",
                    help="continue a run from its last.pth (default: RUN_DIR/last.pth); only --epochs, --device, "
-                   "--workers and --cache may change")  # fmt: skip
+                   "--workers, --cache, --max-minutes, --sync-bn and --dist-timeout may change")  # fmt: skip
     p.add_argument("--eval", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on --data and exit")
-    p.add_argument("--split", choices=SPLITS, default="all", help="with --eval: all pairs, or the train/val part "
-                   "of the split the checkpoint was trained with (default all)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="all",
+        help="with --eval: all pairs, or the train/val part "
+        "of the split the checkpoint was trained with, as recorded in split.json beside it (default all)",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --eval: write the numbers (per image, per group, "
+                   "per class) to FILE")  # fmt: skip
     add_progress_argument(p, default=None)
     return p
 
 
 def _eval(args: argparse.Namespace) -> int:
-    result, meta, n = evaluate_checkpoint(
-        args.eval, args.data, args.layout or "auto", args.split, args.batch_size or DEFAULTS.batch_size,
-        args.device or "auto", args.workers if args.workers is not None else DEFAULTS.workers,
-        args.progress is not False,
+    data, folders = resolve_folders(args)
+    assert data is not None  # main() asks for --data or --images and --masks
+    settings = EvalSettings(
+        split=args.split, layout=args.layout or "auto", folders=folders, group_by=args.group_by,
+        mask_threshold=args.mask_threshold, batch_size=args.batch_size, device=args.device or "auto",
+        workers=args.workers if args.workers is not None else DEFAULTS.workers, progress=args.progress is not False,
     )  # fmt: skip
-    print(f"{args.eval} on {args.data} ({args.split}, {n} images, scale {meta.scale:g}):")
-    print(f"  Dice {result.mean_dice:.4f}  IoU {result.mean_iou:.4f}  loss {result.loss:.4f}")
-    if meta.n_classes > 1:
-        for name, d, i in zip(meta.names, result.dice, result.iou, strict=True):
-            print(f"  {name:<16} Dice {d:.4f}  IoU {i:.4f}")
+    check_outputs([("--json", args.json, FILE)])  # looks, creates nothing
+    report = evaluate_checkpoint(args.eval, data, settings)
+    print("\n".join(report.lines()))
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
+        print(f"  numbers: {args.json}")
     return EXIT_OK
 
 
 def _train(args: argparse.Namespace) -> int:
     require_training_stack()
+    from .distributed import training_processes
     from .fit import fit, resume_config  # albumentations and TensorBoard are imported only when training
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split")}
+    if args.scale is not None and (args.size is not None or args.max_side is not None):
+        raise UnetkitError("--size and --max-side replace --scale: give one of the three")
+    dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
+    data, folders = resolve_folders(args)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split", "json")}
+    if folders is not None:
+        given.update(data=data, images=folders.images, masks=folders.masks)
     if args.resume:
-        path = args.out / "last.pth" if args.resume is True else Path(args.resume)
-        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=args.out), path, given)
+        path, out = _resume_paths(args)
+        cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
     else:
-        if args.data is None:
-            raise UnetkitError("--data is required (a data set folder; try `unet-data synth --out data/synth`)")
+        if data is None:
+            raise UnetkitError(
+                "--data (a data set folder) or --images and --masks are required; try `unet-data synth --out "
+                "data/synth`"
+            )
+        given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
-    result = fit(cfg, checkpoint)
+    check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])  # looks, creates nothing
+    with training_processes(cfg, dist) as ddp:  # joins torchrun's process group for the run
+        result = fit(cfg, checkpoint, ddp)
+    if dist is not None and not dist.is_main:
+        return EXIT_OK
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"
         f"{', time limit reached' if result.out_of_time else ''}); "
         f"checkpoint: {result.run_dir / 'best.pth'}"
     )
+    _final_eval(cfg, result.run_dir / "best.pth")
     return EXIT_OK
+
+
+def _final_eval(cfg: TrainConfig, best: Path) -> None:
+    """The best checkpoint on the validation side, per image and per group at the original size, with the
+    worst images drawn and the numbers written beside it."""
+    settings = EvalSettings(
+        split="val", layout=cfg.layout, folders=cfg.folders, group_by=cfg.group_by,
+        mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
+        progress=cfg.progress,
+    )  # fmt: skip
+    report = evaluate_checkpoint(best, cfg.data, settings)
+    stem = report_stem(best, cfg.data, "val")
+    numbers = stem.with_name(stem.name + ".json")
+    write_text_atomic(numbers, json.dumps(report.to_dict(), indent=1) + "\n")
+    print("\n".join(report.lines()))
+    print(f"  numbers: {numbers}")
+
+
+def _new_run_dir(out: Path | None) -> Path:
+    """A new run's folder: one given must hold no run; the default moves on to the next free name."""
+    if out is not None:
+        found = run_files(out)
+        if found:
+            raise UnetkitError(f"--out {out}: holds an earlier run ({', '.join(found)}); continue it with "
+                               "--resume, or choose a new folder")  # fmt: skip
+        return out
+    free = next_free_run_dir(DEFAULTS.out)
+    if free != DEFAULTS.out:
+        print(f"{DEFAULTS.out} holds an earlier run: this run goes to {free}", flush=True)
+    return free
+
+
+def _resume_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(last.pth to resume, run folder): --resume FILE continues in FILE's folder, plain --resume in --out's."""
+    if args.resume is True:
+        out = args.out or DEFAULTS.out
+        return out / "last.pth", out
+    path = Path(args.resume)
+    if args.out is not None and args.out.resolve() != path.parent.resolve():
+        raise UnetkitError(f"--out {args.out}: --resume {path} continues the run in {path.parent}; leave --out out "
+                           "or name that folder")  # fmt: skip
+    return path, path.parent
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.eval is not None:
-        if args.data is None:
-            build_parser().error("--eval needs --data")
+        if args.data is None and args.images is None:
+            build_parser().error("--eval needs --data (or --images and --masks)")
         return run_cli(PROG, lambda: _eval(args))
     return run_cli(PROG, lambda: _train(args))
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from unetkit.core.cli import DEFAULT_WORKERS
+from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES
 from unetkit.core.errors import UnetkitError
-from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD
+from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD, ResizeRule
+
+from .data.layouts import FolderSpec
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
-RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes", "sync_bn", "dist_timeout")
+#: What makes a folder hold a run: a new run never writes into one (it would overwrite or truncate them).
+RUN_FILES = ("best.pth", "last.pth", "history.jsonl", "tb")
+#: Flags whose presence sets a setting to a fixed value (store_true / store_false).
+SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
+
+#: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
+SYNC_BN_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,17 @@ class TrainConfig:
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
     progress: bool = True
+    group_by: str = "auto"  # split groups: auto, none, or a pattern whose first group is the key
+    size: tuple[int, int] | None = None  # fixed model-input (height, width) instead of --scale
+    max_side: int | None = None  # longest model-input side, aspect kept, instead of --scale
+    mask_threshold: int | None = None  # binarise lossless masks with stray values at this value
+    images: Path | None = None  # a data set in two named folders (layout "folders")
+    masks: Path | None = None
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    mask_ext: tuple[str, ...] = ()
+    sync_bn: str = "auto"  # under torchrun: SyncBatchNorm on CUDA with several processes (auto), on, off
+    dist_timeout: float = DEFAULT_TIMEOUT_MINUTES  # under torchrun: minutes a process waits for the others
 
     def __post_init__(self) -> None:
         checks = {
@@ -53,10 +75,35 @@ class TrainConfig:
             "--patience must be at least 1": self.patience >= 1,
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
             "--max-minutes must be positive": self.max_minutes is None or self.max_minutes > 0,
+            "--size and --max-side are two rules: give one": self.size is None or self.max_side is None,
+            "--size needs a positive HEIGHTxWIDTH": self.size is None or min(self.size) >= 1,
+            "--max-side must be at least 1": self.max_side is None or self.max_side >= 1,
+            "--mask-threshold must be in 1..255": self.mask_threshold is None or 1 <= self.mask_threshold <= 255,
+            "--images and --masks go together": (self.images is None) == (self.masks is None),
+            "--image-suffix, --mask-suffix and --mask-ext need --images and --masks": self.images is not None
+            or not (self.image_suffix or self.mask_suffix or self.mask_ext),
+            "--sync-bn must be auto, on or off": self.sync_bn in SYNC_BN_CHOICES,
+            "--dist-timeout must be positive": self.dist_timeout > 0,
         }
         for message, ok in checks.items():
             if not ok:
                 raise UnetkitError(message)
+
+    @property
+    def resize_rule(self) -> ResizeRule:
+        """How images become model inputs: --size, else --max-side, else --scale."""
+        if self.size is not None:
+            return ResizeRule("size", size=self.size)
+        if self.max_side is not None:
+            return ResizeRule("max_side", max_side=self.max_side)
+        return ResizeRule("scale", scale=self.scale)
+
+    @property
+    def folders(self) -> FolderSpec | None:
+        """The two named folders of a data set given by --images and --masks, else None."""
+        if self.images is None or self.masks is None:
+            return None
+        return FolderSpec(self.images, self.masks, self.image_suffix, self.mask_suffix, self.mask_ext)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the dict can live in a weights_only checkpoint."""
@@ -72,10 +119,59 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
-        for key in ("data", "out", "cache"):
+        kwargs.setdefault("group_by", "none")  # runs recorded before group-aware splits split per image
+        for key in ("data", "out", "cache", "images", "masks"):
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
-        for key in ("mean", "std"):
-            if key in kwargs:
+        for key in ("mean", "std", "size", "mask_ext"):
+            if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+def run_files(folder: Path) -> list[str]:
+    """The files of an earlier run in `folder` (an empty tb/ does not count)."""
+    found = []
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(name)
+    return found
+
+
+def next_free_run_dir(base: Path) -> Path:
+    """`base` when it holds no run, else the first of base2, base3, ... that holds none (as Ultralytics does)."""
+    candidate, n = base, 1
+    while run_files(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate
+
+
+def resume_conflicts(stored: TrainConfig, given: dict[str, Any]) -> list[str]:
+    """Flags given to --resume that would change the run but cannot: each names the flag and both values.
+
+    Only RESUME_OVERRIDES may change (and `out`, the run folder itself). `--data` may also point elsewhere
+    when the run's data folder no longer exists (the data set was moved).
+    """
+    problems = []
+    for key, value in given.items():
+        if key in RESUME_OVERRIDES or key == "out" or value is None:
+            continue
+        old = getattr(stored, key)
+        if _same(old, value) or (key == "data" and not Path(old).exists()):
+            continue
+        if key in SWITCHES:
+            problems.append(f"{SWITCHES[key]}: the run was started without it")
+        else:
+            was = "the default" if old is None else str(old)
+            problems.append(f"--{key.replace('_', '-')} {value}: the run was started with {was}")
+    return problems
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, Path) or isinstance(new, Path):
+        return old is not None and (Path(old) == Path(new) or Path(old).resolve() == Path(new).resolve())
+    if isinstance(old, float) and isinstance(new, (int, float)):
+        return math.isclose(old, new, rel_tol=1e-9)
+    return bool(old == new)

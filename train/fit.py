@@ -1,7 +1,8 @@
 """A whole training run: data checked, model built or resumed, epochs run, checkpoints and logs written.
 
-Writes into the run folder: best.pth (when validation Dice improves), last.pth (every epoch, with what
---resume needs), history.jsonl (one line per epoch) and tb/ (TensorBoard event files).
+Writes into the run folder: split.json (which pairs train and which validate), best.pth (when validation Dice
+improves), last.pth (every epoch, with what --resume needs), history.jsonl (one line per epoch) and tb/
+(TensorBoard event files).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from torch.utils.data import DataLoader
 
 from unetkit.core.atomic import write_text_atomic
 from unetkit.core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
-from unetkit.core.device import autocast_dtype, resolve_device
+from unetkit.core.device import autocast_dtype
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
-from .config import RESUME_OVERRIDES, TrainConfig
+from .config import RESUME_OVERRIDES, TrainConfig, resume_conflicts, run_files
+from .data.buckets import BucketBatchSampler, by_input_size
 from .data.checks import check_dataset, describe_unmatched
-from .data.dataset import SampleCache, SeededSampler, SegmentationDataset, pad_collate, split_pairs
+from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
+from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
+from .distributed import Distributed
 from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, train_one_epoch
 from .losses import LossFn, make_loss
 from .tblog import TensorBoardLog
@@ -57,6 +61,7 @@ class _Run:
     sampler_rng: torch.Generator
     epoch: int = 0
     best_epoch: int = 0
+    saved_epoch: int = 0  # the epoch last.pth holds on disk (0: none yet)
 
     def training_state(self, cfg: TrainConfig) -> dict[str, Any]:
         return {
@@ -85,47 +90,78 @@ class _Run:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        self.saved_epoch = self.epoch
 
 
 def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
-    """The stored run's config (with the allowed overrides from `given`) and the last.pth checkpoint."""
+    """The stored run's config (with the allowed overrides from `given`) and the last.pth checkpoint; a
+    given flag that would change anything else is an error naming it and both values."""
     path = Path(resume)
     checkpoint = read_checkpoint(path)
     if checkpoint.training is None:
         raise UnetkitError(f"{path}: has no training state (only last.pth can be resumed)")
     stored = TrainConfig.from_dict(checkpoint.training["config"])
+    conflicts = resume_conflicts(stored, given)
+    if conflicts:
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_OVERRIDES if k != "progress")
+        raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
+                           "start a new run in another --out to change the rest)")  # fmt: skip
     overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES and v is not None}
     return replace(stored, out=cfg.out, **overrides), checkpoint
 
 
+def resolve_split(cfg: TrainConfig, index: DatasetIndex, resuming: bool) -> tuple[Split, bool]:
+    """(split, whether to record it): a new run draws its split (recorded in RUN/split.json once the data
+    check passed); a resumed run reads it back and refuses data that no longer matches it. Runs from before
+    split.json existed draw theirs again by their own rule (per image)."""
+    path = cfg.out / SPLIT_FILE
+    if resuming and path.exists():
+        return read_split(path, index), False
+    return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed), True
+
+
 def _loaders(
-    cfg: TrainConfig, index: DatasetIndex, device: torch.device, sampler_rng: torch.Generator
+    cfg: TrainConfig, index: DatasetIndex, split: Split, ddp: Distributed, sampler_rng: torch.Generator
 ) -> tuple[DataLoader, DataLoader]:
     from .data.augment import Augmenter  # albumentations is only needed when training
 
-    train_pairs, val_pairs = split_pairs(index.pairs, cfg.val_fraction, cfg.seed)
-    cache = SampleCache(cfg.cache, cfg.scale, index.mask_kind) if cfg.cache else None
-    report = check_dataset(index, cfg.scale, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
-    report.raise_if_problems()
+    if len(split.val) < ddp.world:
+        raise UnetkitError(
+            f"{len(split.val)} validation image(s) for {ddp.world} processes: each needs at least one "
+            "(start fewer processes or raise --val-fraction)"
+        )
+    rule = SampleRule(cfg.resize_rule, index.mask_kind, cfg.mask_threshold)
+    cache = SampleCache(cfg.cache, rule) if cfg.cache else None
+    input_sizes: list[tuple[int, int]] = []  # (height, width) per pair after the rule, from rank 0
+    if ddp.is_main:  # under torchrun rank 0 checks (and fills the cache) while the others wait for its sizes
+        report = check_dataset(index, rule, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
+        report.raise_if_problems()
+        input_sizes = report.input_sizes
+    input_sizes = ddp.share(input_sizes)
+    sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}
     common: dict[str, Any] = dict(
-        batch_size=cfg.batch_size,
         num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=ddp.device.type == "cuda",
         collate_fn=pad_collate,
         persistent_workers=cfg.workers > 0,
     )
-    train_ds = SegmentationDataset(train_pairs, cfg.scale, index.mask_kind, Augmenter() if cfg.augment else None, cache)
-    val_ds = SegmentationDataset(val_pairs, cfg.scale, index.mask_kind, None, cache)
-    train = DataLoader(train_ds, sampler=SeededSampler(len(train_ds), sampler_rng), drop_last=False, **common)
-    val = DataLoader(val_ds, shuffle=False, **common)
-    log.info("data: %s layout, %d train / %d val pairs, scale %g", index.layout, len(train_ds), len(val_ds), cfg.scale)
+    train_ds = SegmentationDataset(split.train, rule, Augmenter() if cfg.augment else None, cache)
+    val_ds = SegmentationDataset(by_input_size(split.val, sizes), rule, None, cache)
+    batches = BucketBatchSampler([sizes[p.image] for p in split.train], cfg.batch_size, sampler_rng)
+    train = DataLoader(train_ds, batch_sampler=ddp.train_batches(batches), **common)
+    val = DataLoader(ddp.val_part(val_ds), batch_size=cfg.batch_size, shuffle=False, **common)
+    log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
     return train, val
 
 
 def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int) -> ModelMeta:
+    rule = cfg.resize_rule
     return ModelMeta(
         n_classes=index.n_classes,
-        scale=cfg.scale,
+        scale=rule.scale,
+        resize=rule.mode,
+        input_size=rule.size,
+        max_side=rule.max_side,
         mean=cfg.mean,
         std=cfg.std,
         threshold=cfg.threshold,
@@ -138,17 +174,27 @@ def _meta(cfg: TrainConfig, index: DatasetIndex, result: EvalResult, epoch: int)
         extra={
             "val_dice_per_class": result.dice,
             "val_iou_per_class": result.iou,
+            "val_absent_classes": [index.class_names[i] for i in result.absent],
             "train_args": cfg.to_dict(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
 
 
-def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
-    """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from."""
-    device = resolve_device(cfg.device)
+def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | None = None) -> FitResult:
+    """Train until cfg.epochs, early stopping or the time limit; `resume` is a last.pth to continue from and
+    `ddp` this process's place among torchrun's processes (`training_processes`; None: a single process).
+
+    A new run never writes into a folder that holds an earlier one. A write that fails (disk full) ends the
+    run with an OSError whose message says which checkpoint is intact.
+    """
+    if resume is None and run_files(cfg.out):
+        raise UnetkitError(f"{cfg.out}: holds an earlier run ({', '.join(run_files(cfg.out))}); resume it or "
+                           "choose another folder")  # fmt: skip
+    ddp = ddp or Distributed.single(cfg)
+    device = ddp.device
     amp = autocast_dtype(device) if cfg.amp else None
-    index = index_dataset(cfg.data, cfg.layout)
+    index = index_dataset(cfg.data, cfg.layout, cfg.folders)
     for line in describe_unmatched(index):
         log.warning("warning: %s", line)
     loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
@@ -177,20 +223,33 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None) -> FitResult:
         run.restore(resume.training)
         log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)
 
-    train_loader, val_loader = _loaders(cfg, index, device, run.sampler_rng)
+    split, new_split = resolve_split(cfg, index, resuming=resume is not None)
+    train_loader, val_loader = _loaders(cfg, index, split, ddp, run.sampler_rng)
+    trained = ddp.wrap(model)  # under torchrun every rank starts from rank 0's weights and buffers
     setup = BatchSetup(device, amp, cfg.mean, cfg.std)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
+    tb = None
+    if ddp.is_main:  # only rank 0 writes
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        if new_split:
+            write_split(cfg.out / SPLIT_FILE, split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed))
+        tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
     log.info(
         "model: U-Net base %d (%s up-sampling), %s, %s, loss %s",
         cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv", device,
         str(amp).replace("torch.", "") if amp else "fp32", loss_name,
     )  # fmt: skip
+    sharing = ddp.describe(cfg.batch_size)
+    if sharing:
+        log.info("%s", sharing)
     try:
         with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
-            out_of_time = _epochs(cfg, run, index, train_loader, val_loader, loss_fn, setup, tb)
+            out_of_time = _epochs(cfg, run, index, trained, train_loader, val_loader, loss_fn, setup, tb, ddp)
+        ddp.check_in_sync(run.model)
+    except OSError as exc:  # disk full, quota, read-only: the atomic writes kept every earlier file whole
+        raise _write_failed(exc, cfg.out, run.saved_epoch) from None
     finally:
-        tb.close()
+        if tb is not None:
+            tb.close()
     return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out, out_of_time)
 
 
@@ -198,51 +257,85 @@ def _epochs(
     cfg: TrainConfig,
     run: _Run,
     index: DatasetIndex,
+    trained: torch.nn.Module,
     train_loader: DataLoader,
     val_loader: DataLoader,
     loss_fn: LossFn,
     setup: BatchSetup,
-    tb: TensorBoardLog,
+    tb: TensorBoardLog | None,
+    ddp: Distributed,
 ) -> bool:
-    """Run epochs until the last, early stopping or the time limit; True when the time limit ended it."""
+    """Run epochs until the last, early stopping or the time limit; True when the time limit ended it.
+
+    Under torchrun every rank takes the same decisions (the scores are reduced over all ranks, the time limit
+    is reached when any rank reaches it) and only rank 0 writes, the others waiting for it.
+    """
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    first = run.epoch + 1
+
+    def time_up() -> bool:
+        return deadline is not None and ddp.any(time.monotonic() > deadline)
+
+    stop = time_up if deadline is not None else None
     while run.epoch < cfg.epochs and not run.stopper.stop:
         epoch = run.epoch + 1
         start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        train_loss, img_s = train_one_epoch(
-            run.model, train_loader, loss_fn, run.optimizer, run.scaler, setup,
-            desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, deadline=deadline,
+        train_loss, img_s = ddp.reduce_train(
+            *train_one_epoch(
+                trained, train_loader, loss_fn, run.optimizer, run.scaler, setup,
+                desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop,
+            )
         )  # fmt: skip
-        result = evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress)
+        ddp.sync_buffers(run.model)
+        # The model itself (not DDP's wrapper) validates: ranks hold different numbers of validation images.
+        result = ddp.reduce_eval(
+            evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress),
+            index.n_classes,
+        )
+        if result.absent and epoch == first:
+            names = ", ".join(index.class_names[i] for i in result.absent)
+            log.info("validation truth lacks %d class(es), left out of the mean Dice: %s", len(result.absent), names)
         improved = run.stopper.step(result.mean_dice)
         run.scheduler.step(result.mean_dice)
         run.epoch = epoch
         if improved:
             run.best_epoch = epoch
-            save_checkpoint(cfg.out / "best.pth", run.model, _meta(cfg, index, result, epoch))
-        save_checkpoint(
-            cfg.out / "last.pth", run.model, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
-        )
         scalars = {
             "Loss/train": train_loss, "Loss/val": result.loss, "Dice/val": result.mean_dice,
             "IoU/val": result.mean_iou, "LR": lr, "Throughput/train_images_per_s": img_s,
         }  # fmt: skip
-        tb.scalars(epoch, scalars, result.dice, result.iou)
-        if result.sample is not None:
-            tb.triplet(epoch, *result.sample, index.n_classes)
-        _append_history(cfg.out / "history.jsonl", epoch, scalars, result)
+        if tb is not None:  # tb exists on rank 0 (or the only process), which writes; the others wait below
+            if improved:
+                save_checkpoint(cfg.out / "best.pth", run.model, _meta(cfg, index, result, epoch))
+            save_checkpoint(
+                cfg.out / "last.pth", run.model, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
+            )
+            run.saved_epoch = epoch
+            tb.scalars(epoch, scalars, result.dice, result.iou)
+            if result.sample is not None:
+                tb.triplet(epoch, *result.sample, index.n_classes)
+            _append_history(cfg.out / "history.jsonl", epoch, scalars, result)
+        ddp.barrier()
         log.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  dice %.4f  iou %.4f  lr %.1e  %.1f img/s  %.0fs%s",
             epoch, cfg.epochs, train_loss, result.loss, result.mean_dice, result.mean_iou, lr, img_s,
             time.perf_counter() - start, "  [best]" if improved else "",
         )  # fmt: skip
-        if deadline is not None and time.monotonic() > deadline:
+        if stop is not None and stop():
             log.info("time limit: %g minutes of training reached", cfg.max_minutes)
             return True
     if run.stopper.stop:
         log.info("early stopping: no better validation Dice for %d epochs", cfg.patience)
     return False
+
+
+def _write_failed(exc: OSError, out: Path, saved_epoch: int) -> OSError:
+    """The one line a failed write ends a run with: which file, why, and what is intact."""
+    last = out / "last.pth"
+    kept = (f"{last} (epoch {saved_epoch}) is intact: continue with `unet-train --out {out} --resume`"
+            if saved_epoch else "no checkpoint had been written yet")  # fmt: skip
+    return OSError(exc.errno, f"{exc.strerror or exc}; training stopped, {kept}", exc.filename)
 
 
 def _append_history(path: Path, epoch: int, scalars: dict[str, float], result: EvalResult) -> None:

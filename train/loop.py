@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetkit.core.labels import predict_labels
-from unetkit.core.metrics import confusion_counts, dice_from_counts, iou_from_counts
+from unetkit.core.metrics import ClassScores, class_scores, confusion_counts
 from unetkit.core.preprocess import normalize
 
 from .losses import LossFn
@@ -42,17 +42,32 @@ class BatchSetup:
 @dataclass
 class EvalResult:
     loss: float
-    dice: list[float]  # per scored class
-    iou: list[float]
+    scores: ClassScores  # per scored class; multi-class means count only the classes in the truth
     sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, truth, prediction
+    counts: torch.Tensor | None = None  # (K, 3) tp, fp, fn per scored class, which the scores come from
+    n: int = 0  # images scored
+
+    @property
+    def dice(self) -> list[float | None]:
+        """Per class; None for a class the validation truth lacks."""
+        return self.scores.dice
+
+    @property
+    def iou(self) -> list[float | None]:
+        return self.scores.iou
+
+    @property
+    def absent(self) -> list[int]:
+        return self.scores.absent
 
     @property
     def mean_dice(self) -> float:
-        return sum(self.dice) / len(self.dice)
+        """The score that picks best.pth and drives the learning-rate schedule and early stopping."""
+        return self.scores.mean_dice
 
     @property
     def mean_iou(self) -> float:
-        return sum(self.iou) / len(self.iou)
+        return self.scores.mean_iou
 
 
 class EarlyStopping:
@@ -93,9 +108,9 @@ def train_one_epoch(
     setup: BatchSetup,
     desc: str = "train",
     progress: bool = True,
-    deadline: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
-    """Train over `loader` once, or until `time.monotonic()` passes `deadline` (after at least one batch);
+    """Train over `loader` once, or until `stop()`, asked after every batch, says so (the time limit);
     returns (mean loss per image, images per second)."""
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
@@ -114,7 +129,7 @@ def train_one_epoch(
         seen += len(images)
         if progress:  # .item() is a device sync: only pay for it when a bar shows it
             bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-        if deadline is not None and time.monotonic() > deadline:
+        if stop is not None and stop():
             break
     seconds = time.perf_counter() - start
     return total.item() / max(seen, 1), seen / max(seconds, 1e-9)
@@ -130,7 +145,8 @@ def evaluate(
     threshold: float = 0.5,
     progress: bool = False,
 ) -> EvalResult:
-    """Loss and data-set-level Dice/IoU per class over `loader`, plus the first image's triplet."""
+    """Loss and data-set-level Dice/IoU per class over `loader` (at the model's resolution), plus the first
+    image's triplet."""
     model.eval()
     total, seen, counts, sample = 0.0, 0, None, None
     for images, labels in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
@@ -146,4 +162,4 @@ def evaluate(
             sample = (images[0], labels[0], pred[0].cpu())
     if counts is None:
         raise ValueError("evaluate() got an empty loader")
-    return EvalResult(total / seen, dice_from_counts(counts), iou_from_counts(counts), sample)
+    return EvalResult(total / seen, class_scores(counts, n_classes), sample, counts, seen)

@@ -14,9 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from unetkit.core.errors import DataError
+from unetkit.core.imageio import MASK_THRESHOLD_HINT
 from unetkit.core.labels import IGNORE_INDEX
+from unetkit.core.meta import ResizeRule
 
-from .dataset import SampleCache, SegmentationDataset
+from .dataset import SampleCache, SampleRule, SegmentationDataset
 from .layouts import DatasetIndex
 
 
@@ -25,10 +27,11 @@ class DataReport:
     """What a full pass over a data set found."""
 
     index: DatasetIndex
-    scale: float
-    sizes: Counter = field(default_factory=Counter)  # (width, height) -> number of images, at `scale`
+    rule: SampleRule
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> number of images, after the rule
     label_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     problems: list[str] = field(default_factory=list)
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)  # per pair: (height, width) after the rule
 
     def class_fractions(self) -> dict[str, float]:
         """Share of the labelled pixels that each class covers (background included for binary)."""
@@ -44,7 +47,11 @@ class DataReport:
     def raise_if_problems(self) -> None:
         if self.problems:
             listing = "\n".join(f"  {p}" for p in self.problems)
-            raise DataError(f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them:\n{listing}")
+            stray = sum(MASK_THRESHOLD_HINT in p for p in self.problems)
+            remedy = f" ({stray} mask(s) with stray grey values: {MASK_THRESHOLD_HINT} binarises them)" if stray else ""
+            raise DataError(
+                f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them{remedy}:\n{listing}"
+            )
 
 
 def describe_unmatched(index: DatasetIndex, limit: int = 10) -> list[str]:
@@ -61,14 +68,16 @@ def describe_unmatched(index: DatasetIndex, limit: int = 10) -> list[str]:
 
 def check_dataset(
     index: DatasetIndex,
-    scale: float = 1.0,
+    rule: SampleRule | None = None,
     cache: SampleCache | None = None,
     workers: int = 8,
     progress: bool = True,
 ) -> DataReport:
-    """Decode every pair once (in threads) and collect sizes, class balance and problems."""
-    dataset = SegmentationDataset(index.pairs, scale, index.mask_kind, cache=cache)
-    report = DataReport(index, scale)
+    """Decode every pair once (in threads) and collect sizes, class balance and problems; `rule` defaults to
+    the images' own size and the layout's mask meaning."""
+    rule = rule or SampleRule(ResizeRule(), index.mask_kind)
+    dataset = SegmentationDataset(index.pairs, rule, cache=cache)
+    report = DataReport(index, rule)
 
     def load(i: int) -> tuple[tuple[int, int], np.ndarray] | str:
         try:
@@ -82,8 +91,10 @@ def check_dataset(
         for result in tqdm(results, total=len(dataset), desc="checking data", unit="img", disable=not progress):
             if isinstance(result, str):
                 report.problems.append(result)
+                report.input_sizes.append((0, 0))
             else:
                 size, counts = result
                 report.sizes[size] += 1
                 report.label_counts += counts
+                report.input_sizes.append((size[1], size[0]))
     return report

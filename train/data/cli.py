@@ -7,6 +7,9 @@ from pathlib import Path
 
 from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
+from unetkit.core.outputs import FOLDER, check_outputs
+
+from .options import add_data_arguments, parse_hw, resolve_folders
 
 PROG = "unet-data"
 
@@ -20,15 +23,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64, help="number of image/mask pairs (default 64)")
     s.add_argument("--size", default="1918x1280", help="WIDTHxHEIGHT (default 1918x1280, Carvana's)")
     s.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    s.add_argument("--views", type=int, default=16, help="views per car, <car>_01 ... (default 16, as Carvana); "
+                   "fewer views make more distinct cars for the same --n")  # fmt: skip
 
     c = sub.add_parser("carvana", help="download Kaggle's Carvana competition data (needs a Kaggle API token)")
     c.add_argument("--out", type=Path, required=True, help="folder to write train/ and train_masks/ into")
     c.add_argument("--hq", action="store_true", help="the high-quality JPEGs (train_hq.zip, larger)")
 
-    k = sub.add_parser("check", help="validate a data set and summarize it")
-    k.add_argument("data", type=Path, help="data set folder")
+    k = sub.add_parser("check", help="validate a data set and summarize it, with the split training would make")
+    k.add_argument("data", type=Path, nargs="?", help="data set folder (or give --images and --masks)")
     k.add_argument("--layout", default="auto", help="data layout (default auto)")
-    k.add_argument("--scale", type=float, default=1.0, help="check at this scale, as training would (default 1)")
+    k.add_argument("--scale", type=float, help="check at this scale, as training would (default 1)")
+    k.add_argument("--size", type=parse_hw, metavar="HxW", help="check at this fixed model-input size")
+    k.add_argument("--max-side", type=int, metavar="N", help="check with the longer side resized to N")
+    k.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the split (default 0.2)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    add_data_arguments(k)
     add_workers_argument(k, "decoding threads")
     for q in (s, c, k):
         add_progress_argument(q)
@@ -44,36 +54,70 @@ def _synth(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     except ValueError as exc:
         raise UnetkitError(f"--size: {exc}") from None
-    written = write_synthetic(args.out, args.n, size, args.seed, progress=args.progress)
-    print(f"wrote {len(written)} image/mask pairs ({size[0]}x{size[1]}) to {args.out}/train and {args.out}/train_masks")
+    if args.views < 1:
+        raise UnetkitError("--views must be at least 1")
+    check_outputs([("--out", args.out, FOLDER)])
+    written = write_synthetic(args.out, args.n, size, args.seed, progress=args.progress, views=args.views)
+    cars = -(-len(written) // args.views)
+    print(
+        f"wrote {len(written)} image/mask pairs ({size[0]}x{size[1]}, {cars} car(s), up to {args.views} views each) "
+        f"to {args.out}/train and {args.out}/train_masks"
+    )
     return EXIT_OK
 
 
 def _carvana(args: argparse.Namespace) -> int:
     from .kaggle import download_carvana
 
+    check_outputs([("--out", args.out, FOLDER)])
     out = download_carvana(args.out, hq=args.hq, quiet=not args.progress)
     print(f"Carvana training data is in {out}/train and {out}/train_masks")
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checks import check_dataset, describe_unmatched
-    from .layouts import index_dataset
+    from unetkit.core.meta import ResizeRule
 
-    index = index_dataset(args.data, args.layout)
-    report = check_dataset(index, args.scale, workers=args.workers, progress=args.progress)
+    from .checks import check_dataset, describe_unmatched
+    from .dataset import SampleRule
+    from .layouts import index_dataset
+    from .split import make_split
+
+    if sum(v is not None for v in (args.scale, args.size, args.max_side)) > 1:
+        raise UnetkitError("--scale, --size and --max-side are three rules: give one")
+    if args.scale is not None and not 0 < args.scale <= 1:  # the rule unet-train applies to its --scale
+        raise UnetkitError(f"--scale {args.scale:g}: must be in (0, 1]")
+    data, folders = resolve_folders(args)
+    if data is None:
+        raise UnetkitError("a data set folder (or --images and --masks) is required")
+    if args.size is not None:
+        resize = ResizeRule("size", size=args.size)
+    elif args.max_side is not None:
+        resize = ResizeRule("max_side", max_side=args.max_side)
+    else:
+        resize = ResizeRule("scale", scale=args.scale if args.scale is not None else 1.0)
+    index = index_dataset(data, args.layout, folders)
+    split = make_split(index, args.group_by or "auto", args.val_fraction, args.seed) if len(index.pairs) > 1 else None
+    rule = SampleRule(resize, index.mask_kind, args.mask_threshold)
+    report = check_dataset(index, rule, workers=args.workers, progress=args.progress)
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")
     for line in describe_unmatched(index):
         print(f"  warning: {line}")
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
     more = f" and {len(report.sizes) - 5} more" if len(report.sizes) > 5 else ""
-    at_scale = f" at scale {args.scale:g}" if args.scale != 1 else ""
-    print(f"  sizes{at_scale}: {sizes}{more}")
+    at_rule = f" at {resize.describe()}" if resize != ResizeRule() else ""
+    print(f"  sizes{at_rule}: {sizes}{more}")
     balance = ", ".join(f"{name} {frac:.1%}" for name, frac in report.class_fractions().items())
     print(f"  class balance (share of labelled pixels): {balance}")
     if report.ignored_fraction() > 0:
         print(f"  ignored pixels: {report.ignored_fraction():.1%}")
+    if split is not None:
+        shared = {split.keys[p.image] for p in split.train} & {split.keys[p.image] for p in split.val}
+        print(
+            f"  split: train {len(split.train)} images in {split.groups('train')} group(s), val {len(split.val)} "
+            f"images in {split.groups('val')} group(s) ({split.rule}); "
+            + (f"{len(shared)} group(s) on both sides" if shared else "no group on both sides")
+        )
     report.raise_if_problems()
     print("  ok: every pair decodes and its mask matches its image")
     return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,30 @@ from unetkit.core.atomic import atomic_path
 from unetkit.core.errors import DataError
 from unetkit.core.imageio import binary_mask, read_image, read_mask
 from unetkit.core.labels import IGNORE_INDEX
-from unetkit.core.preprocess import resize_masks, scale_pixels
+from unetkit.core.meta import ResizeRule
+from unetkit.core.preprocess import resize_masks, resize_pixels
 
 from .layouts import Pair, cityscapes_lut
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
-def load_sample(pair: Pair, scale: float, mask_kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one pair and scale it: image (h, w, 3) uint8 and labels (h, w) uint8."""
+@dataclass(frozen=True)
+class SampleRule:
+    """How a pair on disk becomes a sample: the model's resize rule, what mask values mean, and the
+    threshold that binarises lossless masks with stray grey values (None: such masks are an error)."""
+
+    resize: ResizeRule
+    mask_kind: str
+    mask_threshold: int | None = None
+
+    def key(self) -> str:
+        return f"{self.resize!r}|{self.mask_kind}|{self.mask_threshold}"
+
+
+def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair at its own size: image (H, W, 3) uint8 and labels (H, W) uint8."""
     image = read_image(pair.image)
     raw = read_mask(pair.mask)
     if raw.shape != image.shape[:2]:
@@ -36,28 +51,40 @@ def load_sample(pair: Pair, scale: float, mask_kind: str) -> tuple[np.ndarray, n
             f"{pair.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but its image {pair.image.name} is "
             f"{image.shape[1]}x{image.shape[0]}"
         )
-    labels = binary_mask(raw, pair.mask) if mask_kind == "binary" else cityscapes_lut()[raw]
-    if scale != 1.0:
-        scaled = scale_pixels(torch.from_numpy(image).permute(2, 0, 1), scale)
-        image = scaled.permute(1, 2, 0).numpy()
-        labels = resize_masks(torch.from_numpy(labels)[None], (scaled.shape[-2], scaled.shape[-1]))[0].numpy()
+    if rule.mask_kind == "binary":
+        return image, binary_mask(raw, pair.mask, rule.mask_threshold)
+    return image, cityscapes_lut()[raw]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 by the one pixel-resizing rule (`preprocess.resize_pixels`)."""
+    return resize_pixels(torch.from_numpy(image).permute(2, 0, 1), size).permute(1, 2, 0).numpy()
+
+
+def load_sample(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair and resize it by the rule: image (h, w, 3) uint8 and labels (h, w) uint8."""
+    image, labels = read_pair(pair, rule)
+    size = rule.resize.output_size(*labels.shape)
+    if size != labels.shape:
+        image = resize_image(image, size)
+        labels = resize_masks(torch.from_numpy(labels)[None], size)[0].numpy()
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
 class SampleCache:
-    """Decoded, scaled samples stored once as .npz, so later epochs and runs skip JPEG decoding.
+    """Decoded, resized samples stored once as .npz, so later epochs and runs skip JPEG decoding.
 
-    The key hashes both files' paths, sizes and modification times with the scale and mask kind, so
-    changing a source file or the scale reads the source again. Entries are written atomically.
+    The key hashes both files' paths, sizes and modification times with the sample rule (resize rule, mask
+    kind, mask threshold), so changing a source file or the rule reads the source again. Entries are written
+    atomically.
     """
 
-    def __init__(self, root: str | os.PathLike, scale: float, mask_kind: str) -> None:
+    def __init__(self, root: str | os.PathLike, rule: SampleRule) -> None:
         self.root = Path(root)
-        self.scale = scale
-        self.mask_kind = mask_kind
+        self.rule = rule
 
     def path(self, pair: Pair) -> Path:
-        parts = [f"v{CACHE_VERSION}", repr(self.scale), self.mask_kind]
+        parts = [f"v{CACHE_VERSION}", self.rule.key()]
         for f in (pair.image, pair.mask):
             st = f.stat()
             parts += [str(f.resolve()), str(st.st_size), str(st.st_mtime_ns)]
@@ -75,7 +102,7 @@ class SampleCache:
                     return z["image"], z["labels"]
             except (OSError, ValueError, KeyError):
                 pass  # a damaged entry is rebuilt below
-        image, labels = load_sample(pair, self.scale, self.mask_kind)
+        image, labels = load_sample(pair, self.rule)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, image=image, labels=labels)
         return image, labels
@@ -87,14 +114,12 @@ class SegmentationDataset(Dataset):
     def __init__(
         self,
         pairs: Sequence[Pair],
-        scale: float,
-        mask_kind: str,
+        rule: SampleRule,
         augment: Augment | None = None,
         cache: SampleCache | None = None,
     ) -> None:
         self.pairs = list(pairs)
-        self.scale = scale
-        self.mask_kind = mask_kind
+        self.rule = rule
         self.augment = augment
         self.cache = cache
 
@@ -103,7 +128,7 @@ class SegmentationDataset(Dataset):
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[i]
-        return self.cache.load(pair) if self.cache else load_sample(pair, self.scale, self.mask_kind)
+        return self.cache.load(pair) if self.cache else load_sample(pair, self.rule)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
@@ -124,21 +149,6 @@ def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tor
         images[i, :, : img.shape[1], : img.shape[2]] = img
         labels[i, : lab.shape[0], : lab.shape[1]] = lab
     return images, labels
-
-
-def split_pairs(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Official split where the data set has one (Cityscapes), else a seeded random split."""
-    if any(p.split == "val" for p in pairs):
-        return [p for p in pairs if p.split != "val"], [p for p in pairs if p.split == "val"]
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    if len(pairs) < 2:
-        raise DataError(f"{len(pairs)} image/mask pair(s): at least 2 are needed to train and validate")
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(len(pairs) - 1, max(1, round(len(pairs) * val_fraction)))
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return [pairs[i] for i in train], [pairs[i] for i in val]
 
 
 class SeededSampler(Sampler):

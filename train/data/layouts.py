@@ -8,13 +8,18 @@
 
 The first three are binary (one foreground class); Cityscapes is multi-class with 255 ignored and keeps its
 official train/val split.
+
+Any other binary data set is read from two named folders (`FolderSpec`: `--images DIR --masks DIR`), paired
+by file stem after removing an optional image suffix and mask suffix (DRIVE: `21_training.tif` +
+`21_manual1.gif` is `--image-suffix _training --mask-suffix _manual1`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +102,10 @@ def _pair_by_key(
 
 
 def _strip_suffix(name: str, suffix: str) -> str | None:
-    return name[: -len(suffix)] if name.endswith(suffix) else None
+    """`name` without `suffix`, None when it does not end in it (an empty suffix strips nothing)."""
+    if not suffix:
+        return name
+    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
 
 
 def _carvana(root: Path, img_dir: str, mask_dir: str, layout: str) -> DatasetIndex:
@@ -160,6 +168,97 @@ LAYOUTS: dict[str, tuple[tuple[str, str], Callable[[Path], DatasetIndex]]] = {
 }
 
 
+@dataclass(frozen=True)
+class FolderSpec:
+    """A binary data set in two folders of any name: images/<key><image_suffix>.* and
+    masks/<key><mask_suffix>.<mask_ext>."""
+
+    images: Path
+    masks: Path
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    mask_exts: tuple[str, ...] = ()  # e.g. (".png", ".gif"); empty: every mask format
+
+    def extensions(self) -> frozenset[str]:
+        if not self.mask_exts:
+            return MASK_EXTENSIONS
+        wanted = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in self.mask_exts)
+        unknown = sorted(wanted - MASK_EXTENSIONS)
+        if unknown:
+            raise DataError(
+                f"--mask-ext {', '.join(unknown)}: not a mask format ({', '.join(sorted(MASK_EXTENSIONS))})"
+            )
+        return wanted
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def suggest_suffixes(image_stems: Sequence[str], mask_stems: Sequence[str]) -> tuple[str, str] | None:
+    """The (image suffix, mask suffix) that would pair most of these unpaired names, if one pair of suffixes
+    does: each image is matched with the mask sharing its longest prefix, the prefix cut back to before a
+    trailing separator ('21_training' + '21_manual1' -> ('_training', '_manual1'))."""
+    if not image_stems or not mask_stems:
+        return None
+    votes: Counter[tuple[str, str]] = Counter()
+    for stem in image_stems[:200]:
+        best = max(mask_stems, key=lambda m: _common_prefix(stem, m))
+        n = _common_prefix(stem, best)
+        while n > 0 and stem[n - 1] in "_-. ":
+            n -= 1
+        if n > 0:
+            votes[(stem[n:], best[n:])] += 1
+    if not votes:
+        return None
+    ((suffixes, count),) = votes.most_common(1)
+    return suffixes if count * 2 >= min(len(image_stems), 200) and suffixes != ("", "") else None
+
+
+def _folders(spec: FolderSpec, root: Path) -> DatasetIndex:
+    for what, folder in (("--images", spec.images), ("--masks", spec.masks)):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: {what} folder not found" if not folder.exists() else f"{folder}: not a folder")
+    images = _files(spec.images, IMAGE_EXTENSIONS)
+    masks = _files(spec.masks, spec.extensions())
+    if spec.images.resolve() == spec.masks.resolve():
+        if not spec.mask_suffix:
+            raise DataError(f"{spec.images}: images and masks share a folder; name the masks with --mask-suffix")
+        images = [p for p in images if _strip_suffix(p.stem, spec.mask_suffix) is None]
+        masks = [m for m in masks if _strip_suffix(m.stem, spec.mask_suffix) is not None]
+    strays = [m for m in masks if _strip_suffix(m.stem, spec.mask_suffix) is None]
+    if strays and len(strays) == len(masks):
+        raise DataError(
+            f"{spec.masks}: no mask name ends in --mask-suffix '{spec.mask_suffix}' (e.g. {strays[0].name})"
+        )
+    if not images:
+        raise DataError(f"{spec.images}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if not masks:
+        raise DataError(f"{spec.masks}: no mask files ({', '.join(sorted(spec.extensions()))})")
+    pairs, ui, um = _pair_by_key(
+        root,
+        images,
+        masks,
+        lambda p: _strip_suffix(p.stem, spec.image_suffix) or p.stem,
+        lambda p: _strip_suffix(p.stem, spec.mask_suffix),
+    )  # fmt: skip
+    if not pairs:
+        hint = suggest_suffixes([p.stem for p in ui], [p.stem for p in um])
+        advice = ""
+        if hint is not None:
+            advice = "; the names differ by their endings: try" + "".join(
+                f" --{what}-suffix '{text}'" for what, text in zip(("image", "mask"), hint, strict=True) if text
+            )
+        raise DataError(
+            f"{root}: no image in {spec.images} pairs with a mask in {spec.masks} "
+            f"(e.g. image {images[0].name}, mask {masks[0].name}){advice}"
+        )
+    return DatasetIndex(root, "folders", pairs, ["foreground"], "binary", ui, sorted(um + strays))
+
+
 def detect_layout(root: str | os.PathLike) -> str:
     """Name of the first layout whose two folders exist under `root`."""
     root = Path(root)
@@ -171,17 +270,26 @@ def detect_layout(root: str | os.PathLike) -> str:
         if all((root / f).is_dir() for f in folders):
             return name
     expected = "; ".join(f"{a}/ + {b}/ ({name})" for name, ((a, b), _) in LAYOUTS.items())
-    raise DataError(f"{root}: no known data layout; expected one of: {expected}")
+    raise DataError(
+        f"{root}: no known data layout; expected one of: {expected}; or name the folders with --images DIR --masks DIR"
+    )
 
 
-def index_dataset(root: str | os.PathLike, layout: str = "auto") -> DatasetIndex:
-    """Find and pair the files of the data set at `root`; an empty result is an error."""
+def folder_root(spec: FolderSpec) -> Path:
+    """The folder both of a FolderSpec's folders are under: what file lists are recorded relative to."""
+    return Path(os.path.commonpath([spec.images.absolute(), spec.masks.absolute()]))
+
+
+def index_dataset(root: str | os.PathLike, layout: str = "auto", folders: FolderSpec | None = None) -> DatasetIndex:
+    """Find and pair the files of the data set at `root` (or in `folders`); an empty result is an error."""
     root = Path(root)
+    if folders is not None:
+        return _folders(folders, root)
     name = detect_layout(root) if layout == "auto" else layout
     if name not in LAYOUTS:
         raise DataError(f"unknown layout '{layout}'; choose auto or one of: {', '.join(LAYOUTS)}")
-    folders, indexer = LAYOUTS[name]
-    missing = [f for f in folders if not (root / f).is_dir()]
+    needed, indexer = LAYOUTS[name]
+    missing = [f for f in needed if not (root / f).is_dir()]
     if missing:
         raise DataError(f"{root}: layout '{name}' needs the folder(s) {', '.join(m + '/' for m in missing)}")
     index = indexer(root)

@@ -1,0 +1,127 @@
+"""Evaluation a user can act on: per image and per group at the original size, the worst images drawn, JSON."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from unetkit.core.metrics import class_scores
+from unetkit.train.report import EvalReport, ImageScore
+from unetkit.train.worst import PRED_ONLY, TRUTH_ONLY, difference
+
+
+def counts(*rows):
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def make_report(images, n_classes=1, names=("car",)):
+    return EvalReport("best.pth", "data", "all", list(names), n_classes, "by car", "scale 0.5", images,
+                      class_scores(sum(s.counts for s in images), n_classes), loss=0.1)  # fmt: skip
+
+
+def test_report_numbers_by_hand():
+    a1 = ImageScore("train/a_01.jpg", "a", 10, 10, counts([8, 2, 0]))  # Dice 16/18, IoU 8/10
+    a2 = ImageScore("train/a_02.jpg", "a", 10, 10, counts([2, 0, 2]))  # Dice 4/6, IoU 2/4
+    b1 = ImageScore("train/b_01.jpg", "b", 10, 10, counts([0, 0, 0]))  # empty truth, empty prediction: 1.0
+    report = make_report([a1, a2, b1])
+    # pooled: tp 10, fp 2, fn 2 -> Dice 20/24, IoU 10/14
+    assert report.pooled.mean_dice == pytest.approx(20 / 24) and report.pooled.mean_iou == pytest.approx(10 / 14)
+    assert report.mean_image() == (pytest.approx((16 / 18 + 4 / 6 + 1) / 3), pytest.approx((0.8 + 0.5 + 1) / 3))
+    # group a pooled: tp 10, fp 2, fn 2; group b: 1.0; worst group first
+    assert report.per_group() == [("a", 2, pytest.approx(20 / 24), pytest.approx(10 / 14)), ("b", 1, 1.0, 1.0)]
+    assert [s.name for s, _, _ in report.worst(2)] == ["train/a_02.jpg", "train/a_01.jpg"]
+    data = report.to_dict()
+    assert data["schema"] == "unetkit.eval/1" and data["images"] == 3 and data["groups"] == 2
+    assert data["worst"] == ["train/a_02.jpg", "train/a_01.jpg", "train/b_01.jpg"]
+    assert data["per_image"][0] == {"image": "train/a_01.jpg", "group": "a", "height": 10, "width": 10,
+                                    "dice": pytest.approx(16 / 18), "iou": pytest.approx(0.8)}  # fmt: skip
+
+
+def test_multiclass_report_scores_present_classes_and_names_absent_ones():
+    # class 0 and 1 present; class 2 absent from the truth but predicted on 3 pixels of class 0
+    one = ImageScore("x.png", "x", 4, 4, counts([5, 0, 3], [8, 0, 0], [0, 3, 0]))
+    empty = ImageScore("void.png", "void", 4, 4, counts([0, 0, 0], [0, 0, 0], [0, 0, 0]))  # all ignored
+    report = make_report([one, empty], n_classes=3, names=("road", "sky", "bus"))
+    data = report.to_dict()
+    assert data["absent_classes"] == ["bus"]
+    assert data["per_class"][2] == {"name": "bus", "present": False, "dice": None, "iou": None, "stray_pixels": 3}
+    assert data["dice"] == pytest.approx((10 / 13 + 1.0) / 2)  # road 2*5/(10+3), sky 1.0; bus left out
+    assert data["per_image"][1]["dice"] is None  # nothing to score in an all-ignored image: null, not NaN
+    assert math.isnan(report.per_image()[1][1])
+    text = "\n".join(report.lines())
+    assert "bus              absent from the truth (left out of the mean; 3 pixel(s) predicted as it)" in text
+
+
+def test_difference_colours_false_positives_and_misses_apart():
+    truth = np.array([[1, 1, 0, 0]], np.uint8)
+    pred = np.array([[1, 0, 1, 0]], np.uint8)
+    out = difference(truth, pred, np.zeros((1, 4, 3), np.uint8), 1)
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[0, 1]) == TRUTH_ONLY and tuple(out[0, 2]) == PRED_ONLY
+    assert tuple(out[0, 3]) == (0, 0, 0)
+
+
+def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_run, tmp_path):
+    data, run, train_proc = grouped_run
+    out = tmp_path / "numbers.json"
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--json", out, "--device", "cpu",
+                   "--no-progress", check=True)  # fmt: skip
+    numbers = json.loads(out.read_text())
+    assert {"schema", "checkpoint", "data", "split", "images", "groups", "grouping", "resize", "scored_at", "dice",
+            "iou", "mean_image_dice", "mean_image_iou", "model_size", "recorded_val_dice", "recorded_epoch",
+            "per_class", "absent_classes", "per_image", "per_group", "worst", "picture"} == set(numbers)  # fmt: skip
+    assert numbers["images"] == 24 and numbers["groups"] == 6 and numbers["scored_at"] == "original image size"
+    assert {row["group"] for row in numbers["per_group"]} == {row["group"] for row in numbers["per_image"]}
+    assert all(row["height"] == 64 and row["width"] == 96 for row in numbers["per_image"])
+    worst = sorted(numbers["per_image"], key=lambda r: r["dice"])[0]["image"]
+    assert numbers["worst"][0] == worst and f"worst images (Dice): {worst}" in proc.stdout
+    picture = run / "best-eval-grouped_data0-all-worst.png"
+    assert numbers["picture"] == str(picture) and f"picture of the worst 4: {picture}" in proc.stdout
+    with Image.open(picture) as img:
+        img.load()
+        assert img.width == 4 * 320 + 6 and img.height > 4 * 200  # four rows of four panels
+    # the end of training reported the validation side the same way, and wrote its numbers beside best.pth
+    val = json.loads((run / "best-eval-grouped_data0-val.json").read_text())
+    assert val["split"] == "val" and f"numbers: {run / 'best-eval-grouped_data0-val.json'}" in train_proc.stdout
+    assert val["model_size"]["dice"] == pytest.approx(val["recorded_val_dice"], abs=1e-6)
+
+
+def test_multiclass_evaluation_end_to_end_names_absent_classes(tmp_path):
+    from unetkit.core import UNet, UNetConfig, save_checkpoint
+    from unetkit.train.data.layouts import CITYSCAPES_CLASSES
+    from unetkit.train.evaluate import EvalSettings, evaluate_checkpoint
+
+    for split, city in (("train", "aachen"), ("val", "lindau")):
+        name = f"{city}_000000_000019"
+        img = tmp_path / f"data/leftImg8bit/{split}/{city}/{name}_leftImg8bit.png"
+        img.parent.mkdir(parents=True)
+        Image.new("RGB", (24, 16), (90, 120, 60)).save(img)
+        ids = np.full((16, 24), 7, np.uint8)  # road
+        ids[:5] = 23  # sky
+        ids[:, :2] = 0  # void: ignored
+        gt = tmp_path / f"data/gtFine/{split}/{city}/{name}_gtFine_labelIds.png"
+        gt.parent.mkdir(parents=True)
+        Image.fromarray(ids).save(gt)
+    torch.manual_seed(0)
+    meta = make_meta_19()
+    save_checkpoint(tmp_path / "best.pth", UNet(UNetConfig(n_classes=19, base_channels=2)).eval(), meta)
+    report = evaluate_checkpoint(tmp_path / "best.pth", tmp_path / "data", EvalSettings(device="cpu", progress=False))
+    data = report.to_dict()
+    assert data["images"] == 2 and data["groups"] == 2  # by city
+    assert set(data["absent_classes"]) == set(CITYSCAPES_CLASSES) - {"road", "sky"}
+    present = [c for c in data["per_class"] if c["present"]]
+    assert [c["name"] for c in present] == ["road", "sky"]
+    assert data["dice"] == pytest.approx(sum(c["dice"] for c in present) / 2)
+    with Image.open(report.picture) as img:
+        img.load()
+        assert img.mode == "RGB"
+
+
+def make_meta_19():
+    from unetkit.core.meta import ModelMeta
+    from unetkit.train.data.layouts import CITYSCAPES_CLASSES
+
+    return ModelMeta(n_classes=19, scale=1.0, class_names=CITYSCAPES_CLASSES, mask_kind="cityscapes")

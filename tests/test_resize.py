@@ -1,0 +1,98 @@
+"""Size rules (--scale, --size, --max-side) from training to every inference path, and size-bucketed batches."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_meta, run_cli
+from unetkit.core import load_checkpoint
+from unetkit.core.meta import MetaError, ModelMeta, ResizeRule
+from unetkit.core.preprocess import input_size, model_input
+from unetkit.export.profile import default_shape
+from unetkit.infer.predictor import Predictor
+from unetkit.train.data.buckets import BUCKET_RATIO, BucketBatchSampler, padding_fraction
+from unetkit.train.data.synth import random_car, render
+
+
+def test_resize_rules_by_hand():
+    assert ResizeRule(scale=0.5).output_size(1280, 1918) == (640, 959)
+    assert ResizeRule("size", size=(256, 384)).output_size(1280, 1918) == (256, 384)
+    assert ResizeRule("size", size=(256, 384)).output_size(40, 30) == (256, 384)  # any aspect, any size
+    assert ResizeRule("max_side", max_side=512).output_size(1072, 1920) == (286, 512)  # 1072 * 512/1920 = 285.9
+    assert ResizeRule("max_side", max_side=512).output_size(487, 332) == (512, 349)  # small images grow
+    assert ResizeRule("max_side", max_side=512).describe() == "max side 512"
+    with pytest.raises(MetaError, match="resize 'size' needs a positive height and width"):
+        ResizeRule("size")
+    with pytest.raises(MetaError, match="resize 'fit'"):
+        ResizeRule("fit")
+
+
+def test_meta_records_the_rule_and_old_descriptions_mean_scale():
+    meta = make_meta(resize="max_side", max_side=320, scale=1.0)
+    again = ModelMeta.from_dict(meta.to_dict())
+    assert again.resize_rule == ResizeRule("max_side", max_side=320) and again == meta
+    sized = ModelMeta.from_dict({**make_meta().to_dict(), "resize": "size", "input_size": [64, 96]})
+    assert sized.input_size == (64, 96) and sized.resize_rule.output_size(1280, 1918) == (64, 96)
+    old = {k: v for k, v in make_meta().to_dict().items() if k not in ("resize", "input_size", "max_side")}
+    assert ModelMeta.from_dict(old).resize_rule == ResizeRule(scale=0.5)
+    with pytest.raises(MetaError, match="resize 'max_side' needs a positive side"):
+        make_meta(resize="max_side")
+
+
+def test_model_input_and_exports_follow_the_rule():
+    pixels = torch.randint(0, 256, (3, 120, 200), dtype=torch.uint8)
+    for meta, expected in [
+        (make_meta(scale=0.5), (60, 100)),
+        (make_meta(resize="size", input_size=(32, 48)), (32, 48)),
+        (make_meta(resize="max_side", max_side=100), (60, 100)),
+    ]:
+        assert tuple(model_input(pixels, meta).shape[-2:]) == expected == input_size(120, 200, meta)
+    # export's default TensorRT profile: tuned for a 1918x1280 image by the rule; a longest-side model takes
+    # portrait images too, so its maximum is square
+    _, opt, hi = default_shape(make_meta(resize="max_side", max_side=640))
+    assert opt == (427, 640) and hi == (640, 640)
+    _, opt, hi = default_shape(make_meta(resize="size", input_size=(256, 384)))
+    assert opt == (256, 384) and hi == (512, 512)  # wide enough for the default tile as well
+
+
+def test_bucketed_batches_bound_padding_and_cover_every_image_once():
+    rng = np.random.default_rng(0)
+    # Kvasir-like: long side 512 after --max-side, short sides anywhere from 280 to 512, both orientations
+    sizes = [(int(s), 512) if rng.random() < 0.8 else (512, int(s)) for s in rng.integers(280, 513, 200)]
+    g = torch.Generator().manual_seed(0)
+    sampler = BucketBatchSampler(sizes, 8, g)
+    state = g.get_state()
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for batch in batches for i, _ in batch) == list(range(200))
+    assert all(1 <= len(b) <= 8 for b in batches)
+    padding = [padding_fraction([sizes[i] for i, _ in b]) for b in batches]
+    assert max(padding) <= 1 - 1 / BUCKET_RATIO**2  # the bound every batch keeps (17 %)
+    unbucketed = [list(range(i, i + 8)) for i in range(0, 200, 8)]  # the same sizes in arrival order
+    assert np.mean([padding_fraction([sizes[i] for i in b]) for b in unbucketed]) > 5 * np.mean(padding)
+    assert len(batches) <= 200 / 8 + 8  # few partial batches
+    g.set_state(state)
+    assert list(sampler) == batches  # resumable: only the generator's state decides
+    assert list(sampler) != batches  # and the next epoch differs
+    one_size = BucketBatchSampler([(64, 96)] * 20, 8, torch.Generator().manual_seed(1))
+    assert sorted(len(b) for b in one_size) == [4, 8, 8]
+
+
+def test_training_on_mixed_sizes_with_max_side_and_inference_applies_it(tmp_path):
+    rng = np.random.default_rng(3)
+    for i, (w, h) in enumerate([(160, 96), (96, 160), (200, 120), (120, 120), (180, 100), (100, 150)]):
+        image, mask = render(random_car(rng), rng, w, h)
+        Image.fromarray(image).save(tmp_path / f"img{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"img{i}_seg.png")
+    proc = run_cli("unet-train", "--images", tmp_path, "--masks", tmp_path, "--mask-suffix", "_seg", "--out",
+                   tmp_path / "run", "--max-side", "64", "--epochs", "1", "--batch-size", "2", "--base-channels", "4",
+                   "--workers", "0", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    assert "folders layout" in proc.stdout and "max side 64" in proc.stdout
+    _, meta = load_checkpoint(tmp_path / "run/best.pth")
+    assert meta.resize == "max_side" and meta.max_side == 64 and meta.layout == "folders"
+    with Predictor(tmp_path / "run/best.pth", device="cpu") as predictor:
+        prob = predictor.predict(tmp_path / "img1.png", return_prob=True)
+        assert prob.shape == (1, 160, 96)  # back at the image's own size
+        x = model_input(torch.from_numpy(np.array(Image.open(tmp_path / "img1.png"))).permute(2, 0, 1), meta)
+        assert tuple(x.shape[-2:]) == (64, 38)  # what the engine was fed: the longer side 64, aspect kept

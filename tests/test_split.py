@@ -1,0 +1,160 @@
+"""Group-aware splits: no group on both sides, the split recorded per run and reused by --eval and --resume."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import error_lines, run_cli
+from unetkit.core.errors import DataError
+from unetkit.train.data.layouts import Pair, index_dataset
+from unetkit.train.data.split import assign_groups, group_key_fn, make_split
+
+
+def test_assign_groups_keeps_groups_whole_and_is_seeded():
+    keys = [f"g{i // 4}" for i in range(40)] + ["solo"]  # ten groups of 4 and one of 1
+    a = assign_groups(keys, 0.2, seed=3)
+    assert a == assign_groups(keys, 0.2, seed=3) and a != assign_groups(keys, 0.2, seed=4)
+    for key in set(keys):
+        sides = {v for k, v in zip(keys, a, strict=True) if k == key}
+        assert len(sides) == 1, key  # a group is never on both sides
+    assert 6 <= sum(a) <= 10  # about 20 % of 41 images, in whole groups
+    assert any(a) and not all(a)
+
+
+def test_assign_groups_needs_two_groups_and_keeps_one_for_training():
+    with pytest.raises(DataError, match=r"all 3 image.*one group.*--group-by none"):
+        assign_groups(["car", "car", "car"], 0.2, seed=0)
+    assert assign_groups(["a", "b"], 0.9, seed=0).count(True) == 1  # never every group to validation
+
+
+def test_carvana_names_group_by_car(synth_small):
+    index = index_dataset(synth_small)  # 48 images: 3 cars x 16 views
+    split = make_split(index, "auto", 0.2, seed=0)
+    cars = lambda pairs: {p.image.stem.rsplit("_", 1)[0] for p in pairs}  # noqa: E731
+    assert len(cars(split.val)) == 1 and len(cars(split.train)) == 2
+    assert not cars(split.val) & cars(split.train)
+    assert len(split.val) == 16 and split.rule == "grouped by car: <car>_<NN> names"
+    per_image = make_split(index, "none", 0.2, seed=0)
+    assert len(per_image.val) == 10 and cars(per_image.val) & cars(per_image.train)  # the old, leaky split
+
+
+def test_group_by_pattern_and_its_errors(tmp_path):
+    pairs = [Pair(tmp_path / f"patient{p}_slice{s}.png", tmp_path / "m.png") for p in range(5) for s in range(3)]
+    key_of, words = group_key_fn(r"^(patient\d+)_", "kvasir")
+    assert {key_of(p) for p in pairs} == {f"patient{i}" for i in range(5)} and "patient" in words
+    is_val = assign_groups([key_of(p) for p in pairs], 0.2, seed=0)
+    val_patients = {key_of(p) for p, v in zip(pairs, is_val, strict=True) if v}
+    train_patients = {key_of(p) for p, v in zip(pairs, is_val, strict=True) if not v}
+    assert val_patients and not val_patients & train_patients
+    with pytest.raises(DataError, match="needs a capture group"):
+        group_key_fn(r"patient\d+", "kvasir")
+    with pytest.raises(DataError, match="not a regular expression"):
+        group_key_fn(r"(unclosed", "kvasir")
+    key_of, _ = group_key_fn(r"^(case\d+)", "kvasir")
+    with pytest.raises(DataError, match=r"patient0_slice0.png: --group-by '\^\(case\\d\+\)' does not match"):
+        key_of(pairs[0])
+
+
+def test_cityscapes_without_val_says_it_falls_back(tmp_path, caplog):
+    for city in ("aachen", "bremen"):
+        for i in range(2):
+            name = f"{city}_00000{i}_000019"
+            img = tmp_path / f"leftImg8bit/train/{city}/{name}_leftImg8bit.png"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 4)).save(img)
+            gt = tmp_path / f"gtFine/train/{city}/{name}_gtFine_labelIds.png"
+            gt.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 8), 7, np.uint8)).save(gt)
+    index = index_dataset(tmp_path)
+    with caplog.at_level("WARNING"):
+        split = make_split(index, "auto", 0.5, seed=0)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "no leftImg8bit/val/ folder" in warning and "seeded split" in warning
+    assert {p.image.stem.split("_")[0] for p in split.val} in ({"aachen"}, {"bremen"})  # whole cities
+
+
+def test_training_records_the_split_and_eval_reuses_it(grouped_run, tmp_path):
+    data, run, proc = grouped_run
+    record = json.loads((run / "split.json").read_text())
+    assert record["rule"] == {"group_by": "auto", "groups": "grouped by car: <car>_<NN> names",
+                              "val_fraction": 0.2, "seed": 0}  # fmt: skip
+    val_cars = {image.split("/")[-1].rsplit("_", 1)[0] for image, _ in record["val"]}
+    train_cars = {image.split("/")[-1].rsplit("_", 1)[0] for image, _ in record["train"]}
+    assert not val_cars & train_cars and record["groups"] == {"train": len(train_cars), "val": len(val_cars)}
+    assert all(image.startswith("train/") and mask.startswith("train_masks/") for image, mask in record["val"])
+    assert f"{len(record['train'])} train / {len(record['val'])} val images" in proc.stdout
+    # --eval --split val scores exactly the recorded images
+    out = tmp_path / "val.json"
+    run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--json", out,
+            "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    scored = {row["image"] for row in json.loads(out.read_text())["per_image"]}
+    assert scored == {image for image, _ in record["val"]}
+    # a changed seed on the command line cannot change the recorded split
+    again = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--seed", "9",
+                    "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    assert f"(val, {len(record['val'])} images in {len(val_cars)} group(s)" in again.stdout
+
+
+def test_eval_refuses_a_data_set_that_no_longer_matches_the_split(grouped_run, tmp_path):
+    data, run, _ = grouped_run
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    victim = sorted((changed / "train").iterdir())[0]
+    victim.unlink()
+    (changed / "train_masks" / f"{victim.stem}_mask.gif").unlink()
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", changed, "--split", "val", "--device", "cpu")
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "split.json: the data set at" in line and "no longer matches" in line
+    assert f"1 recorded pair(s) are missing (e.g. train/{victim.name})" in line
+
+
+def test_resume_uses_the_recorded_split(grouped_run, tmp_path):
+    data, run, _ = grouped_run
+    resumed = tmp_path / "run"
+    shutil.copytree(run, resumed)
+    record = (resumed / "split.json").read_text()
+    # remove one image of the data set the run recorded: resuming refuses with one line, before any epoch
+    moved = tmp_path / "moved"
+    image = sorted((data / "train").iterdir())[-1]
+    shutil.move(image, moved)
+    try:
+        proc = run_cli("unet-train", "--out", resumed, "--resume", "--epochs", "3", "--device", "cpu",
+                       "--no-progress")  # fmt: skip
+    finally:
+        shutil.move(moved, image)
+    assert proc.returncode == 2, proc.stdout
+    [line] = error_lines(proc)
+    assert "no longer matches the split this run was trained with" in line and image.name in line
+    ok = run_cli("unet-train", "--out", resumed, "--resume", "--epochs", "3", "--device", "cpu", "--no-progress",
+                 check=True)  # fmt: skip
+    assert "resumed after epoch 2" in ok.stdout
+    assert (resumed / "split.json").read_text() == record  # read back, never redrawn
+
+
+def test_unet_data_check_reports_groups_per_side(synth_small):
+    proc = run_cli("unet-data", "check", synth_small, "--no-progress", check=True)
+    assert "split: train 32 images in 2 group(s), val 16 images in 1 group(s) (grouped by car" in proc.stdout
+    assert "no group on both sides" in proc.stdout
+    leaky = run_cli("unet-data", "check", synth_small, "--group-by", "none", "--no-progress", check=True)
+    assert "val 10 images in 10 group(s) (one group per image)" in leaky.stdout
+    bad = run_cli("unet-data", "check", synth_small, "--group-by", "[")
+    assert bad.returncode == 2 and "--group-by '[': not a regular expression" in error_lines(bad)[0]
+
+
+def test_per_image_split_is_the_first_releases_split(synth_small):
+    """Runs recorded before group-aware splits (no group_by in their arguments) split per image: resuming or
+    evaluating them must use the images they validated on, as the first releases drew them."""
+    import torch
+
+    from unetkit.train.config import TrainConfig
+
+    assert TrainConfig.from_dict({"data": "d", "out": "o"}).group_by == "none"
+    pairs = index_dataset(synth_small).pairs
+    split = make_split(index_dataset(synth_small), "none", 0.2, seed=3)
+    first_release = sorted(torch.randperm(48, generator=torch.Generator().manual_seed(3)).tolist()[:10])
+    assert [pairs.index(p) for p in split.val] == first_release
+    assert make_split(index_dataset(synth_small), "none", 0.2, seed=4).val != split.val

@@ -1,0 +1,60 @@
+"""Command-line options that say where a data set is and how to read it, shared by unet-train (training and
+--eval) and unet-data check, so each flag means the same in every command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unetkit.core.cli import parse_pair
+from unetkit.core.errors import UnetkitError
+
+from .layouts import FolderSpec, folder_root
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'256x384' -> (256, 384): height then width, as export's and the benchmark's --shape."""
+    try:
+        return parse_pair(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HEIGHTxWIDTH, e.g. 640x960") from None
+
+
+def parse_exts(text: str) -> tuple[str, ...]:
+    """'png,gif' -> ('.png', '.gif')."""
+    return tuple("." + e.strip().lstrip(".").lower() for e in text.split(",") if e.strip())
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--images/--masks (with suffixes and mask formats), --mask-threshold and --group-by; defaults None."""
+    p.add_argument("--images", type=Path, metavar="DIR", help="image folder of a data set in two named folders "
+                   "(with --masks; relative to --data when both are given)")  # fmt: skip
+    p.add_argument("--masks", type=Path, metavar="DIR", help="mask folder: a mask pairs with the image of the "
+                   "same name after the suffixes are removed")  # fmt: skip
+    p.add_argument("--image-suffix", metavar="S", help="end of the image names that the masks lack (default none)")
+    p.add_argument("--mask-suffix", metavar="S", help="end of the mask names, e.g. _mask or _manual1 (default: "
+                   "the image's name)")  # fmt: skip
+    p.add_argument("--mask-ext", type=parse_exts, metavar="EXT[,EXT]", help="mask formats to read from --masks, "
+                   "e.g. png,gif (default: every mask format)")  # fmt: skip
+    p.add_argument("--mask-threshold", type=int, metavar="T", help="binarise lossless masks that hold other values "
+                   "than 0/1 and 0/255 (stray grey values): T and above is foreground (default: such masks are an "
+                   "error); lossy (JPEG) masks use T instead of 128")  # fmt: skip
+    p.add_argument("--group-by", metavar="RULE", help="keep samples of one group on one side of the split: auto "
+                   "(Carvana <car>_<NN> names by car, else per image), none (per image), or a regular expression "
+                   "searched in each image name whose first group is the key (default auto)")  # fmt: skip
+
+
+def resolve_folders(args: argparse.Namespace) -> tuple[Path | None, FolderSpec | None]:
+    """(data folder, folder spec) from --data/--images/--masks; the data folder of a spec without --data is
+    the folder both are under. Relative --images/--masks are taken inside --data when it is given."""
+    if (args.images is None) != (args.masks is None):
+        raise UnetkitError("--images and --masks go together (an image folder and a mask folder)")
+    if args.images is None:
+        if args.image_suffix or args.mask_suffix or args.mask_ext:
+            raise UnetkitError("--image-suffix, --mask-suffix and --mask-ext need --images and --masks")
+        return args.data, None
+    base = args.data if args.data is not None else Path()
+    spec = FolderSpec(
+        base / args.images, base / args.masks, args.image_suffix or "", args.mask_suffix or "", args.mask_ext or ()
+    )
+    return (args.data if args.data is not None else folder_root(spec)), spec
