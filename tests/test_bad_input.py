@@ -43,9 +43,9 @@ CPU = ("--device", "cpu", "--no-progress")
 # ---- what the cases are made of -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    """8 Carvana-like pairs of 64x48."""
+    """8 Carvana-like pairs of 64x48, 4 cars of 2 views (a split by car needs 2 cars at least)."""
     root = tmp_path_factory.mktemp("tiny_data")
-    write_synthetic(root, 8, (64, 48), seed=3, progress=False)
+    write_synthetic(root, 8, (64, 48), seed=3, progress=False, views=2)
     return root
 
 

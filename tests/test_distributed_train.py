@@ -15,7 +15,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.train.data.buckets import BucketBatchSampler
 from unetkit.train.data.synth import write_synthetic
 from unetkit.train.distributed import ShardedBatchSampler, padded_shard, sync_bn_decision, val_shard
-from unetkit.train.evaluate import evaluate_checkpoint
+from unetkit.train.evaluate import EvalSettings, evaluate_checkpoint
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "node0",
             "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
@@ -144,9 +144,10 @@ def _digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory):
-    """24 pairs: 19 train (odd: one padded sample per epoch) and 5 validation images (3 + 2 over two ranks)."""
+    """24 cars of one view: 19 train images (10 batches of up to 2, one padded batch per epoch over two ranks)
+    and 5 validation images (3 + 2 over two ranks)."""
     root = tmp_path_factory.mktemp("ddp_data")
-    write_synthetic(root, 24, (96, 64), seed=0, progress=False)
+    write_synthetic(root, 24, (96, 64), seed=0, progress=False, views=1)
     return root
 
 
@@ -159,12 +160,12 @@ def ddp_run(tmp_path_factory, ddp_data):
 
 
 @pytest.mark.slow
-def test_two_processes_train_one_model_and_only_rank_0_writes(ddp_run):
+def test_two_processes_train_one_model_and_only_rank_0_writes(ddp_run, ddp_data):
     run, proc = ddp_run
     out = proc.stdout
     assert "distributed: 2 processes (gloo), global batch 4 = --batch-size 2 per process x 2" in out
     assert "SyncBatchNorm off" in out
-    assert "data: kaggle-carvana layout, 19 train / 5 val pairs" in out
+    assert "data: kaggle-carvana layout, 19 train / 5 val images" in out
     # one report, from rank 0: each epoch line once
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
     # the ranks ended with identical weights and buffers, and rank 0 saved exactly those
@@ -174,7 +175,9 @@ def test_two_processes_train_one_model_and_only_rank_0_writes(ddp_run):
     # only rank 0 wrote: one TensorBoard file, from rank 0's process, one history line per epoch
     events = list((run / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
-    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "history.jsonl", "last.pth", "tb"]
+    report = f"best-eval-{ddp_data.name}-val"  # the validation report at the end of training
+    written = ["best.pth", f"{report}-worst.png", f"{report}.json", "history.jsonl", "last.pth", "split.json", "tb"]
+    assert sorted(p.name for p in run.iterdir()) == sorted(written)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     # the checkpoint holds plain BatchNorm weights
@@ -186,9 +189,11 @@ def test_the_reported_dice_is_the_single_process_dice_of_the_checkpoint(ddp_run,
     run, proc = ddp_run
     meta = read_checkpoint(run / "best.pth").meta
     assert f"best validation Dice {meta.val_dice:.4f} at epoch {meta.epoch}" in proc.stdout
-    result, _, n = evaluate_checkpoint(run / "best.pth", ddp_data, split="val", batch_size=2, device="cpu", workers=0)
-    assert n == 5
-    assert result.mean_dice == meta.val_dice and result.mean_iou == meta.val_iou  # from the same integer counts
+    settings = EvalSettings(split="val", batch_size=2, device="cpu", workers=0, progress=False)
+    report = evaluate_checkpoint(run / "best.pth", ddp_data, settings)
+    assert len(report.images) == 5
+    # from the same integer counts
+    assert report.model_size.mean_dice == meta.val_dice and report.model_size.mean_iou == meta.val_iou
     cli = run_cli("unet-train", "--eval", run / "best.pth", "--data", ddp_data, "--split", "val", "--device", "cpu",
                   "--no-progress", "--workers", "0", check=True)  # fmt: skip
     assert "(val, 5 images" in cli.stdout and f"Dice {meta.val_dice:.4f}  IoU {meta.val_iou:.4f}" in cli.stdout
