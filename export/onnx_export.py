@@ -138,15 +138,24 @@ def export_onnx(
     written = written_opset(proto)
     if opset is not None and written != opset:
         raise ExportError(f"torch.onnx ({exporter}) wrote opset {written} when asked for {opset}")
-    del proto.metadata_props[:]
     props = encode_metadata(
         meta, precision="fp16" if fp16 else "fp32", input=INPUT_DOC, output=OUTPUT_DOC, exporter=exporter,
         opset=written,
     )  # fmt: skip
+    save_checked(proto, path, props, "the export")
+    return path
+
+
+def save_checked(proto: Any, path: Path, props: dict[str, str], what: str) -> None:
+    """Write `proto` (an onnx.ModelProto) to `path` with `props` as its only metadata, and have onnx.checker
+    read the file back: every ONNX file unetkit writes carries its model description and passes the full
+    check."""
+    import onnx
+
+    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{path.name}: onnx.checker rejected the export ({str(exc).splitlines()[0]})") from None
-    return path
+        raise ExportError(f"{path.name}: onnx.checker rejected {what} ({str(exc).splitlines()[0]})") from None

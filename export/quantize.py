@@ -41,7 +41,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.infer.artifacts import encode_metadata
 
-from .onnx_export import INPUT_NAME, ExportError
+from .onnx_export import INPUT_NAME, ExportError, save_checked
 
 log = logging.getLogger(__name__)
 SCHEMES = ("symmetric", "cpu")
@@ -121,14 +121,8 @@ def quantize_onnx(
                     f"{out.name}: INT8 quantization failed ({str(exc).strip().splitlines()[0]})"
                 ) from None
     proto = onnx.load(str(out))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, encode_metadata(meta, precision="int8", int8_scheme=scheme,
-                                                       calibration=calibration or {}))  # fmt: skip
-    onnx.save(proto, str(out))
-    try:
-        onnx.checker.check_model(str(out), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{out.name}: onnx.checker rejected the INT8 model ({str(exc).splitlines()[0]})") from None
+    props = encode_metadata(meta, precision="int8", int8_scheme=scheme, calibration=calibration or {})
+    save_checked(proto, out, props, "the INT8 model")
     return out
 
 
