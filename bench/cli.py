@@ -13,7 +13,7 @@ import torch
 from unetkit.core import ModelMeta, UNet, UNetConfig, read_checkpoint, save_checkpoint
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
-from unetkit.core.device import resolve_device
+from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, check_outputs
 from unetkit.core.preprocess import input_size
@@ -142,6 +142,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> int:
     _check_args(args)
     device = resolve_device(args.device)
+    use_device(device)
     image_hw, batches = _hw(args.shape), _batches(args.batch)
     plan = TimingPlan(warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:

@@ -7,6 +7,7 @@ stages overlap, so it says where the time goes, not how it adds up.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from unetkit.infer.predictor import Predictor
 from unetkit.infer.settings import InferSettings, OutputOptions
 from unetkit.train.data.synth import write_synthetic
 
-from .runner import EngineSpec, Row, device_problem
+from .runner import EngineSpec, Row, device_problem, failure_reason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,4 +110,8 @@ def _run(
         return pipeline.run(discover(images, scratch / "timed"))
     except UnetkitError as exc:
         row.status, row.reason = "failed", str(exc)
+        return None
+    except Exception as exc:  # a backend that fails to compile or run fails its row, not the whole report
+        log.debug("%s failed", engine.label, exc_info=True)
+        row.status, row.reason = "failed", failure_reason(exc)
         return None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
+from unetkit.core.device import cuda_bf16_native
 from unetkit.core.errors import UnetkitError
 from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
@@ -93,8 +94,8 @@ def default_skip(spec: EngineSpec, device: torch.device, cpu: CpuCapabilities | 
             return eager_cpu_skip(spec.precision, cpu or cpu_capabilities())
     if spec.name == "compile" and spec.precision == "fp32":
         return "not a default row; ask for it with --engines"
-    if spec.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "this GPU has no BF16"
+    if spec.precision == "bf16" and device.type == "cuda" and not cuda_bf16_native(device):
+        return "this GPU has no bf16 tensor cores (compute capability below 8.0): bf16 would be emulated"
     return None
 
 
@@ -192,7 +193,21 @@ def bench_engine(
             for row in rows:
                 row.status, row.reason = "unavailable", problem
             return rows, None
-        return _bench_rows(engine, rows, model_hw, plan, reference, car, memory)
+        try:
+            return _bench_rows(engine, rows, model_hw, plan, reference, car, memory)
+        except Exception as exc:  # a backend that fails to compile or run fails its rows, not the whole report
+            log.debug("%s failed", engine.label, exc_info=True)
+            for row in rows:
+                if row.status == "ok" and not row.latency_ms:
+                    row.status, row.reason = "failed", failure_reason(exc)
+            return rows, None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a report: the exception's type and the first line of its message (Inductor's and
+    TensorRT's messages run to pages)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _bench_rows(

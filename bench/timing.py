@@ -47,10 +47,13 @@ def time_calls(fn: Callable[[torch.Tensor], object], inputs: list[torch.Tensor],
     while (len(times) < plan.min_iters or sum(times) < plan.min_time) and len(times) < plan.max_iters:
         x = inputs[len(times) % len(inputs)]
         if device.type == "cuda":
+            # On the inputs' device's stream: events recorded without one land on the current device's
+            # stream, which times an idle cuda:0 while the work runs on cuda:N.
+            stream = torch.cuda.current_stream(device)
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+            begin.record(stream)
             fn(x)
-            end.record()
+            end.record(stream)
             end.synchronize()  # one call at a time: latency, not queue depth
             times.append(begin.elapsed_time(end) / 1000)
         else:

@@ -54,8 +54,31 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return canonical_device(device)
 
 
+def use_device(device: torch.device) -> None:
+    """Make a CUDA `device` the process's current one, so that everything that follows the current device
+    (DataLoader pin threads, events and streams created without a device, library calls) uses it too, not
+    cuda:0. Commands call it once after choosing the device; the CPU leaves CUDA untouched."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+#: The first compute capability with bf16 tensor cores (Ampere). Older GPUs (Volta, Turing) only emulate bf16,
+#: which `torch.cuda.is_bf16_supported()` still answers True for by default (`including_emulation=True`).
+BF16_SINCE = (8, 0)
+
+
+def bf16_native_capability(capability: tuple[int, int]) -> bool:
+    """True when a GPU of this compute capability computes bf16 natively: (8, 0) and later."""
+    return tuple(capability) >= BF16_SINCE
+
+
+def cuda_bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA `device` itself (not the current one) has bf16 tensor cores."""
+    return bf16_native_capability(torch.cuda.get_device_capability(device))
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Training's mixed-precision type: bf16 where the GPU supports it, else fp16; None on the CPU."""
+    """Training's mixed-precision type: bf16 where the GPU computes it natively, else fp16; None on the CPU."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cuda_bf16_native(device) else torch.float16

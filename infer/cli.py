@@ -18,7 +18,7 @@ from unetkit.core.cli import (
     add_workers_argument,
     run_cli,
 )
-from unetkit.core.device import resolve_device
+from unetkit.core.device import resolve_device, use_device
 from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES, barrier, process_group, rank_device, torchrun_env
 from unetkit.core.errors import UnetkitError
 
@@ -117,6 +117,7 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         mine = part.select(items)
     rle = part.path(args.rle) if part is not None and args.rle else args.rle
     output_paths(out, rle)  # and so does an output that cannot be written (parts share --out)
+    use_device(resolve_device(device))  # cuda:N becomes current: streams, pinned buffers and events follow it
     if args.engine == "fastest":  # every part times the same first image of the whole folder
         predictor = _fastest(args, device, settings, items)
     else:

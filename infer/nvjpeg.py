@@ -7,8 +7,8 @@ on the caller's current stream but writes them from a stream of its own, without
 queued work; if the caller's stream still has kernels reading a freed block, the decode can overwrite it
 (pytorch/vision PR #9606). So decoding happens under a stream that runs nothing else, and the consumer
 stream waits for it. One bad file fails the whole call, so a failed batch is decoded again file by file.
-nvJPEG ignores EXIF orientation on CUDA, so images that carry a rotation are left to the CPU decoder,
-which applies it as training did.
+nvJPEG ignores EXIF orientation on CUDA and gets CMYK colours wrong, so such images are left to the CPU
+decoder, which reads them as training did.
 """
 
 from __future__ import annotations
@@ -23,13 +23,23 @@ from PIL import Image
 BATCHED_SINCE = (0, 20)
 
 
-def exif_rotated(data: bytes) -> bool:
-    """True when a JPEG's EXIF orientation asks for a rotation or flip (header only, no decoding)."""
+#: JPEG colour modes nvJPEG decodes to RGB as the CPU does. torchvision's CUDA decoder has none of the CPU
+#: decoder's CMYK/YCCK handling (it always fills three planes), so four-component JPEGs go to the CPU.
+NVJPEG_MODES = ("RGB", "L")
+
+
+def cpu_decode_reason(data: bytes) -> str | None:
+    """Why a JPEG must be decoded on the CPU, or None: an EXIF orientation that asks for a rotation or flip
+    (nvJPEG ignores it), or a colour mode nvJPEG gets wrong (CMYK, YCCK). Reads the header only."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return img.getexif().get(0x0112, 1) not in (0, 1)
+            if img.getexif().get(0x0112, 1) not in (0, 1):
+                return "EXIF rotation"
+            if img.mode not in NVJPEG_MODES:
+                return f"{img.mode} colours"
     except Exception:  # an unreadable header: let the decoders report it
-        return False
+        return None
+    return None
 
 
 def batched_decode_supported(torchvision_version: str) -> bool:

@@ -31,7 +31,7 @@ from unetkit.core.preprocess import model_input
 from .batching import BatchRunner, Job
 from .engines import Engine, EngineShapeError
 from .io import JPEG_EXTENSIONS, Item, decode_to_tensor
-from .nvjpeg import GpuJpegDecoder, exif_rotated
+from .nvjpeg import GpuJpegDecoder, cpu_decode_reason
 from .settings import InferSettings, OutputOptions
 from .streams import StageClock, Streams
 from .transforms import confidence, overlay, to_size
@@ -136,6 +136,7 @@ class _FolderRun:
         window = max(2 * s.batch_size, 2 * s.workers, 4)  # images in flight per stage: memory stays flat
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())  # this thread queues all device work; no autograd records
             decoders = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="decode"))
             self.writers = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="write"))
             # Runs first on the way out (Ctrl-C, an error): drop queued work, let running writes finish.
@@ -173,7 +174,7 @@ class _FolderRun:
                     data = item.source.read_bytes()
                 except OSError as exc:
                     raise DataError(f"{item.source}: cannot read image ({exc.strerror or exc})") from None
-                if data and not exif_rotated(data):  # an empty file goes to the CPU rule, which names it
+                if data and not cpu_decode_reason(data):  # an empty file goes to the CPU rule, which names it
                     return data
             return decode_to_tensor(item.source, pin=self.p.streams.cuda)
 

@@ -296,16 +296,20 @@ def test_streamed_cuda_path_matches_the_cpu(exported_checkpoint, images, tmp_pat
 def test_jpeg_exif_detection_and_decoder_choice(tmp_path, exported_checkpoint):
     import io
 
-    from unetkit.infer.nvjpeg import GpuJpegDecoder, exif_rotated
+    from unetkit.infer.nvjpeg import GpuJpegDecoder, cpu_decode_reason
 
-    plain, rotated = io.BytesIO(), io.BytesIO()
+    plain, rotated, gray, cmyk = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
     image = Image.new("RGB", (8, 4))
     image.save(plain, format="JPEG")
     exif = image.getexif()
     exif[0x0112] = 6
     image.save(rotated, format="JPEG", exif=exif)
-    assert not exif_rotated(plain.getvalue()) and exif_rotated(rotated.getvalue())
-    assert not exif_rotated(b"not a jpeg")
+    image.convert("L").save(gray, format="JPEG")
+    image.convert("CMYK").save(cmyk, format="JPEG")
+    assert cpu_decode_reason(plain.getvalue()) is None and cpu_decode_reason(gray.getvalue()) is None
+    assert cpu_decode_reason(rotated.getvalue()) == "EXIF rotation"
+    assert cpu_decode_reason(cmyk.getvalue()) == "CMYK colours"
+    assert cpu_decode_reason(b"not a jpeg") is None
     assert GpuJpegDecoder.unavailable(torch.device("cpu")) == "the engine does not run on CUDA"
     folder = tmp_path / "in"
     folder.mkdir()

@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-from unetkit.core.device import resolve_device
+from unetkit.core.device import resolve_device, use_device
 from unetkit.core.distributed import DistEnv, process_group, quiet_unless_main, rank_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.metrics import class_scores
@@ -106,6 +106,7 @@ class Distributed:
     def single(cls, cfg: TrainConfig) -> Distributed:
         """The one process of an ordinary run."""
         device = resolve_device(cfg.device)
+        use_device(device)  # the DataLoader's pin-memory thread and cuDNN follow the current device
         return cls(device, None, sync_bn_decision(cfg.sync_bn, device.type, None))
 
     @property

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from unetkit.core.checkpoint import load_checkpoint
-from unetkit.core.device import autocast_dtype, resolve_device
+from unetkit.core.device import autocast_dtype, resolve_device, use_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.imageio import image_size
 from unetkit.core.labels import IGNORE_INDEX, probabilities, resize_probabilities, to_labels
@@ -121,6 +121,7 @@ def evaluate_checkpoint(
     settings = settings or EvalSettings()
     checkpoint = Path(checkpoint)
     dev = resolve_device(settings.device)
+    use_device(dev)
     model, meta = load_checkpoint(checkpoint, dev)
     args = dict(meta.extra.get("train_args", {}))
     index = index_dataset(data, settings.layout, settings.folders)

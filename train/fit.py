@@ -7,9 +7,11 @@ improves), last.pth (every epoch, with what --resume needs), history.jsonl (one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,9 +90,28 @@ class _Run:
         self.sampler_rng.set_state(state["rng"]["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all(visible_rng_states(state["rng"]["cuda"], torch.cuda.device_count()))
         self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
         self.saved_epoch = self.epoch
+
+
+@contextlib.contextmanager
+def cudnn_benchmark() -> Iterator[None]:
+    """cuDNN picks the fastest convolution for each shape while training (batches are size-bucketed, so shapes
+    repeat), and only that: `torch.backends.cudnn.flags` would also reset TF32 and determinism to its own
+    defaults, overriding the user's choice."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def visible_rng_states(saved: list[Any], visible: int) -> list[Any]:
+    """The saved per-GPU random states that this process can restore: a run saved with 8 GPUs visible and
+    resumed with fewer restores the ones it has (torch.cuda.set_rng_state_all indexes past the last GPU)."""
+    return list(saved[:visible])
 
 
 def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
@@ -242,7 +263,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     if sharing:
         log.info("%s", sharing)
     try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+        with cudnn_benchmark():
             out_of_time = _epochs(cfg, run, index, trained, train_loader, val_loader, loss_fn, setup, tb, ddp)
         ddp.check_in_sync(run.model)
     except OSError as exc:  # disk full, quota, read-only: the atomic writes kept every earlier file whole
