@@ -46,6 +46,8 @@ MIN_FP16_SHARE = 0.9
 #: those TensorRT chooses to keep in float for speed report another format.
 MIN_INT8_SHARE = 0.75
 MIN_SHARE = {"fp16": MIN_FP16_SHARE, "int8": MIN_INT8_SHARE}
+#: Which tensor of a layer says the precision it ran in (see layer_precisions).
+SHARE_SIDE = {"fp16": "Outputs", "int8": "Inputs"}
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,11 @@ def tensor_precision(tensor: dict[str, Any]) -> str:
     return "unknown"
 
 
-def layer_precisions(engine_info: str | dict[str, Any]) -> tuple[Counter, str]:
-    """Output precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity).
+def layer_precisions(engine_info: str | dict[str, Any], side: str = "Outputs") -> tuple[Counter, str]:
+    """Precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity), read from each
+    layer's first tensor on `side`: "Outputs" for FP16, "Inputs" for INT8. An INT8 convolution reads INT8,
+    but writes INT8 only when the next layer is quantized too (NVIDIA's QAT ResNet dump: 21 of 21
+    convolutions read INT8, 8 of them write it), so its output says little about how it ran.
 
     A layer is convolution-like when its ParameterType or LayerType says so ("Convolution",
     "CaskConvolution", "CaskDeconvolution") or, for kernels Myelin generated from fused ONNX nodes (LayerType
@@ -136,8 +141,8 @@ def layer_precisions(engine_info: str | dict[str, Any]) -> tuple[Counter, str]:
     def count(selected: list[dict[str, Any]]) -> Counter:
         counts: Counter = Counter()
         for layer in selected:
-            outputs = layer.get("Outputs") or [{}]
-            counts[tensor_precision(outputs[0])] += 1
+            tensors = layer.get(side) or [{}]
+            counts[tensor_precision(tensors[0])] += 1
         counts.pop("unknown", None)
         return counts
 
@@ -222,7 +227,8 @@ def _build(
     profile = builder.create_optimization_profile()
     p = settings.profile
     profile.set_shape(input_name, p.min, p.opt, p.max)
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid (and logged why)
+        raise ExportError(f"TensorRT refused the optimization profile {p.describe()}")
     cache_bytes = (
         settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.exists() else b""
     )
@@ -293,7 +299,8 @@ def inspect_engine(
         raise ExportError(f"{engine_path}: cannot create an execution context at the profile's optimum shape")
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
-    counts, what = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    counts, what = layer_precisions(info, SHARE_SIDE[precision])
     share, problem = precision_share(counts, precision)
     if problem:
         name = precision.upper()

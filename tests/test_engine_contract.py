@@ -12,12 +12,14 @@ import onnx
 import pytest
 import torch
 
+from conftest import run_cli
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.metrics import mask_agreement
 from unetkit.core.preprocess import model_input
 from unetkit.export.calibration import calibration_source, plan, samples
 from unetkit.export.quantize import quantize_onnx
+from unetkit.export.tensorrt_build import tensorrt_unavailable
 from unetkit.infer.artifacts import decode_metadata
 from unetkit.infer.engines import EngineShapeError, EngineUnavailable, create_engine
 from unetkit.train.data.synth import random_car, render
@@ -37,6 +39,7 @@ SPECS = [
     ("openvino", "bf16", {"cpu_only": True}),  # runs where bf16 is native, else refused in one line
     ("openvino", "int8", {"cpu_only": True, "cpu_scheme": True}),
     ("trt", "fp16", {"cuda_only": True}),
+    ("trt", "int8", {"cuda_only": True}),
 ]
 
 
@@ -81,6 +84,17 @@ def cpu_scheme_checkpoint(exported_checkpoint, calib_images, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def trt_checkpoint(exported_checkpoint, calib_images, tmp_path_factory):
+    """The checkpoint beside its FP16 and INT8 TensorRT engines, built and verified on the GPU by the real CLI
+    (asked for only where TensorRT and a GPU are present)."""
+    folder = tmp_path_factory.mktemp("trt_contract")
+    shutil.copy(exported_checkpoint[0] / "best.pth", folder / "best.pth")
+    run_cli("unet-export", folder / "best.pth", "--device", "cuda", "--trt", "--int8", "--calib", calib_images,
+            "--calib-count", "8", "--calib-tile", "0", "--no-progress", check=True, timeout=1800)  # fmt: skip
+    return folder / "best.pth"
+
+
+@pytest.fixture(scope="module")
 def reference(exported_checkpoint, car):
     """Eager FP32 probabilities on the CPU: what every engine is compared with."""
     with create_engine("torch", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu") as engine:
@@ -92,6 +106,8 @@ def test_engine_contract(request, exported_checkpoint, car, reference, name, pre
     checkpoint = exported_checkpoint[0] / "best.pth"
     if name == "openvino" and precision == "int8":
         checkpoint = request.getfixturevalue("cpu_scheme_checkpoint")
+    if name == "trt" and device == "cuda" and tensorrt_unavailable() is None:
+        checkpoint = request.getfixturevalue("trt_checkpoint")
     try:
         engine = create_engine(name, checkpoint=checkpoint, device=device, precision=precision)
     except EngineUnavailable as exc:
@@ -137,10 +153,11 @@ def test_engine_contract(request, exported_checkpoint, car, reference, name, pre
         assert torch.equal(first, again) or (first.float() - again.float()).abs().max() < 1e-3
         assert not torch.equal(first, other)
 
-        # Agrees with eager FP32: within 1e-4 in FP32, masks at Dice >= 0.99 in reduced precision.
+        # Agrees with eager FP32 on the CPU: within 1e-4 in FP32 (on CUDA 5e-3: cuDNN and ONNX Runtime compute
+        # FP32 convolutions in TF32 by default), masks at Dice >= 0.99 in reduced precision.
         prob = probabilities(first).cpu()
         if precision == "fp32" and name != "compile":
-            assert (prob - reference).abs().max() <= 1e-4
+            assert (prob - reference).abs().max() <= (1e-4 if engine.device.type == "cpu" else 5e-3)
         elif precision == "int8":
             assert (prob - reference).abs().mean() <= 0.02
         else:

@@ -84,6 +84,9 @@ def create_engine(
         return OpenVinoEngine(path, dev, precision)
     from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
+    if model is None and precision not in TRT_ARTIFACTS:
+        built = ", ".join(TRT_ARTIFACTS)
+        raise EngineUnavailable(f"trt runs the engines unet-export builds ({built}), not {precision}")
     return TrtEngine(Path(model) if model else artifact_path(ckpt, TRT_ARTIFACTS.get(precision, "trt")), dev)
 
 

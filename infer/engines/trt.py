@@ -55,7 +55,10 @@ def compatibility_problem(sidecar: dict[str, Any], trt_version: str, gpu: dict[s
 class TrtEngine(Engine):
     name = "trt"
 
-    def __init__(self, path: Path, device: torch.device, meta: ModelMeta | None = None) -> None:
+    def __init__(
+        self, path: Path, device: torch.device, meta: ModelMeta | None = None, precision: str = "fp16"
+    ) -> None:
+        """`precision` names what a plan without a sidecar holds (export verifies a plan before writing it)."""
         path, device = Path(path), torch.device(device)
         if not torch.cuda.is_available():
             raise EngineUnavailable("trt runs on a CUDA GPU, and none is visible to PyTorch")
@@ -100,7 +103,7 @@ class TrtEngine(Engine):
             raise ArtifactError(f"{path}: unsupported I/O data types; re-export with unet-export")
         lo, opt, hi = (tuple(d) for d in self.engine.get_tensor_profile_shape(self.input_name, 0))
         super().__init__(
-            device, sidecar.get("precision", "fp16"), meta, path, input_dtype=in_dtype,
+            device, sidecar.get("precision", precision), meta, path, input_dtype=in_dtype,
             shapes=ShapeRange(lo, opt, hi), detail=f"TensorRT {trt.__version__}",
         )  # fmt: skip
         self._out: torch.Tensor | None = None
@@ -129,8 +132,9 @@ class TrtEngine(Engine):
             # which the allocator orders correctly only for the stream a block was allocated on.
             self._out = torch.empty(shape, dtype=self.out_dtype, device=self.device)  # allocated on `caller`
             self._out_stream = caller.cuda_stream
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, self._out.data_ptr())
+        for name, tensor in ((self.input_name, x), (self.output_name, self._out)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise RuntimeError(f"{self.label}: TensorRT refused the address of tensor '{name}'")
         stream = self.stream if caller.cuda_stream == 0 else caller
         if stream is not caller:
             stream.wait_stream(caller)
