@@ -16,7 +16,7 @@ import torch
 from unetkit.core import ModelMeta, UNet, load_checkpoint
 from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
-from unetkit.core.device import resolve_device
+from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
 from unetkit.infer.artifacts import artifact_path, sha256_file, sidecar_path
@@ -90,6 +90,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.opset is not None and args.exporter == "auto" and exporter != resolve_exporter("auto"):
         print(f"--opset {args.opset}: exporting with the {exporter} exporter, which writes it")
     device = resolve_device(args.device)
+    use_device(device)
     missing = onnxruntime_missing() if args.verify or args.int8 else None
     if missing and args.int8:
         raise UnetkitError(f"--int8 calibrates in ONNX Runtime: {missing}")
@@ -124,7 +125,7 @@ def _export(args: argparse.Namespace) -> int:
             return None
 
         def check(tmp: Path) -> Verification:
-            with OnnxEngine(tmp, device) as engine:
+            with OnnxEngine(tmp, device, tf32=False) as engine:  # compared with PyTorch in full FP32
                 return verify(engine, reference, onnx_inputs, exact)
 
         return check
@@ -246,7 +247,7 @@ def _engine(
         sidecar.update(build_engine(onnx_path, tmp, settings, meta, device))
 
     def check(tmp: Path, reference: Reference) -> Verification:
-        with TrtEngine(tmp, device, meta=meta) as engine:
+        with TrtEngine(tmp, device, meta=meta, precision=precision) as engine:
             return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False, int8=precision == "int8")
 
     verified = None if reference is None else functools.partial(check, reference=reference)

@@ -73,7 +73,7 @@ def int8_check(
     inputs = sample_inputs(meta)
 
     def check(tmp: Path) -> Verification:
-        with OnnxEngine(tmp, device) as engine:
+        with OnnxEngine(tmp, device, tf32=False) as engine:
             result = verify(engine, reference, inputs, exact=False, int8=True, runtime="onnxruntime")
         checks: dict[str, object] = {"cpu": cpu_capabilities().name, "onnxruntime": _verdict(result)}
         if openvino_missing() is None:

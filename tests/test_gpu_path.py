@@ -15,21 +15,31 @@ from PIL import Image
 
 from conftest import error_lines, make_meta, run_cli
 from unetkit.core import UNet, UNetConfig
-from unetkit.core.device import canonical_device, resolve_device, same_device
+from unetkit.core.device import bf16_native_capability, canonical_device, resolve_device, same_device
 from unetkit.core.errors import UnetkitError
-from unetkit.export.tensorrt_build import engine_skip_reason, layer_precisions, tensor_precision
-from unetkit.infer.engines import EngineShapeError, ShapeRange, create_engine
+from unetkit.export.tensorrt_build import (
+    MIN_SHARE,
+    SHARE_SIDE,
+    engine_skip_reason,
+    layer_precisions,
+    precision_share,
+    tensor_precision,
+)
+from unetkit.infer.engines import EngineShapeError, EngineUnavailable, ShapeRange, create_engine
+from unetkit.infer.engines.compiled import recompile_limit, shapes_warning
 from unetkit.infer.engines.eager import EagerEngine
 from unetkit.infer.engines.ort import (
     OnnxEngine,
     conflicting_runtimes,
     cuda_fallback_reason,
     cuda_provider_options,
+    run_error,
 )
 from unetkit.infer.io import discover
 from unetkit.infer.nvjpeg import batched_decode_supported
 from unetkit.infer.pipeline import Pipeline
 from unetkit.infer.settings import InferSettings, OutputOptions
+from unetkit.train.fit import cudnn_benchmark, visible_rng_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +147,27 @@ def test_myelin_fused_convolutions_count_and_io_casts_do_not():
     assert layer_precisions(anonymous) == ({"fp16": 2}, "layers")
 
 
+TREX = Path(__file__).parent / "data" / "trex"
+
+
+@pytest.mark.parametrize(
+    "dump, precision, share",
+    [("resnet-fp16", "fp16", 1.0), ("resnet-fp32", "fp16", 0.0), ("resnet-qat", "int8", 1.0),
+     ("mobilenet-qat", "int8", 1.0), ("resnet-fp32", "int8", 0.0), ("resnet-fp16", "int8", 0.0)],
+)  # fmt: skip
+def test_engine_dumps_from_nvidia_are_judged_by_what_they_ran(dump, precision, share):
+    """Inspector JSON of real engines (NVIDIA's trt-engine-explorer examples, A100, TensorRT 10): FP16 is read
+    from the convolutions' outputs and INT8 from their inputs. Read from the outputs, the QAT ResNet, whose 21
+    convolutions all read INT8, would look 38 % INT8 and be refused."""
+    info = json.loads((TREX / f"{dump}.json").read_text())
+    counts, what = layer_precisions(info, SHARE_SIDE[precision])
+    assert what == "convolution layers"
+    assert precision_share(counts, precision)[0] == pytest.approx(share)
+    assert (precision_share(counts, precision)[1] is None) == (share >= MIN_SHARE[precision])
+    if dump == "resnet-qat":
+        assert precision_share(layer_precisions(info, "Outputs")[0], "int8")[0] == pytest.approx(8 / 21)
+
+
 # ---- 3. ONNX Runtime's CUDA provider: decided from the session --------------------------------------------
 def test_cuda_fallback_is_decided_from_the_session():
     assert cuda_fallback_reason(False, ["CPUExecutionProvider"], None) is None
@@ -145,11 +176,26 @@ def test_cuda_fallback_is_decided_from_the_session():
     assert cuda_fallback_reason(True, gpu_build, None) is None  # worth trying
     assert cuda_fallback_reason(True, gpu_build, gpu_build) is None
     failed = cuda_fallback_reason(True, gpu_build, ["CPUExecutionProvider"])  # what ORT does when CUDA won't load
-    assert "could not create its CUDA provider" in failed
+    assert "could not create its CUDA provider" in failed and "PyTorch uses CUDA" not in failed
+    failed = cuda_fallback_reason(True, gpu_build, ["CPUExecutionProvider"], torch_cuda="12.8")
+    assert "this PyTorch uses CUDA 12.8, and onnxruntime-gpu must be built for the same major" in failed
+    raised = cuda_fallback_reason(True, gpu_build, ["CPUExecutionProvider"], "CUDA failure 100: no CUDA-capable device")
+    assert raised == "onnxruntime-gpu's CUDA provider failed: CUDA failure 100: no CUDA-capable device"
+
+
+def test_onnx_runtime_errors_become_one_line_or_out_of_memory():
+    message = "Error in execution: Failed to allocate memory for requested buffer of size 1073741824\n  at"
+    oom = run_error("onnx fp16", RuntimeError(message))
+    assert isinstance(oom, torch.cuda.OutOfMemoryError) and "\n" not in str(oom)
+    other = run_error("onnx fp16", RuntimeError("\n[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Conv failed\nstack"))
+    assert isinstance(other, EngineUnavailable)
+    assert str(other) == "onnx fp16: ONNX Runtime failed: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Conv failed"
 
 
 def test_cuda_provider_options_put_ort_on_our_stream():
-    assert cuda_provider_options(1, 94_000_000) == {"device_id": "1", "user_compute_stream": "94000000"}
+    options = cuda_provider_options(1, 94_000_000)
+    assert options == {"device_id": "1", "user_compute_stream": "94000000", "use_tf32": "1"}
+    assert cuda_provider_options(0, 7, tf32=False)["use_tf32"] == "0"  # export's FP32 verification
     with pytest.raises(ValueError, match="non-default CUDA stream"):
         cuda_provider_options(0, 0)  # 0 would silently switch the option off
 
@@ -227,6 +273,64 @@ def test_a_batch_beyond_the_profile_is_refused_before_any_work():
         Pipeline(_profiled_engine((64, 64)), InferSettings(batch=8), OutputOptions())
 
 
+# ---- a second audit (torch, torchvision and TensorRT sources) ----------------------------------------------
+@pytest.mark.parametrize("capability, native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_only_on_gpus_that_compute_it(capability, native):
+    """torch.cuda.is_bf16_supported() says True on a T4 or V100 too (it counts emulation): training would
+    autocast to a slow emulated bf16 there and switch off the fp16 GradScaler."""
+    assert bf16_native_capability(capability) is native
+
+
+def test_resume_restores_the_gpu_states_this_process_has():
+    saved = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]  # saved with 8 GPUs visible
+    assert [int(t[0]) for t in visible_rng_states(saved, 1)] == [0]
+    assert len(visible_rng_states(saved, 8)) == 8 and len(visible_rng_states(saved[:2], 4)) == 2
+
+
+def test_training_turns_on_cudnn_benchmark_and_nothing_else():
+    tf32, benchmark = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = False, False
+        with cudnn_benchmark():
+            assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32  # the user's choice stays
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = tf32, benchmark
+
+
+def test_compile_says_once_when_new_shapes_stop_compiling():
+    limit = recompile_limit()
+    assert limit >= 1
+    assert shapes_warning(limit, limit) is None and shapes_warning(limit + 2, limit) is None
+    assert "--tile" in shapes_warning(limit + 1, limit) and f"limit of {limit}" in shapes_warning(limit + 1, limit)
+
+
+def test_trt_runs_only_the_precisions_export_builds(exported_checkpoint):
+    with pytest.raises(EngineUnavailable, match=r"trt runs the engines unet-export builds \(fp16, int8\), not fp32"):
+        create_engine("trt", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu", precision="fp32")
+
+
+class _Broken(EagerEngine):
+    """An engine whose backend fails on its first call, as Inductor does without a C compiler."""
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("backend 'inductor' raised:\nCalledProcessError: gcc not found\n(and a page more)")
+
+
+def test_an_engine_that_fails_fails_its_rows_not_the_benchmark():
+    from unetkit.bench.runner import EngineSpec, bench_engine, car_input
+    from unetkit.bench.timing import TimingPlan
+
+    meta = make_meta()
+    engine = _Broken(UNet(UNetConfig(base_channels=4)), meta, torch.device("cpu"))
+    car = car_input(meta, (64, 96), torch.device("cpu"))
+    rows, labels = bench_engine(EngineSpec("compile", "fp32"), lambda spec: engine, [1, 2], (64, 96), TimingPlan(),
+                                None, car, torch.device("cpu"))  # fmt: skip
+    assert labels is None and [r.status for r in rows] == ["failed", "failed"]
+    assert rows[0].reason == "RuntimeError: backend 'inductor' raised:"
+    assert engine.closed
+
+
 # ---- make gpu-check ----------------------------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: gpu-check would run")
 def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
@@ -254,14 +358,17 @@ def test_cuda_engines_take_tensors_from_bare_cuda(exported_checkpoint, name):
 
 @pytest.mark.gpu
 def test_onnx_on_cuda_orders_work_with_stream_waits(exported_checkpoint):
-    engine = create_engine("onnx", checkpoint=exported_checkpoint[0] / "best.pth", device="cuda", precision="fp32")
+    engine = OnnxEngine(exported_checkpoint[0] / "best.onnx", resolve_device("cuda"), tf32=False)
     if engine.device.type != "cuda":
         pytest.skip(f"onnx engine is on the CPU here: {engine.detail}")
+    assert "TF32 off" in engine.detail
     reference = create_engine("onnx", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu")
     x = torch.randn(2, 3, 64, 96)
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):  # a caller on a stream of its own, as unet-infer's compute stream
-        out = engine(x.cuda()).clone()
+        torch.cuda._sleep(200_000_000)  # the input lands late: only a stream wait makes ORT read it complete
+        xd = torch.empty(2, 3, 64, 96, device=engine.device).copy_(x.pin_memory(), non_blocking=True)
+        out = engine(xd).clone()
     torch.cuda.synchronize()
     assert torch.allclose(out.cpu(), reference(x), atol=1e-3)
 
