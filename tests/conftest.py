@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -30,6 +31,15 @@ def cli_command(name: str) -> list[str]:
     """How to start console script `name`: the script beside this interpreter, else `python -m` its module."""
     beside = BIN / name
     return [str(beside)] if beside.exists() else [sys.executable, "-m", CLI_MODULES[name]]
+
+
+#: OpenVINO is an extra (`unetkit[openvino]`) that GPU images usually lack; tests of it skip there, saying so.
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs OpenVINO: pip install 'unetkit[openvino]'")
+#: The plots of unet-bench and unet-train need matplotlib (the `dev` and `train` extras).
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib: pip install 'unetkit[dev]'"
+)
 
 
 def run_cli(

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, needs_matplotlib, needs_openvino, run_cli
 from unetkit.bench.flops import counted_flops, unet_conv_flops
 from unetkit.bench.runner import Row, best_row, finish_rows
 from unetkit.bench.stats import images_per_second, per_image, percentile, summarize
@@ -113,6 +113,8 @@ def bench_run(tmp_path_factory, exported_checkpoint):
     return out, proc
 
 
+@needs_openvino
+@needs_matplotlib
 def test_cpu_report_json_schema_and_rows(bench_run):
     out, _ = bench_run
     report = json.loads((out / "b.json").read_text())
@@ -161,6 +163,7 @@ def test_cpu_report_json_schema_and_rows(bench_run):
     assert report["verdict"]["meets_target"] and report["verdict"]["target_ms"] == 150.0
 
 
+@needs_matplotlib
 def test_cpu_report_text_markdown_and_plot(bench_run):
     out, proc = bench_run
     assert "model only" in proc.stdout and "end to end" in proc.stdout
@@ -181,6 +184,7 @@ def test_check_turns_a_missed_target_into_an_exit_code(exported_checkpoint, targ
     assert ("MISSES" in proc.stdout) == (code == 1)
 
 
+@needs_openvino
 def test_without_a_checkpoint_the_random_unet_is_exported_and_every_engine_compared(tmp_path):
     proc = run_cli("unet-bench", "--device", "cpu", "--shape", "64x96", "--base-channels", "4", "--engines",
                    "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32", "--batch", "1", "--scope", "model",

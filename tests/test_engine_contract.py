@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import HAS_OPENVINO, run_cli
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.metrics import mask_agreement
@@ -108,6 +108,8 @@ def test_engine_contract(request, exported_checkpoint, car, reference, name, pre
         checkpoint = request.getfixturevalue("cpu_scheme_checkpoint")
     if name == "trt" and device == "cuda" and tensorrt_unavailable() is None:
         checkpoint = request.getfixturevalue("trt_checkpoint")
+    if name == "openvino" and not HAS_OPENVINO:
+        pytest.skip("needs OpenVINO: pip install 'unetkit[openvino]'")
     try:
         engine = create_engine(name, checkpoint=checkpoint, device=device, precision=precision)
     except EngineUnavailable as exc:

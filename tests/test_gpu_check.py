@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -83,3 +84,31 @@ def test_synthetic_data_is_drawn_in_parallel_into_one_layout(tmp_path):
     assert len(images) == len(masks) == 3 and sorted(p.name for p in folder.iterdir()) == ["train", "train_masks"]
     assert Image.open(images[0]).size == (1918, 1280)
     assert json.dumps(gpu_check.OUT_FILES) and len(gpu_check.OUT_FILES) <= 8
+
+
+def test_a_step_past_its_time_still_leaves_the_pytest_report(tmp_path):
+    """Ctrl-C first: pytest stops and writes its JUnit report, which a kill would have lost."""
+    (tmp_path / "test_slow.py").write_text("import time\ndef test_ok(): pass\ndef test_slow(): time.sleep(600)\n")
+    junit = tmp_path / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "test_slow.py"]
+    proc = gpu_check.run_bounded(cmd, 15, tmp_path)
+    assert proc.returncode == 124 and "timed out after 15 s" in proc.stderr
+    report = gpu_check.parse_junit(junit.read_text())
+    assert report["passed"] == 1
+
+
+def test_an_unexpected_error_fails_its_step_and_the_next_steps_still_run(tmp_path):
+    checker = gpu_check.Checker(tmp_path, 600, 1, 1, {"infer"}, {"gpu": "test"})
+
+    def broken(step):
+        raise KeyError("model")
+
+    assert checker.step("bench", 0, broken).status == "failed" and checker.steps[0].note == "KeyError: 'model'"
+    assert checker.step("train", 0, lambda step: None).status == "passed"
+    assert checker.step("infer", 0, broken).note == "skipped (--skip)"
+    assert checker.step("export", 10_000, broken).note.startswith("not started:")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["failed", "passed", "not run", "not run"]
+    assert not summary["passed"] and "| bench | failed |" in (tmp_path / "summary.md").read_text()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert not gpu_check.onnx_on_cuda()

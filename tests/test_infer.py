@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_command, error_lines, run_cli
+from conftest import cli_command, error_lines, needs_openvino, run_cli
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
@@ -198,6 +198,7 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
         create_engine("onnx", checkpoint=ckpt, device="cpu", precision="int8")
 
 
+@needs_openvino
 def test_openvino_engine_through_the_cli_agrees_with_torch(exported_checkpoint, images, tmp_path):
     folder, _ = exported_checkpoint
     outs = {}
@@ -211,6 +212,7 @@ def test_openvino_engine_through_the_cli_agrees_with_torch(exported_checkpoint, 
         assert mask_agreement(a > 0, b > 0, 1) >= 0.999
 
 
+@needs_openvino
 def test_engine_fastest_times_every_verified_cpu_engine_and_says_which(exported_checkpoint, images, tmp_path):
     folder, _ = exported_checkpoint
     proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", "fastest", "--device",
