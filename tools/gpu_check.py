@@ -224,8 +224,8 @@ class Checker:
     def train(self, step: Step, data: Path) -> None:
         run = self.scratch / "run"
         proc = self.cli("unetkit.train.cli", "--data", data, "--out", run, "--scale", "0.5", "--epochs", "1000",
-                        "--max-minutes", self.train_minutes, "--workers", min(8, os.cpu_count() or 1),
-                        "--cache", self.scratch / "cache", "--no-progress",
+                        "--patience", "1000", "--max-minutes", self.train_minutes,
+                        "--workers", min(8, os.cpu_count() or 1), "--cache", self.scratch / "cache", "--no-progress",
                         timeout=60 * self.train_minutes + 240)  # fmt: skip
         step.figures = parse_train(proc.stdout)
         if proc.returncode != 0 or not (run / "best.pth").exists():
