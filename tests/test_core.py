@@ -136,6 +136,13 @@ def test_training_without_its_extra_says_which_packages_to_install(tmp_path, syn
         "unet-train: error: training needs albumentations, which is not installed: pip install 'unetkit[train]'"
     ]
     assert not (tmp_path / "run").exists()
+    # Without augmentation training needs no albumentations.
+    tiny = ["--epochs", "1", "--base-channels", "2", "--scale", "0.5", "--workers", "0", "--device", "cpu",
+            "--no-progress", "--no-augment"]  # fmt: skip
+    proc = subprocess.run([*cli_command("unet-train"), "--data", synth_small, "--out", tmp_path / "plain", *tiny],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "plain" / "best.pth").is_file()
     # Inference needs none of it.
     code = "import unetkit.infer.predictor, unetkit.export.cli, unetkit.bench.cli, sys; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout == "ok\n"

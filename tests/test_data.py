@@ -2,14 +2,15 @@
 
 import os
 import time
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 from unetkit.core.preprocess import scaled_size
-from unetkit.train.data.augment import Augmenter
 from unetkit.train.data.dataset import (
     SampleCache,
     SampleRule,
@@ -21,6 +22,14 @@ from unetkit.train.data.dataset import (
 from unetkit.train.data.layouts import index_dataset
 
 HALF = SampleRule(ResizeRule(scale=0.5), "binary")
+
+
+def augmenter() -> Any:
+    """The training augmenter; its tests skip where albumentations (the `train` extra) is not installed."""
+    pytest.importorskip("albumentations", reason="albumentations (unetkit[train]) is not installed")
+    from unetkit.train.data.augment import Augmenter
+
+    return Augmenter()
 
 
 def test_scale_is_bilinear_for_images_and_nearest_for_masks(synth_small):
@@ -68,7 +77,7 @@ def test_augmentation_is_reproducible_per_seed_and_fills_with_ignore():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
     labels = (rng.random((40, 60)) > 0.5).astype(np.uint8)
-    aug = Augmenter()
+    aug = augmenter()
     a = aug(image, labels, 123)
     b = aug(image, labels, 123)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
@@ -81,7 +90,7 @@ def test_augmentation_is_reproducible_per_seed_and_fills_with_ignore():
 
 def test_dataset_items_and_pad_collate(synth_small):
     pairs = index_dataset(synth_small).pairs[:2]
-    ds = SegmentationDataset(pairs, HALF, augment=Augmenter())
+    ds = SegmentationDataset(pairs, HALF, augment=augmenter())
     image, labels = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
     assert labels.dtype == torch.long and labels.shape == (64, 96)

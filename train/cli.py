@@ -108,9 +108,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    require_training_stack()
+    require_training_stack(augment=False)  # what importing the trainer needs; augmentation is checked below
     from .distributed import training_processes
-    from .fit import fit, resume_config  # albumentations and TensorBoard are imported only when training
+    from .fit import fit, resume_config  # TensorBoard is imported only when training, albumentations when augmenting
 
     if args.scale is not None and (args.size is not None or args.max_side is not None):
         raise UnetkitError("--size and --max-side replace --scale: give one of the three")
@@ -130,6 +130,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
+    require_training_stack(cfg.augment)  # a resumed run augments as it did at the start
     check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])  # looks, creates nothing
     with training_processes(cfg, dist) as ddp:  # joins torchrun's process group for the run
         result = fit(cfg, checkpoint, ddp)

@@ -8,13 +8,15 @@ import importlib
 from unetkit.core.errors import UnetkitError
 
 #: Module -> the package that provides it, for everything `unet-train` needs beyond unetkit's own needs.
-TRAINING_MODULES = {"albumentations": "albumentations", "cv2": "opencv-python-headless", "tensorboard": "tensorboard"}
+TRAINING_MODULES = {"cv2": "opencv-python-headless", "tensorboard": "tensorboard"}
+#: What augmentation needs on top (a run with --no-augment trains without it).
+AUGMENT_MODULES = {"albumentations": "albumentations"}
 
 
-def require_training_stack() -> None:
-    """Raise UnetkitError naming the extra when a package training needs cannot be imported."""
+def require_training_stack(augment: bool) -> None:
+    """Raise UnetkitError naming the extra when a package this training needs cannot be imported."""
     missing = []
-    for module, package in TRAINING_MODULES.items():
+    for module, package in {**(AUGMENT_MODULES if augment else {}), **TRAINING_MODULES}.items():
         try:
             importlib.import_module(module)
         except ImportError:

@@ -141,11 +141,15 @@ def resolve_split(cfg: TrainConfig, index: DatasetIndex, resuming: bool) -> tupl
     return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed), True
 
 
+def _augmenter() -> Any:
+    from .data.augment import Augmenter  # albumentations is needed only when augmenting
+
+    return Augmenter()
+
+
 def _loaders(
     cfg: TrainConfig, index: DatasetIndex, split: Split, ddp: Distributed, sampler_rng: torch.Generator
 ) -> tuple[DataLoader, DataLoader]:
-    from .data.augment import Augmenter  # albumentations is only needed when training
-
     if len(split.val) < ddp.world:
         raise UnetkitError(
             f"{len(split.val)} validation image(s) for {ddp.world} processes: each needs at least one "
@@ -166,7 +170,7 @@ def _loaders(
         collate_fn=pad_collate,
         persistent_workers=cfg.workers > 0,
     )
-    train_ds = SegmentationDataset(split.train, rule, Augmenter() if cfg.augment else None, cache)
+    train_ds = SegmentationDataset(split.train, rule, _augmenter() if cfg.augment else None, cache)
     val_ds = SegmentationDataset(by_input_size(split.val, sizes), rule, None, cache)
     batches = BucketBatchSampler([sizes[p.image] for p in split.train], cfg.batch_size, sampler_rng)
     train = DataLoader(train_ds, batch_sampler=ddp.train_batches(batches), **common)
