@@ -13,8 +13,10 @@ decoder, which reads them as training did.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 
 import torch
 from PIL import Image
@@ -22,6 +24,9 @@ from PIL import Image
 #: The first torchvision whose decode_jpeg takes a list of JPEGs on CUDA (release notes, PR #8496).
 BATCHED_SINCE = (0, 20)
 
+
+#: torchvision's notice, on every CUDA decode from 0.29 on, that TorchCodec replaces it (a regex; case is ignored).
+TORCHCODEC_NOTICE = ".*torchcodec"
 
 #: JPEG colour modes nvJPEG decodes to RGB as the CPU does. torchvision's CUDA decoder has none of the CPU
 #: decoder's CMYK/YCCK handling (it always fills three planes), so four-component JPEGs go to the CPU.
@@ -40,6 +45,15 @@ def cpu_decode_reason(data: bytes) -> str | None:
     except Exception:  # an unreadable header: let the decoders report it
         return None
     return None
+
+
+@contextlib.contextmanager
+def torchcodec_notice_silenced() -> Iterator[None]:
+    """Silence torchvision's TorchCodec notice and nothing else: the filter list is process-wide, so a blanket
+    filter would also hide the warnings other threads (decoders, writers) raise meanwhile."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHCODEC_NOTICE)
+        yield
 
 
 def batched_decode_supported(torchvision_version: str) -> bool:
@@ -81,8 +95,7 @@ class GpuJpegDecoder:
     def decode(self, datas: list[bytes], consumer: torch.cuda.Stream) -> list[torch.Tensor]:
         """Decode every file in one call where torchvision can; raises RuntimeError if any file fails."""
         raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        with torch.cuda.stream(self.stream), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision >= 0.29 points CUDA decoding to TorchCodec on each call
+        with torch.cuda.stream(self.stream), torchcodec_notice_silenced():
             if self.batched:
                 images = self._decode(raws, mode=self._rgb, device=self.device)
             else:

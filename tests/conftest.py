@@ -36,6 +36,10 @@ def cli_command(name: str) -> list[str]:
 #: OpenVINO is an extra (`unetkit[openvino]`) that GPU images usually lack; tests of it skip there, saying so.
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs OpenVINO: pip install 'unetkit[openvino]'")
+#: nvJPEG decoding goes through torchvision, which unetkit does not install (it must match the torch build).
+needs_torchvision = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="needs torchvision (the build matching this torch)"
+)
 #: The plots of unet-bench and unet-train need matplotlib (the `dev` and `train` extras).
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib: pip install 'unetkit[dev]'"

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_lines, make_meta, run_cli
+from conftest import error_lines, make_meta, needs_torchvision, run_cli
 from unetkit.core import UNet, UNetConfig
 from unetkit.core.device import bf16_native_capability, canonical_device, resolve_device, same_device
 from unetkit.core.errors import UnetkitError
@@ -36,7 +37,7 @@ from unetkit.infer.engines.ort import (
     run_error,
 )
 from unetkit.infer.io import discover
-from unetkit.infer.nvjpeg import batched_decode_supported
+from unetkit.infer.nvjpeg import batched_decode_supported, torchcodec_notice_silenced
 from unetkit.infer.pipeline import Pipeline
 from unetkit.infer.settings import InferSettings, OutputOptions
 from unetkit.train.fit import cudnn_benchmark, visible_rng_states
@@ -245,6 +246,19 @@ def test_batched_gpu_decoding_follows_the_torchvision_version(version, batched):
     assert batched_decode_supported(version) is batched
 
 
+def test_decoding_silences_only_the_torchcodec_notice():
+    """The decoder's filter is process-wide while it is in place: other threads' warnings must still show."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with torchcodec_notice_silenced():
+            for message, category in [("The CUDA decode_jpeg path is deprecated; use TorchCodec", UserWarning),
+                                      ("torchcodec will replace this", FutureWarning),
+                                      ("a warning from a writer thread", UserWarning)]:  # fmt: skip
+                warnings.warn(message, category, stacklevel=1)
+        warnings.warn("TorchCodec, after the decode", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a warning from a writer thread", "TorchCodec, after the decode"]
+
+
 # ---- 7. a TensorRT profile too small for one image fails that image only -----------------------------------
 def _profiled_engine(max_hw):
     """A real eager engine given a TensorRT-like shape range, so the profile rules run on the CPU."""
@@ -382,6 +396,7 @@ def test_export_verifies_on_cuda(tmp_path, trained_checkpoint):
 
 
 @pytest.mark.gpu
+@needs_torchvision
 def test_nvjpeg_batch_equals_one_by_one(tmp_path):
     from unetkit.infer.nvjpeg import GpuJpegDecoder
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_command, error_lines, needs_openvino, run_cli
+from conftest import cli_command, error_lines, needs_openvino, needs_torchvision, run_cli
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
@@ -323,6 +323,7 @@ def test_jpeg_exif_detection_and_decoder_choice(tmp_path, exported_checkpoint):
 
 
 @pytest.mark.gpu
+@needs_torchvision
 def test_gpu_jpeg_decoding_matches_the_cpu_decoder(exported_checkpoint, images, tmp_path):
     ckpt = exported_checkpoint[0] / "best.pth"
     outs = {}
