@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -63,8 +64,9 @@ def run_torchrun(
 ) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m module args` as a real subprocess, Gloo on loopback.
 
-    --standalone picks a free port on localhost. torchrun and its workers run in their own session, which is
-    killed whole when `timeout` passes, so no worker outlives a test.
+    --standalone picks a free port on localhost. torchrun starts each worker in a session of its own, so
+    killing torchrun's process group would leave the workers running: at the timeout, or when the test is
+    interrupted (Ctrl-C, gpu-check's time limit), the whole process tree is stopped (`stop_tree`).
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     cmd += ["-m", module, *map(str, args)]
@@ -78,10 +80,46 @@ def run_torchrun(
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        stop_tree(proc)
         stdout, stderr = proc.communicate()
         raise AssertionError(f"{cmd} ran past {timeout} s\nstdout:\n{stdout}\nstderr:\n{stderr}") from None
+    except BaseException:  # KeyboardInterrupt: no worker may outlive the test run
+        stop_tree(proc)
+        raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from Linux's /proc; [] elsewhere."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop `proc` and every process below it: SIGTERM to the root first (torchrun passes it on to its
+    workers and waits for them), then SIGKILL to whatever is left after `grace` seconds."""
+    tree = descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    tree += descendants(proc.pid)
+    if proc.poll() is None:
+        proc.kill()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

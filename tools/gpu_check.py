@@ -45,7 +45,7 @@ PROG = "gpu-check"
 OUT_FILES = ("summary.md", "summary.json", "tests.txt", "log.txt", "bench.json", "bench.md", "bench.png")
 INFER_ENGINES = (("torch", "fp16"), ("compile", "fp16"), ("onnx", "fp16"))
 CARVANA = (1918, 1280)  # width, height
-GRACE_S = 20  # seconds a timed-out step gets after Ctrl-C before it is killed
+GRACE_S = 20  # seconds a timed-out step gets after Ctrl-C before it is killed (the tests' torchrun cleanup needs 10)
 GPU_TESTS, CPU_TESTS = "gpu or trt", "not gpu and not trt"
 
 
