@@ -222,6 +222,19 @@ def test_named_folders_through_the_clis(tmp_path):
     assert alone.returncode == 2 and "--images and --masks go together" in error_lines(alone)[0]
 
 
+def test_relative_named_folders_with_an_unpaired_image(tmp_path):
+    """Relative --images/--masks (as the README's Kvasir command gives them) with one image lacking its mask:
+    the report names it relative to the data folder instead of failing to relate the two paths."""
+    for n in range(4):
+        image(tmp_path / f"data/pics/{n}.jpg")
+        mask(tmp_path / f"data/labels/{n}.png")
+    image(tmp_path / "data/pics/lonely.jpg")
+    proc = run_cli("unet-data", "check", "--images", "data/pics", "--masks", "data/labels", "--no-progress",
+                   cwd=tmp_path, check=True)  # fmt: skip
+    assert "1 image(s) without a mask: pics/lonely.jpg" in proc.stdout
+    assert f"{tmp_path / 'data'}: folders layout, 4 pairs" in proc.stdout
+
+
 def test_noisy_lossless_masks_are_an_error_that_names_the_remedy(tmp_path):
     image(tmp_path / "imgs/a.jpg")
     noisy = np.zeros((16, 24), np.uint8)

@@ -2,6 +2,7 @@
 logs, evaluates."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -107,9 +108,12 @@ def test_resume_continues_with_the_same_state(tmp_path, synth_small):
 
 
 def test_last_pth_holds_what_resume_needs(tmp_path, synth_small):
-    run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--epochs", "1", "--base-channels", "2",
-            "--workers", "0", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
-    training = torch.load(tmp_path / "last.pth", weights_only=True)["training"]
+    # a relative --data is recorded absolute, so --resume and export's calibration find it from any folder
+    run_cli("unet-train", "--data", os.path.relpath(synth_small, tmp_path), "--out", "run", "--epochs", "1",
+            "--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress", cwd=tmp_path,
+            check=True)  # fmt: skip
+    training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
+    assert training["config"]["data"] == str(synth_small.absolute())
     assert {"optimizer", "scheduler", "early_stopping", "epoch", "rng", "scaler", "config"} <= set(training)
     assert training["scheduler"]["patience"] == 3 and training["early_stopping"]["patience"] == 5
     assert training["optimizer"]["param_groups"][0]["lr"] == 1e-4  # Adam at the seed's learning rate

@@ -15,7 +15,7 @@ from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
-from .data.options import add_data_arguments, parse_hw, resolve_folders
+from .data.options import absolute, add_data_arguments, parse_hw, resolve_folders
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
@@ -117,8 +117,12 @@ def _train(args: argparse.Namespace) -> int:
     dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
     data, folders = resolve_folders(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split", "json")}
+    if data is not None:  # absolute, so --resume and export's calibration find the data from any folder
+        given["data"] = data
     if folders is not None:
-        given.update(data=data, images=folders.images, masks=folders.masks)
+        given.update(images=folders.images, masks=folders.masks)
+    if args.cache is not None:
+        given["cache"] = absolute(args.cache)
     if args.resume:
         path, out = _resume_paths(args)
         cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)

@@ -5,6 +5,7 @@ Used by `unet-data check` and at the start of `unet-train`, where the pass also 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ def describe_unmatched(index: DatasetIndex, limit: int = 10) -> list[str]:
     for what, files in (("image(s) without a mask", index.unmatched_images),
                         ("mask(s) without an image", index.unmatched_masks)):  # fmt: skip
         if files:
-            shown = ", ".join(str(Path(f).relative_to(index.root)) for f in files[:limit])
+            shown = ", ".join(os.path.relpath(Path(f).absolute(), Path(index.root).absolute()) for f in files[:limit])
             more = f" and {len(files) - limit} more" if len(files) > limit else ""
             lines.append(f"{len(files)} {what}: {shown}{more}")
     return lines

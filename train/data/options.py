@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from unetkit.core.cli import parse_pair
@@ -44,17 +45,23 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    "searched in each image name whose first group is the key (default auto)")  # fmt: skip
 
 
+def absolute(path: Path) -> Path:
+    """`path` made absolute and normalised ('..' removed) without following links, as a run folder records it."""
+    return Path(os.path.abspath(path))
+
+
 def resolve_folders(args: argparse.Namespace) -> tuple[Path | None, FolderSpec | None]:
     """(data folder, folder spec) from --data/--images/--masks; the data folder of a spec without --data is
-    the folder both are under. Relative --images/--masks are taken inside --data when it is given."""
+    the folder both are under. Relative --images/--masks are taken inside --data when it is given. The paths are
+    made absolute here, so a run folder that records them still finds the data from another working folder."""
     if (args.images is None) != (args.masks is None):
         raise UnetkitError("--images and --masks go together (an image folder and a mask folder)")
     if args.images is None:
         if args.image_suffix or args.mask_suffix or args.mask_ext:
             raise UnetkitError("--image-suffix, --mask-suffix and --mask-ext need --images and --masks")
-        return args.data, None
-    base = args.data if args.data is not None else Path()
+        return (None if args.data is None else absolute(args.data)), None
+    base = absolute(args.data if args.data is not None else Path())
     spec = FolderSpec(
         base / args.images, base / args.masks, args.image_suffix or "", args.mask_suffix or "", args.mask_ext or ()
     )
-    return (args.data if args.data is not None else folder_root(spec)), spec
+    return (base if args.data is not None else folder_root(spec)), spec
