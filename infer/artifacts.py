@@ -77,6 +77,17 @@ def meta_from(values: dict[str, Any], source: str | os.PathLike) -> ModelMeta:
         raise ArtifactError(f"{source}: {exc}; re-export it with unet-export") from None
 
 
+def stale_problem(artifact: Path, extra: dict[str, Any], checkpoint: Path) -> str | None:
+    """Why the artifact found beside `checkpoint` must not stand in for it: it records the digest of another
+    checkpoint (the run was re-trained, or a re-export failed and left the old file), or None. An artifact
+    that records no digest, or a checkpoint that is not on this machine, cannot be compared."""
+    recorded = extra.get("source_sha256")
+    if not isinstance(recorded, str) or not checkpoint.is_file() or recorded == sha256_file(checkpoint):
+        return None
+    return (f"{artifact}: exported from another checkpoint than {checkpoint} (its source digest {recorded[:12]}); "
+            f"re-export with `unet-export {checkpoint}`, or pass the file with --model to run it anyway")
+
+
 def runtime_refusal(extra: dict[str, Any], runtime: str) -> str | None:
     """Why `runtime` must not run an artifact: it failed the artifact's verification at export (the verdicts
     unet-export records per runtime in `runtime_checks`), or None."""

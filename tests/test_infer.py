@@ -1,5 +1,6 @@
 """unet-infer and the Predictor API on the CPU: engines agree, outputs, image modes, bad input, resume, memory."""
 
+import shutil
 import subprocess
 import sys
 
@@ -196,6 +197,27 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
         create_engine("trt", checkpoint=ckpt, device="cpu")
     with pytest.raises(Exception, match=r"best\.int8\.onnx: not found; run `unet-export .*best\.pth --int8` first"):
         create_engine("onnx", checkpoint=ckpt, device="cpu", precision="int8")
+
+
+def test_an_artifact_exported_from_another_checkpoint_is_refused(exported_checkpoint, random_checkpoint, images,
+                                                                   tmp_path):
+    """Re-training over best.pth (or a re-export that failed) leaves best.onnx from the old weights: running it
+    in the checkpoint's name would give the old model's masks without a word."""
+    folder, _ = exported_checkpoint
+    shutil.copy(folder / "best.onnx", tmp_path / "best.onnx")
+    shutil.copy(random_checkpoint, tmp_path / "best.pth")  # the run's new best.pth
+    proc = run_cli("unet-infer", images, "--checkpoint", tmp_path / "best.pth", "--engine", "onnx", "--device",
+                   "cpu", "--precision", "fp32", "--out", tmp_path / "m", "--no-progress")  # fmt: skip
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert f"{tmp_path / 'best.onnx'}: exported from another checkpoint than {tmp_path / 'best.pth'}" in line
+    assert "re-export with `unet-export" in line and not (tmp_path / "m").exists()
+    # named explicitly, the file runs: the user has said which model they mean
+    run_cli("unet-infer", images, "--model", tmp_path / "best.onnx", "--device", "cpu", "--out", tmp_path / "m",
+            "--no-progress", check=True)  # fmt: skip
+    # the checkpoint it was exported from still finds it
+    shutil.copy(folder / "best.pth", tmp_path / "best.pth")
+    create_engine("onnx", checkpoint=tmp_path / "best.pth", device="cpu", precision="fp32").close()
 
 
 @needs_openvino

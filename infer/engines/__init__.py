@@ -11,7 +11,7 @@ from unetkit.core import load_checkpoint
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.device import resolve_device
 
-from ..artifacts import ArtifactError, artifact_path
+from ..artifacts import ArtifactError, artifact_path, stale_problem
 from .base import DTYPES, PRECISIONS, Engine, EngineShapeError, EngineUnavailable, ShapeRange, canonical_precision
 from .eager import EagerEngine
 
@@ -72,7 +72,7 @@ def create_engine(
 
         path = Path(model) if model else artifact_path(ckpt, ONNX_ARTIFACTS.get(precision, "onnx"))
         _require(path, None if model else ckpt, precision)
-        return OnnxEngine(path, dev)
+        return _current(OnnxEngine(path, dev), path, None if model else ckpt)
     if name == "openvino":
         from .openvino import OpenVinoEngine, openvino_missing
 
@@ -81,13 +81,23 @@ def create_engine(
             raise EngineUnavailable(missing)
         path = Path(model) if model else artifact_path(ckpt, "onnx-int8" if precision == "int8" else "onnx")
         _require(path, None if model else ckpt, precision)
-        return OpenVinoEngine(path, dev, precision)
+        return _current(OpenVinoEngine(path, dev, precision), path, None if model else ckpt)
     from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
     if model is None and precision not in TRT_ARTIFACTS:
         built = ", ".join(TRT_ARTIFACTS)
         raise EngineUnavailable(f"trt runs the engines unet-export builds ({built}), not {precision}")
-    return TrtEngine(Path(model) if model else artifact_path(ckpt, TRT_ARTIFACTS.get(precision, "trt")), dev)
+    path = Path(model) if model else artifact_path(ckpt, TRT_ARTIFACTS.get(precision, "trt"))
+    return _current(TrtEngine(path, dev), path, None if model else ckpt)
+
+
+def _current(engine: Engine, path: Path, checkpoint: Path | None) -> Engine:
+    """`engine`, unless it was found beside `checkpoint` but exported from another one (closed, then refused)."""
+    problem = checkpoint and stale_problem(path, dict(engine.meta.extra), checkpoint)
+    if problem:
+        engine.close()
+        raise ArtifactError(problem)
+    return engine
 
 
 def _require(path: Path, checkpoint: str | os.PathLike | None, precision: str) -> None:
