@@ -86,6 +86,30 @@ def test_cityscapes_layout_maps_label_ids_and_keeps_the_official_split(tmp_path)
     assert counts[IGNORE_INDEX] == 4 * 2 * 2 * 2
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ((0, 1, 2, 40, 250), "values 40, 250 are not Cityscapes labelIds (0-33, void 255); use the *_gtFine_labelIds"),
+        ((0, 1, 2, 3, 4, 255), "holds only 0-18 and 255, as a trainIds mask does (labelIds run to 33); use the"),
+        ((0, 1, 4, 6), "every pixel is a void class (none of the 19 trained labelIds), so the mask scores nothing"),
+    ],
+)
+def test_cityscapes_masks_that_are_not_label_ids_stop_the_check(tmp_path, values, message):
+    """Train ids or colours saved under labelIds names would map (nearly) every pixel to void: the run would
+    train on nothing and end without a checkpoint, so the check names the file instead."""
+    for split, city, name in [("train", "aachen", "aachen_000000_000019"), ("val", "lindau", "lindau_000000_000019")]:
+        image(tmp_path / f"leftImg8bit/{split}/{city}/{name}_leftImg8bit.png", (6, 4))
+        gt = tmp_path / f"gtFine/{split}/{city}/{name}_gtFine_labelIds.png"
+        gt.parent.mkdir(parents=True, exist_ok=True)
+        ids = np.resize(np.array(values if split == "val" else (7, 26, 0), np.uint8), (4, 6))
+        Image.fromarray(ids).save(gt)
+    proc = run_cli("unet-data", "check", tmp_path, "--no-progress")
+    assert proc.returncode == 2
+    bad = tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    assert f"{bad}: {message}" in proc.stderr
+    assert "aachen" not in proc.stderr  # the good labelIds mask passes
+
+
 def test_masks_as_gif_png_jpeg_with_0_255_and_0_1(tmp_path):
     image(tmp_path / "train/a.jpg")
     mask(tmp_path / "train_masks/a_mask.gif", values=(0, 255))

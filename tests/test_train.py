@@ -138,6 +138,18 @@ def test_bad_arguments_give_one_line(tmp_path, synth_small, args, message):
     assert not (tmp_path / "best.pth").exists()
 
 
+def test_a_diverged_run_stops_with_one_line_and_no_checkpoint(tmp_path, synth_small):
+    """A loss gone NaN would otherwise train on to the last epoch and end with 'best Dice -inf'."""
+    proc = run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--epochs", "3", "--base-channels", "2",
+                   "--workers", "0", "--device", "cpu", "--no-progress", "--lr", "1e12")  # fmt: skip
+    assert proc.returncode == 2
+    assert error_lines(proc)[-1] == (
+        "unet-train: error: epoch 1: the training loss is nan, so the weights are lost; lower --lr (now 1e+12) or "
+        "check that the masks label some pixels (unet-data check); no checkpoint was written"
+    )
+    assert not (tmp_path / "best.pth").exists() and not (tmp_path / "last.pth").exists()
+
+
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
     proc = run_cli("unet-train", "--out", tmp_path, "--resume")
     assert proc.returncode == 2

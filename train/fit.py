@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -312,6 +313,13 @@ def _epochs(
                 desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop,
             )
         )  # fmt: skip
+        if not math.isfinite(train_loss):  # every rank sees the same reduced loss, so every rank stops here
+            kept = (f"{cfg.out / 'last.pth'} (epoch {run.saved_epoch}) and best.pth are as they were"
+                    if run.saved_epoch else "no checkpoint was written")  # fmt: skip
+            raise UnetkitError(
+                f"epoch {epoch}: the training loss is {train_loss}, so the weights are lost; lower --lr (now "
+                f"{lr:g}) or check that the masks label some pixels (unet-data check); {kept}"
+            )
         ddp.sync_buffers(run.model)
         # The model itself (not DDP's wrapper) validates: ranks hold different numbers of validation images.
         result = ddp.reduce_eval(
@@ -363,9 +371,15 @@ def _write_failed(exc: OSError, out: Path, saved_epoch: int) -> OSError:
     return OSError(exc.errno, f"{exc.strerror or exc}; training stopped, {kept}", exc.filename)
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a score with nothing to score is null, as in --eval's numbers."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _append_history(path: Path, epoch: int, scalars: dict[str, float], result: EvalResult) -> None:
     """history.jsonl keeps one JSON line per epoch, rewritten atomically (a resumed run drops later lines)."""
     lines = path.read_text().splitlines() if path.exists() else []
     kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < epoch]
     row = {"epoch": epoch, **scalars, "dice_per_class": result.dice, "iou_per_class": result.iou}
+    row = {k: [_finite(x) for x in v] if isinstance(v, list) else _finite(v) for k, v in row.items()}
     write_text_atomic(path, "\n".join([*kept, json.dumps(row)]) + "\n")

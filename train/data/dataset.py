@@ -23,9 +23,9 @@ from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 from unetkit.core.preprocess import resize_masks, resize_pixels
 
-from .layouts import Pair, cityscapes_lut
+from .layouts import Pair, cityscapes_train_ids
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: Cityscapes masks are checked (labelIds only, not all void) before caching
 Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
@@ -53,7 +53,7 @@ def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
         )
     if rule.mask_kind == "binary":
         return image, binary_mask(raw, pair.mask, rule.mask_threshold)
-    return image, cityscapes_lut()[raw]
+    return image, cityscapes_train_ids(raw, pair.mask)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -44,6 +44,34 @@ def cityscapes_lut() -> np.ndarray:
     return lut
 
 
+#: Cityscapes' labelIds run from 0 (unlabeled) to 33 (bicycle); license plates (-1) are never drawn, and 255
+#: is read as void too, as tools that write labelIds mark unlabelled pixels with it.
+CITYSCAPES_MAX_LABEL_ID = 33
+TRAIN_ID_VALUES = frozenset({*range(19), IGNORE_INDEX})  # what a Cityscapes trainIds mask holds
+
+
+def cityscapes_train_ids(raw: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """A `_gtFine_labelIds` mask -> train ids (void classes IGNORE_INDEX). Values 34-254 are no labelIds, a
+    mask of train ids (0-18 with 255) in a labelIds file's name would be read as the wrong classes, and a mask
+    of void classes only scores nothing: each is a DataError naming the file, before any training."""
+    counts = np.bincount(raw.ravel(), minlength=256)
+    present = set(np.flatnonzero(counts).tolist())
+    foreign = sorted(v for v in present if CITYSCAPES_MAX_LABEL_ID < v < IGNORE_INDEX)
+    train_ids = present <= TRAIN_ID_VALUES
+    remedy = "; use the *_gtFine_labelIds.png files, not trainIds or colour masks"
+    if foreign:
+        shown = ", ".join(map(str, foreign[:6])) + (" ..." if len(foreign) > 6 else "")
+        raise DataError(f"{source}: values {shown} are not Cityscapes labelIds (0-{CITYSCAPES_MAX_LABEL_ID}, "
+                        f"void 255){remedy}")  # fmt: skip
+    if train_ids and IGNORE_INDEX in present:
+        raise DataError(f"{source}: holds only 0-18 and 255, as a trainIds mask does (labelIds run to "
+                        f"{CITYSCAPES_MAX_LABEL_ID}){remedy}")  # fmt: skip
+    if not counts[list(CITYSCAPES_LABEL_IDS)].any():
+        raise DataError(f"{source}: every pixel is a void class (none of the 19 trained labelIds), so the mask "
+                        "scores nothing")  # fmt: skip
+    return cityscapes_lut()[raw]
+
+
 @dataclass(frozen=True)
 class Pair:
     image: Path
