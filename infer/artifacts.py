@@ -84,8 +84,10 @@ def stale_problem(artifact: Path, extra: dict[str, Any], checkpoint: Path) -> st
     recorded = extra.get("source_sha256")
     if not isinstance(recorded, str) or not checkpoint.is_file() or recorded == sha256_file(checkpoint):
         return None
-    return (f"{artifact}: exported from another checkpoint than {checkpoint} (its source digest {recorded[:12]}); "
-            f"re-export with `unet-export {checkpoint}`, or pass the file with --model to run it anyway")
+    return (
+        f"{artifact}: exported from another checkpoint than {checkpoint} (its source digest {recorded[:12]}); "
+        f"re-export with `unet-export {checkpoint}`, or pass the file with --model to run it anyway"
+    )
 
 
 def runtime_refusal(extra: dict[str, Any], runtime: str) -> str | None:

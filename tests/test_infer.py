@@ -199,8 +199,9 @@ def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
         create_engine("onnx", checkpoint=ckpt, device="cpu", precision="int8")
 
 
-def test_an_artifact_exported_from_another_checkpoint_is_refused(exported_checkpoint, random_checkpoint, images,
-                                                                   tmp_path):
+def test_an_artifact_exported_from_another_checkpoint_is_refused(
+    exported_checkpoint, random_checkpoint, images, tmp_path
+):
     """Re-training over best.pth (or a re-export that failed) leaves best.onnx from the old weights: running it
     in the checkpoint's name would give the old model's masks without a word."""
     folder, _ = exported_checkpoint
