@@ -95,7 +95,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a mask file into an (H, W) uint8 array of raw values (palette indices become luminance)."""
+    """Decode a mask file into an (H, W) uint8 array of raw values.
+
+    A value is a class (or 0/255 foreground), so colours are never turned into luminance where that would
+    change the classes: a palette image with a grey palette (Carvana's GIFs) reads as its greys, one with a
+    colour palette (Pascal VOC's PNGs) as its indices; an RGB mask whose pixels are all grey reads as that
+    grey, and a lossless colour-coded one is an error naming the file. Lossy (JPEG) RGB masks, whose greys
+    carry colour noise, read as luminance and are thresholded later.
+    """
     path = Path(path)
     img = _open(path)
     if img.mode in _SIXTEEN_BIT_MODES:
@@ -103,6 +110,20 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         if arr.max(initial=0) > 255:
             raise DataError(f"{path}: 16-bit mask values above 255 are not supported")
         return arr.astype(np.uint8)
+    if img.mode == "P":
+        indices = np.array(img, dtype=np.uint8)
+        colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+        used = colours[np.unique(indices)] if len(colours) > int(indices.max(initial=0)) else colours[:0]
+        if len(used) and not (used == used[:, :1]).all():
+            return indices  # a colour palette: the indices are the classes
+    if img.mode in ("RGB", "RGBA") and path.suffix.lower() not in LOSSY_EXTENSIONS:
+        rgb = np.array(img.convert("RGB"), dtype=np.uint8)
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+            raise DataError(
+                f"{path}: a colour mask; masks hold one value per pixel (0/1, 0/255 or class ids), as a greyscale "
+                "or palette PNG: convert the colours to those values first"
+            )
+        return np.ascontiguousarray(rgb[..., 0])
     if img.mode != "L":
         img = img.convert("L")
     return np.array(img, dtype=np.uint8)

@@ -43,10 +43,26 @@ def test_sixteen_bit_is_scaled_to_eight(tmp_path):
     assert out[0, :, 0].tolist() == [0, 1, 255, 128]
 
 
-def test_palette_mask_becomes_luminance(tmp_path):
-    mask = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("P")
-    mask.save(tmp_path / "m.gif")
+def test_mask_values_are_classes_never_colour_luminance(tmp_path):
+    """A grey-palette GIF (Carvana's) reads as its greys; a colour-palette PNG (Pascal VOC's) as its indices,
+    which are the classes; an all-grey RGB PNG as its grey; a colour-coded RGB PNG is refused (its luminance
+    would be made-up classes); a JPEG RGB mask, grey with colour noise, reads as luminance to be thresholded."""
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("P").save(tmp_path / "m.gif")
     assert read_mask(tmp_path / "m.gif").tolist() == [[0, 255], [255, 0]]
+    voc = Image.fromarray(np.array([[0, 1], [2, 15]], np.uint8), "P")
+    voc.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [64, 0, 128] * 253)
+    voc.save(tmp_path / "voc.png")
+    assert read_mask(tmp_path / "voc.png").tolist() == [[0, 1], [2, 15]]
+    Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)).save(tmp_path / "grey.png")
+    assert read_mask(tmp_path / "grey.png").tolist() == [[0, 255]]
+    Image.fromarray(np.array([[[0, 0, 0], [0, 0, 142]]], np.uint8)).save(tmp_path / "colour.png")
+    with pytest.raises(DataError, match=r"colour\.png: a colour mask; masks hold one value per pixel"):
+        read_mask(tmp_path / "colour.png")
+    noisy = np.zeros((16, 16, 3), np.uint8)
+    noisy[:, 8:] = (250, 255, 246)
+    Image.fromarray(noisy).save(tmp_path / "kvasir.jpg", quality=90)
+    raw = read_mask(tmp_path / "kvasir.jpg")
+    assert (raw[:, :6] < 20).all() and (raw[:, 10:] > 230).all()
 
 
 def test_unreadable_files_name_the_file(tmp_path):

@@ -11,7 +11,13 @@ from unetkit.core.errors import DataError
 from unetkit.core.imageio import binary_mask
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.train.data.checks import check_dataset, describe_unmatched
-from unetkit.train.data.layouts import FolderSpec, detect_layout, folder_root, index_dataset
+from unetkit.train.data.layouts import (
+    FolderSpec,
+    cityscapes_train_ids,
+    detect_layout,
+    folder_root,
+    index_dataset,
+)
 
 
 def image(path: Path, size=(24, 16), color=(200, 30, 30)) -> Path:
@@ -108,6 +114,13 @@ def test_cityscapes_masks_that_are_not_label_ids_stop_the_check(tmp_path, values
     bad = tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
     assert f"{bad}: {message}" in proc.stderr
     assert "aachen" not in proc.stderr  # the good labelIds mask passes
+
+
+def test_cityscapes_ids_in_a_jpeg_are_refused():
+    ids = np.array([[7, 26]], np.uint8)
+    assert cityscapes_train_ids(ids, "a_gtFine_labelIds.png").tolist() == [[0, 13]]
+    with pytest.raises(DataError, match=r"a_gtFine_labelIds\.jpg: class ids in a lossy \(JPEG\) file are changed"):
+        cityscapes_train_ids(ids, "a_gtFine_labelIds.jpg")
 
 
 def test_masks_as_gif_png_jpeg_with_0_255_and_0_1(tmp_path):

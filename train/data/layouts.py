@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from unetkit.core.imageio import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, MASK_EXTENSIONS
 from unetkit.core.labels import IGNORE_INDEX
 
 CITYSCAPES_CLASSES = (
@@ -53,7 +53,10 @@ TRAIN_ID_VALUES = frozenset({*range(19), IGNORE_INDEX})  # what a Cityscapes tra
 def cityscapes_train_ids(raw: np.ndarray, source: str | os.PathLike) -> np.ndarray:
     """A `_gtFine_labelIds` mask -> train ids (void classes IGNORE_INDEX). Values 34-254 are no labelIds, a
     mask of train ids (0-18 with 255) in a labelIds file's name would be read as the wrong classes, and a mask
-    of void classes only scores nothing: each is a DataError naming the file, before any training."""
+    of void classes only scores nothing, and a JPEG has changed the ids at every edge: each is a DataError
+    naming the file, before any training."""
+    if Path(source).suffix.lower() in LOSSY_EXTENSIONS:
+        raise DataError(f"{source}: class ids in a lossy (JPEG) file are changed at every edge; use the PNG")
     counts = np.bincount(raw.ravel(), minlength=256)
     present = set(np.flatnonzero(counts).tolist())
     foreign = sorted(v for v in present if CITYSCAPES_MAX_LABEL_ID < v < IGNORE_INDEX)
