@@ -11,7 +11,7 @@ from unetkit.core.meta import MetaError, ModelMeta, ResizeRule
 from unetkit.core.preprocess import input_size, model_input
 from unetkit.export.profile import default_shape
 from unetkit.infer.predictor import Predictor
-from unetkit.train.data.buckets import BUCKET_RATIO, BucketBatchSampler, padding_fraction
+from unetkit.train.data.buckets import BUCKET_RATIO, BucketBatchSampler, padding_fraction, same_size_batches
 from unetkit.train.data.synth import random_car, render
 
 
@@ -96,3 +96,43 @@ def test_training_on_mixed_sizes_with_max_side_and_inference_applies_it(tmp_path
         assert prob.shape == (1, 160, 96)  # back at the image's own size
         x = model_input(torch.from_numpy(np.array(Image.open(tmp_path / "img1.png"))).permute(2, 0, 1), meta)
         assert tuple(x.shape[-2:]) == (64, 38)  # what the engine was fed: the longer side 64, aspect kept
+
+
+def test_same_size_batches_never_mix_sizes():
+    sizes = [(32, 48), (32, 48), (32, 48), (40, 48), (32, 48), (40, 48), (40, 48)]
+    assert same_size_batches(sizes, 2) == [[0, 1], [2], [3], [4], [5, 6]]
+    assert same_size_batches(sizes, 8) == [[0, 1, 2], [3], [4], [5, 6]]
+    assert same_size_batches([], 4) == []
+
+
+def test_eval_of_mixed_sizes_scores_as_inference_whatever_the_batch_size(tmp_path):
+    """--eval runs images of one size together, unpadded: padding a smaller image to its batch's largest
+    would change the predictions near its edges, so the scores would depend on --batch-size and differ from
+    the masks unet-infer writes."""
+    from unetkit.core.checkpoint import save_checkpoint
+    from unetkit.core.metrics import confusion_counts
+    from unetkit.core.model import UNet, UNetConfig
+    from unetkit.train.data.layouts import FolderSpec
+    from unetkit.train.evaluate import EvalSettings, evaluate_checkpoint
+
+    rng = np.random.default_rng(5)
+    for i, (w, h) in enumerate([(96, 64), (64, 96), (96, 64), (80, 80), (96, 64), (72, 56)]):
+        image, mask = render(random_car(rng), rng, w, h)
+        Image.fromarray(image).save(tmp_path / f"img{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"img{i}_seg.png")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "best.pth", UNet(UNetConfig(n_classes=1, base_channels=4)).eval(),
+                    make_meta(scale=1.0))  # fmt: skip
+    folders = FolderSpec(tmp_path, tmp_path, mask_suffix="_seg")
+    scores = {}
+    for batch in (1, 6):
+        settings = EvalSettings(folders=folders, batch_size=batch, device="cpu", workers=0, progress=False)
+        report = evaluate_checkpoint(tmp_path / "best.pth", tmp_path, settings)
+        scores[batch] = {s.name: s.counts for s in report.images}
+    assert scores[1].keys() == scores[6].keys() and len(scores[1]) == 6
+    with Predictor(tmp_path / "best.pth", device="cpu") as predictor:
+        for name, counts in scores[6].items():
+            assert torch.equal(counts, scores[1][name]), name
+            truth = torch.from_numpy(np.array(Image.open(tmp_path / name.replace(".png", "_seg.png"))) > 0)
+            mask = torch.from_numpy(predictor.predict(tmp_path / name))
+            assert torch.equal(counts, confusion_counts(mask, truth.to(torch.uint8), 1)), name

@@ -31,7 +31,7 @@ from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import class_scores, confusion_counts
 from unetkit.core.preprocess import resize_masks
 
-from .data.buckets import by_input_size
+from .data.buckets import by_input_size, same_size_batches
 from .data.dataset import SampleRule, read_pair, resize_image
 from .data.layouts import DatasetIndex, FolderSpec, Pair, index_dataset
 from .data.split import SPLIT_FILE, Split, group_key_fn, make_split, read_split
@@ -62,13 +62,8 @@ class _EvalDataset(Dataset):
 
 
 def _collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
-    """Images padded to the batch's largest (as training pads); labels stay at their own sizes."""
-    h = max(img.shape[1] for img, _, _ in batch)
-    w = max(img.shape[2] for img, _, _ in batch)
-    images = torch.zeros(len(batch), 3, h, w, dtype=torch.uint8)
-    for i, (img, _, _) in enumerate(batch):
-        images[i, :, : img.shape[1], : img.shape[2]] = img
-    return images, [lab for _, lab, _ in batch], [i for _, _, i in batch]
+    """Images of one model-input size stacked (`same_size_batches`: never padded); labels at their own sizes."""
+    return torch.stack([img for img, _, _ in batch]), [lab for _, lab, _ in batch], [i for _, _, i in batch]
 
 
 @dataclass
@@ -138,7 +133,7 @@ def evaluate_checkpoint(
     batch_size = settings.batch_size or int(args.get("batch_size", 8))
     loader = DataLoader(
         _EvalDataset(pairs, rule),
-        batch_size=batch_size,
+        batch_sampler=same_size_batches([sizes[p.image] for p in pairs], batch_size),
         num_workers=settings.workers,
         collate_fn=_collate,
         pin_memory=dev.type == "cuda",

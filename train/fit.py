@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from unetkit.core.atomic import write_text_atomic
 from unetkit.core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
@@ -29,7 +29,7 @@ from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
 from .config import RESUME_OVERRIDES, TrainConfig, resume_conflicts, run_files
-from .data.buckets import BucketBatchSampler, by_input_size
+from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
@@ -175,7 +175,10 @@ def _loaders(
     val_ds = SegmentationDataset(by_input_size(split.val, sizes), rule, None, cache)
     batches = BucketBatchSampler([sizes[p.image] for p in split.train], cfg.batch_size, sampler_rng)
     train = DataLoader(train_ds, batch_sampler=ddp.train_batches(batches), **common)
-    val = DataLoader(ddp.val_part(val_ds), batch_size=cfg.batch_size, shuffle=False, **common)
+    val_part = ddp.val_part(val_ds)
+    mine = val_part.indices if isinstance(val_part, Subset) else range(len(val_ds))
+    val_batches = same_size_batches([sizes[val_ds.pairs[i].image] for i in mine], cfg.batch_size)
+    val = DataLoader(val_part, batch_sampler=val_batches, **common)  # unpadded: scores as --eval and inference
     log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
     return train, val
 

@@ -30,9 +30,22 @@ def bucket_key(height: int, width: int, ratio: float = BUCKET_RATIO) -> tuple[in
 
 
 def by_input_size(pairs: Sequence[Pair], sizes: dict[Path, tuple[int, int]]) -> list[Pair]:
-    """Pairs ordered by model-input (height, width), so fixed validation batches pad little; training's
-    validation and `unet-train --eval` order them alike, so the same batches give the same scores."""
+    """Pairs ordered by model-input (height, width), so images of one size sit together and evaluation's
+    same-size batches are as full as they can be (training's validation and `unet-train --eval` alike)."""
     return sorted(pairs, key=lambda p: sizes[p.image])
+
+
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches of indices for evaluation, in order: each a run of consecutive samples of one size, at most
+    `batch_size` long. Nothing is padded, so a score does not depend on the batch size and matches inference,
+    which runs each image at its own size."""
+    batches: list[list[int]] = []
+    for i, size in enumerate(sizes):
+        if batches and len(batches[-1]) < batch_size and sizes[batches[-1][0]] == size:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def padding_fraction(sizes: Sequence[tuple[int, int]]) -> float:
