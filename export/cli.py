@@ -30,7 +30,15 @@ from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
 from .tensorrt_build import BuildSettings, build_engine, default_timing_cache, engine_skip_reason, tensorrt_unavailable
 from .triton import Plan, TritonSettings, check_batch_range, read_plan, write_repository
-from .verify import Reference, Verification, sample_inputs, verify
+from .verify import (
+    Reference,
+    Verification,
+    sample_inputs,
+    verification_images,
+    verification_line,
+    verification_source,
+    verify,
+)
 
 PROG = "unet-export"
 
@@ -117,8 +125,12 @@ def _export(args: argparse.Namespace) -> int:
         "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,
         "source_sha256": source_sha256, "export_verified": bool(args.verify),
     })  # fmt: skip
-    reference = Reference(model, meta) if args.verify else None
-    onnx_inputs = sample_inputs(meta) if args.verify else []
+    reference = None
+    if args.verify:  # judged on the model's own kind of image
+        source = verification_source(args.calib, meta)
+        reference = Reference(model, meta, verification_images(source, seed=args.seed))
+        print(verification_line(source, len(reference.images)), flush=True)
+    onnx_inputs = sample_inputs(meta, images=reference.images) if reference else []
 
     def onnx_check(exact: bool) -> Callable[[Path], Verification] | None:
         if reference is None:
@@ -248,7 +260,8 @@ def _engine(
 
     def check(tmp: Path, reference: Reference) -> Verification:
         with TrtEngine(tmp, device, meta=meta, precision=precision) as engine:
-            return verify(engine, reference, sample_inputs(meta, engine.shapes), exact=False, int8=precision == "int8")
+            inputs = sample_inputs(meta, engine.shapes, images=reference.images)
+            return verify(engine, reference, inputs, exact=False, int8=precision == "int8")
 
     verified = None if reference is None else functools.partial(check, reference=reference)
     result = produce(engine_path, precision, build, verified)

@@ -40,12 +40,14 @@ def add_int8_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("INT8 (best.int8.onnx, and best.int8.engine where TensorRT can build it)")
     g.add_argument("--int8", action="store_true", help="also write an INT8 QDQ ONNX calibrated on real images")
     g.add_argument("--calib", type=Path, metavar="DIR", help="calibration images: a folder or a data set root "
-                   "(default: the checkpoint's training data if it is here, else synthetic cars)")  # fmt: skip
+                   "(default: the checkpoint's training data if it is here, else synthetic cars); artifacts are "
+                   "verified on 4 training images, or on these where the training data is not here")  # fmt: skip
     g.add_argument("--calib-count", type=int, default=DEFAULT_COUNT, metavar="N", help="calibration samples "
                    f"(default {DEFAULT_COUNT})")  # fmt: skip
     g.add_argument("--calib-tile", type=int, default=DEFAULT_TILE, metavar="T", help="calibrate on one TxT tile of "
                    f"each image's model input (default {DEFAULT_TILE}); 0 for whole images")  # fmt: skip
-    g.add_argument("--seed", type=int, default=0, help="which images and tiles calibrate (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="which images and tiles calibrate, and which "
+                   "images verify (default 0)")  # fmt: skip
     g.add_argument("--int8-scheme", choices=SCHEMES, default="symmetric", help="symmetric (default): one file for "
                    "ONNX Runtime, OpenVINO and TensorRT; cpu: unsigned activations, faster on CPUs without AMX, "
                    "no TensorRT engine")  # fmt: skip
@@ -70,7 +72,7 @@ def int8_check(
 ) -> Callable[[Path], Verification]:
     """Verification of an INT8 file in every runtime here that runs it: ONNX Runtime gates it; OpenVINO's
     verdict (if installed) is recorded in the file, and a failure is added to `notes`."""
-    inputs = sample_inputs(meta)
+    inputs = sample_inputs(meta, images=reference.images)
 
     def check(tmp: Path) -> Verification:
         with OnnxEngine(tmp, device, tf32=False) as engine:
@@ -84,7 +86,7 @@ def int8_check(
             checks["openvino"] = _verdict(ov)
             result = result.merged(ov)
             if result.passed and not ov.passed:
-                notes.append(f"  OpenVINO FAILED it on this CPU (car mask Dice {ov.image_dice:.4f}); recorded in the "
+                notes.append(f"  OpenVINO FAILED it on this CPU (mask agreement {ov.image_dice:.4f}); recorded in the "
                              "file, so the openvino engine refuses it (the onnx engine runs it)")  # fmt: skip
         _record(tmp, checks)
         return result

@@ -1,40 +1,52 @@
 """Each artifact against PyTorch FP32, through the same engine objects unet-infer uses.
 
-Inputs: a realistic sample image (a synthetic 1918x1280 scene, resized by the checkpoint's own rule), which is
-what a model is fed, and a random batch of two at an odd size, which is what the graph must survive.
+Inputs: real images of the model's own kind (up to VERIFY_IMAGES of the checkpoint's training data, or of
+--calib), resized by the checkpoint's rule, which is what a model is fed; a synthetic 1918x1280 car scene
+only where no such images are on this machine (and the report says so); and a random batch of two at an odd
+size, which is what the graph must survive.
 
-Criteria:
+Criteria (the mask agreement is Dice of the foreground for a binary model, and for a multi-class model
+Dice pooled over every pixel's class, so one class covering a few pixels cannot decide it alone):
 - FP32 ONNX: probabilities within 1e-4 of PyTorch's on every input.
-- FP16 artifacts: masks agree with PyTorch's at Dice >= 0.999 on the sample image, and no probability is off
+- FP16 artifacts: masks agree with PyTorch's at >= 0.999 over the images, and no probability is off
   by more than 0.05 on any input. On random noise many pixels sit at the decision threshold in FP32 itself,
-  so flipped pixels there say nothing about the artifact; their Dice is reported, the gap is what is gated.
-- INT8 artifacts: masks agree at Dice >= 0.99 on the car image. Calibrated ranges are meant for images, so
+  so flipped pixels there say nothing about the artifact; their agreement is reported, the gap is gated.
+- INT8 artifacts: masks agree at >= 0.99 over the images. Calibrated ranges are meant for images, so
   on noise an int8 model may be far off; its figures there are reported, not gated.
 The reference runs in true FP32 (TF32 off), on the candidate's device.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from unetkit.core import UNet
+from unetkit.core.errors import UnetkitError
+from unetkit.core.imageio import read_image
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.meta import ModelMeta
-from unetkit.core.metrics import mask_agreement
+from unetkit.core.metrics import confusion_counts
 from unetkit.core.preprocess import input_size, normalize, resize_pixels
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
 from unetkit.train.data.synth import random_car, render
+
+from .calibration import CalibrationSource, calibration_source
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_DICE = 0.999
 FP16_MAX_ABS = 0.05
 INT8_MIN_DICE = 0.99
 SAMPLE_HW = (1280, 1918)
+VERIFY_IMAGES = 4
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,15 +73,17 @@ class Verification:
 
     @property
     def image_dice(self) -> float:
-        return min((r["dice"] for r in self.gated if r["realistic"]), default=1.0)
+        """Mask agreement pooled over the gated images (tp, fp, fn summed, then one Dice)."""
+        tp, fp, fn = (sum(r["counts"][k] for r in self.gated if r["realistic"]) for k in range(3))
+        return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
     @property
     def criterion(self) -> str:
         if self.exact:
             return f"max |dp| <= {FP32_MAX_ABS:g}"
         if self.int8:
-            return f"image mask Dice >= {INT8_MIN_DICE}"
-        return f"image mask Dice >= {FP16_MIN_DICE}, max |dp| <= {FP16_MAX_ABS:g}"
+            return f"mask agreement over the images >= {INT8_MIN_DICE}"
+        return f"mask agreement over the images >= {FP16_MIN_DICE}, max |dp| <= {FP16_MAX_ABS:g}"
 
     @property
     def passed(self) -> bool:
@@ -80,7 +94,16 @@ class Verification:
         return self.image_dice >= FP16_MIN_DICE and self.max_abs_diff <= FP16_MAX_ABS
 
     def summary(self) -> str:
-        parts = [f"{_short(r)}: Dice {r['dice']:.5f} |dp| {r['max_abs_diff']:.1e}" for r in self.per_input]
+        """One line: the images' pooled agreement (per runtime) and each random input's, with the criterion."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in self.per_input:
+            groups.setdefault(_short(r), []).append(r)
+        parts = []
+        for name, rows in groups.items():
+            tp, fp, fn = (sum(r["counts"][k] for r in rows) for k in range(3))
+            agree = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+            dp = max(r["max_abs_diff"] for r in rows)
+            parts.append(f"{name}: agreement {agree:.5f} |dp| {dp:.1e}")
         note = " (* reported, not gated)" if len(self.gated) < len(self.per_input) else ""
         return f"{'; '.join(parts)}  [{self.criterion}]{note} {'ok' if self.passed else 'FAILED'}"
 
@@ -94,9 +117,10 @@ class Verification:
 
 
 def _short(entry: dict[str, Any]) -> str:
-    """'sample' or 'sample/openvino': the input's kind, and the runtime where more than one checked it."""
+    """'images' or 'random/openvino*': the input's kind, and the runtime where more than one checked it."""
     runtime = entry.get("runtime")
-    return entry["name"].split()[0] + (f"/{runtime}" if runtime else "") + ("" if entry.get("gated", True) else "*")
+    kind = "images" if entry["realistic"] else entry["name"].split()[0]
+    return kind + (f"/{runtime}" if runtime else "") + ("" if entry.get("gated", True) else "*")
 
 
 def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
@@ -106,27 +130,80 @@ def _fit(hw: tuple[int, int], shapes: ShapeRange | None) -> tuple[int, int]:
     return min(max(hw[0], h0), h1), min(max(hw[1], w0), w1)
 
 
-def sample_inputs(meta: ModelMeta, shapes: ShapeRange | None = None, seed: int = 0) -> list[Sample]:
-    """The sample image and the random batch, sized to fit `shapes` when an engine has limits."""
-    rng = np.random.default_rng(seed)
-    image, _ = render(random_car(rng), rng, SAMPLE_HW[1], SAMPLE_HW[0])
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
-    hw = _fit(input_size(*SAMPLE_HW, meta), shapes)  # the model's own input rule, within the profile
-    image_x = normalize(resize_pixels(pixels, hw), meta.mean, meta.std)
+def _image_sample(name: str, image: np.ndarray, meta: ModelMeta, shapes: ShapeRange | None) -> Sample:
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    hw = _fit(input_size(image.shape[0], image.shape[1], meta), shapes)  # the model's input rule, in the profile
+    return Sample(f"{name} 1x{hw[1]}x{hw[0]}", normalize(resize_pixels(pixels, hw), meta.mean, meta.std), True)
+
+
+def sample_inputs(
+    meta: ModelMeta,
+    shapes: ShapeRange | None = None,
+    seed: int = 0,
+    images: Sequence[tuple[str, np.ndarray]] = (),
+) -> list[Sample]:
+    """The images (`(name, pixels)`, e.g. from `verification_images`; a synthetic car when there are none)
+    and the random batch, sized to fit `shapes` when an engine has limits."""
+    if not images:
+        rng = np.random.default_rng(seed)
+        car, _ = render(random_car(rng), rng, SAMPLE_HW[1], SAMPLE_HW[0])
+        images = [("synthetic-car", car)]
+    samples = [_image_sample(name, image, meta, shapes) for name, image in images]
+    hw = tuple(samples[0].x.shape[-2:])
     batch = 2 if shapes is None else min(max(2, shapes.min[0]), shapes.max[0])
     odd = _fit((hw[0] * 3 // 4 + 1, hw[1] * 3 // 4 + 3), shapes)
     noise = torch.randn(batch, 3, *odd, generator=torch.Generator().manual_seed(seed))
-    return [
-        Sample(f"sample 1x{hw[1]}x{hw[0]}", image_x, realistic=True),
-        Sample(f"random {batch}x{odd[1]}x{odd[0]}", noise, realistic=False),
-    ]
+    return [*samples, Sample(f"random {batch}x{odd[1]}x{odd[0]}", noise, realistic=False)]
+
+
+def agreement_counts(labels: torch.Tensor, reference: torch.Tensor, n_classes: int) -> list[int]:
+    """[tp, fp, fn] of `labels` against the reference labels: of the foreground for a binary model, summed
+    over the classes for a multi-class one (so their Dice is the share of pixels whose class agrees)."""
+    counts = confusion_counts(labels, reference, n_classes, ignore_index=-1)
+    return [int(v) for v in counts.sum(dim=0)]
+
+
+def verification_images(source: CalibrationSource, count: int = VERIFY_IMAGES, seed: int = 0) -> list[
+    tuple[str, np.ndarray]
+]:  # fmt: skip
+    """Up to `count` readable images of `source`, picked by `seed` (none from a synthetic source): what the
+    artifacts are checked on, so a polyp or street model is judged on polyps or streets, not on a car."""
+    if source.synthetic:
+        return []
+    picked: list[tuple[str, np.ndarray]] = []
+    order = np.random.default_rng([seed, 7]).permutation(len(source.images))
+    for i in order[: 4 * count]:  # a folder of unreadable files ends the search instead of reading them all
+        path = source.images[int(i)]
+        try:
+            picked.append((path.name, read_image(path)))
+        except UnetkitError as exc:
+            log.warning("warning: verification skips %s", exc)
+        if len(picked) == count:
+            break
+    return picked
+
+
+def verification_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource:
+    """Where the images every artifact is checked on come from: the checkpoint's training data when it is on
+    this machine (the model's own kind of image, whatever --calib holds: a calibration on the wrong images
+    must fail here, not check itself), else --calib's images, else the synthetic car."""
+    trained = calibration_source(None, meta)
+    return trained if not trained.synthetic or calib is None else calibration_source(calib, meta)
+
+
+def verification_line(source: CalibrationSource, found: int) -> str:
+    """What the artifacts are checked on, in one line of unet-export's output."""
+    if found:
+        return f"verification: {found} images from {source.description}, and random noise"
+    return f"verification: a synthetic car image, from {source.description}, and random noise"
 
 
 class Reference:
-    """PyTorch FP32 probabilities for the sample inputs, computed once per input and device."""
+    """PyTorch FP32 probabilities for the sample inputs, computed once per input and device; `images` are
+    the real images every artifact is checked on (`verification_images`; empty: the synthetic car)."""
 
-    def __init__(self, model: UNet, meta: ModelMeta) -> None:
-        self.model, self.meta = model, meta
+    def __init__(self, model: UNet, meta: ModelMeta, images: Sequence[tuple[str, np.ndarray]] = ()) -> None:
+        self.model, self.meta, self.images = model, meta, list(images)
         self._engines: dict[str, Engine] = {}
         self._cache: dict[tuple[str, str, tuple[int, ...]], torch.Tensor] = {}
 
@@ -151,13 +228,15 @@ def verify(
     for sample in samples:
         ref = reference(sample, candidate.device)
         out = probabilities(candidate(sample.x.to(candidate.device))).cpu()
-        dice = mask_agreement(to_labels(out, threshold), to_labels(ref, threshold), candidate.n_classes)
+        counts = agreement_counts(to_labels(out, threshold), to_labels(ref, threshold), candidate.n_classes)
+        tp, fp, fn = counts
         result.per_input.append(
             {
                 "name": sample.name,
                 "realistic": sample.realistic,
                 "max_abs_diff": float((out - ref).abs().max()),
-                "dice": dice,
+                "dice": 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+                "counts": counts,
                 **({"runtime": runtime} if runtime else {}),
             }
         )

@@ -100,7 +100,7 @@ def runtime_refusal(extra: dict[str, Any], runtime: str) -> str | None:
     if not isinstance(verdict, dict) or verdict.get("passed", True):
         return None
     where = checks.get("cpu") or "the exporting CPU"
-    return (f"{runtime} failed this file's verification at export on {where} (car mask Dice "
+    return (f"{runtime} failed this file's verification at export on {where} (mask agreement "
             f"{verdict.get('image_dice')}, needs {verdict.get('criterion')})")  # fmt: skip
 
 

@@ -162,13 +162,14 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, calib_images: Path) -> Path:
     """A base-8 U-Net trained on the CPU for 12 epochs of batch 4 (~15 s) on 48 synthetic 192x128 pairs of 24
     cars, split by car, saved as <dir>/best.pth: it has seen enough cars to find unseen ones, confidently
     enough that FP16 and FP32 agree on almost every pixel.
 
     It was trained on 192x128 images at scale 0.5, so the model saw 96x64 inputs; its meta says scale 0.05,
-    which maps Carvana's 1918x1280 to the same 96x64, so full-size synthetic images are in distribution.
+    which maps Carvana's 1918x1280 to the same 96x64, so full-size synthetic images are in distribution. Its
+    recorded training data is therefore `calib_images` (full-size synthetic cars): what export verifies on.
     """
     from unetkit.train.config import TrainConfig
     from unetkit.train.fit import fit
@@ -182,7 +183,8 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fit(cfg)
     model, meta = load_checkpoint(run / "best.pth")
     target = tmp_path_factory.mktemp("trained") / "best.pth"
-    save_checkpoint(target, model, meta.replace(scale=0.05))
+    train_args = {**meta.extra["train_args"], "data": str(calib_images)}
+    save_checkpoint(target, model, meta.replace(scale=0.05, train_args=train_args))
     return target
 
 

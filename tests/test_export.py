@@ -38,11 +38,13 @@ def test_cli_writes_verified_onnx_and_reports(exported):
     fp16 = next(line for line in lines if line.startswith("best.fp16.onnx"))
     int8 = next(line for line in lines if line.startswith("best.int8.onnx"))
     assert " MB " in fp32 and "built" in fp32 and "verified" in fp32 and fp32.endswith("ok")
-    assert "sample: Dice" in fp16 and fp16.endswith("ok")
+    # every artifact is judged on four of the images it will see (the training data's), not on a stand-in
+    assert "verification: 4 images from the checkpoint's training data: 8 images in" in proc.stdout
+    assert "images: agreement" in fp16 and "random: agreement" in fp16 and fp16.endswith("ok")
     # INT8 is gated in ONNX Runtime and checked in OpenVINO too, whose verdict is recorded in the file.
-    assert "sample/onnxruntime: Dice" in int8 and "Dice >= 0.99]" in int8 and int8.endswith("ok")
+    assert "images/onnxruntime: agreement" in int8 and "over the images >= 0.99]" in int8 and int8.endswith("ok")
     if HAS_OPENVINO:
-        assert "sample/openvino*: Dice" in int8 and "(* reported, not gated)" in int8
+        assert "images/openvino*: agreement" in int8 and "(* reported, not gated)" in int8
     checks = decode_metadata({p.key: p.value for p in onnx.load(str(out / "best.int8.onnx")).metadata_props}, "x")
     checks = checks.extra["runtime_checks"]
     assert checks["onnxruntime"]["passed"] and checks["onnxruntime"]["image_dice"] >= 0.99

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 from PIL import Image
 
 from conftest import error_lines, run_cli
 from unetkit.core.errors import UnetkitError
+from unetkit.core.metrics import class_scores, confusion_counts
 from unetkit.export.calibration import (
     CalibrationSource,
     calibration_source,
@@ -21,6 +23,14 @@ from unetkit.export.calibration import (
     samples,
 )
 from unetkit.export.quantize import float_convs, qdq_problems_for_tensorrt, quantize_onnx
+from unetkit.export.verify import (
+    Verification,
+    agreement_counts,
+    sample_inputs,
+    verification_images,
+    verification_line,
+    verification_source,
+)
 from unetkit.infer.artifacts import decode_metadata
 from unetkit.infer.engines import EngineUnavailable, create_engine
 
@@ -167,3 +177,51 @@ def test_openvino_missing_is_one_line(exported_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the [openvino] extra were not installed
     with pytest.raises(EngineUnavailable, match=r"OpenVINO is not installed: pip install 'unetkit\[openvino\]'"):
         create_engine("openvino", checkpoint=exported_checkpoint[0] / "best.pth", device="cpu")
+
+
+def test_verification_images_are_the_models_own_kind(tmp_path, meta, calib_images, caplog):
+    """Artifacts are judged on images like those they will see: a seeded pick of the source's readable
+    images, each named; only a synthetic source falls back to the synthetic car."""
+    source = calibration_source(calib_images, meta)
+    picked = verification_images(source, count=4, seed=0)
+    assert len(picked) == 4 and len({name for name, _ in picked}) == 4
+    assert {name for name, _ in picked} <= {p.name for p in source.images}
+    assert [n for n, _ in verification_images(source, 4, seed=0)] == [n for n, _ in picked]
+    assert [n for n, _ in verification_images(source, 4, seed=1)] != [n for n, _ in picked]
+    assert verification_images(CalibrationSource((), "synthetic cars"), 4) == []
+    # the training data wins over --calib (a wrong calibration must not check itself); --calib stands in
+    # where the training data is not here; else the synthetic car
+    recorded = meta.replace(train_args={"data": str(calib_images)})
+    assert "training data" in verification_source(tmp_path, recorded).description
+    gone = meta.replace(train_args={"data": str(tmp_path / "gone")})
+    assert verification_source(calib_images, gone).description == f"8 images in {calib_images}"
+    assert verification_source(None, gone).synthetic
+    assert "4 images from 8 images in" in verification_line(source, 4)
+    assert verification_line(CalibrationSource((), "synthetic cars (why)"), 0).startswith(
+        "verification: a synthetic car image, from synthetic cars (why)"
+    )
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "good.png")
+    with caplog.at_level("WARNING"):
+        mixed = verification_images(calibration_source(tmp_path, meta), count=4)
+    assert [name for name, _ in mixed] == ["good.png"] and "bad.jpg" in caplog.text
+    inputs = sample_inputs(meta, images=mixed)
+    assert [s.realistic for s in inputs] == [True, False] and inputs[0].name.startswith("good.png 1x")
+
+
+def test_agreement_pools_pixels_so_a_tiny_class_cannot_decide_alone():
+    """A multi-class model whose INT8 copy flips 2 of 100 pixels of a small class agrees on 98 % of the
+    pixels; the mean Dice over classes (0.5 here) would refuse it for those two pixels."""
+    reference = torch.zeros(10, 10, dtype=torch.uint8)
+    reference[0, :2] = 2
+    candidate = torch.zeros(10, 10, dtype=torch.uint8)
+    assert agreement_counts(candidate, reference, 3) == [98, 2, 2]
+    assert class_scores(confusion_counts(candidate, reference, 3, ignore_index=-1), 3).mean_dice < 0.6
+    binary = agreement_counts(torch.tensor([[1, 1, 0, 0]]), torch.tensor([[1, 0, 1, 0]]), 1)
+    assert binary == [1, 1, 1]  # the foreground only: background pixels agreeing say nothing
+    result = Verification(exact=False, int8=True)
+    for name, counts in (("a.png", [990, 1, 1]), ("b.png", [50, 2, 2])):  # b alone: 100 / 104
+        result.per_input.append({"name": name, "realistic": True, "max_abs_diff": 0.1, "dice": 0, "counts": counts})
+    result.per_input.append({"name": "random", "realistic": False, "max_abs_diff": 0.9, "dice": 0, "counts": [0, 5, 5]})
+    assert result.image_dice == pytest.approx(2080 / 2086)  # pooled over both images; noise is not gated
+    assert result.passed and "images: agreement 0.99712" in result.summary()
