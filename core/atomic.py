@@ -8,9 +8,41 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Temporary names carry the host, so a folder shared between machines is only ever cleaned by its writer's.
+TEMP_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32] or "host"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-\d+\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Remove the temporary files that writers killed outright (SIGKILL, the OOM killer, a power cut) left in
+    `folder`: those written on this host by a process that no longer runs. Returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for tmp in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        match = _TEMP_NAME.match(tmp.name)
+        if match and match["host"] == TEMP_HOST and not _running(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -21,7 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{TEMP_HOST}-{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -4,17 +4,20 @@ errors and exit codes."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from PIL import Image
 
 from .errors import UnetkitError
 
-EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 #: Worker threads or processes for decoding and encoding: one default for every command.
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -47,8 +50,31 @@ def parse_pair(text: str) -> tuple[int, int]:
     return a, b
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), raised where Ctrl-C would be so that the same clean-up runs:
+    temporary files removed, finished outputs kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread for the length of a command. Under torchrun the launcher
+    owns the workers' signals (it stops a group with SIGTERM, then SIGKILL), so they are left as they are."""
+    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body: user errors become `prog: error: ...` and exit 2; Ctrl-C exits 130."""
+    """Run a command's body: user errors become `prog: error: ...` and exit 2; Ctrl-C exits 130, SIGTERM 143."""
     # unetkit's own INFO lines are the commands' output; other libraries only get a word in for warnings,
     # and the exporters' warnings (missing torchvision ops, deprecations) are not for our users.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
@@ -58,7 +84,11 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     # Image reading says it in one line naming the file (core/imageio.py), not in Pillow's multi-line warning.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        return body()
+        with _sigterm_as_interrupt():
+            return body()
+    except Terminated:
+        print(f"{prog}: terminated; finished outputs are kept", file=sys.stderr)
+        return EXIT_TERMINATED
     except UnetkitError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

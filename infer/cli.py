@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from unetkit.core.atomic import remove_stale_temps
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
 from unetkit.core.cli import (
     EXIT_FAILURES,
@@ -117,6 +118,9 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         mine = part.select(items)
     rle = part.path(args.rle) if part is not None and args.rle else args.rle
     output_paths(out, rle)  # and so does an output that cannot be written (parts share --out)
+    stale = remove_stale_temps(out, recursive=True)
+    if stale:
+        print(f"removed {stale} temporary file(s) that a killed run left in {out}", flush=True)
     use_device(resolve_device(device))  # cuda:N becomes current: streams, pinned buffers and events follow it
     if args.engine == "fastest":  # every part times the same first image of the whole folder
         predictor = _fastest(args, device, settings, items)

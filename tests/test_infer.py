@@ -1,6 +1,8 @@
 """unet-infer and the Predictor API on the CPU: engines agree, outputs, image modes, bad input, resume, memory."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import cli_command, error_lines, needs_openvino, needs_torchvision, run_cli
+from unetkit.core.atomic import TEMP_HOST
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
@@ -162,9 +165,18 @@ def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
     kept = out / "a_full.png"
     stamp = kept.stat().st_mtime_ns
     (out / "b_medium.png").unlink()
+    # temporary files: one a killed run left on this host, one of a live writer, one of another machine's
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = out / f".b_medium.png.{TEMP_HOST}-{int(dead.stdout)}-1.tmp"
+    live = out / f".c_small.png.{TEMP_HOST}-{os.getpid()}-1.tmp"
+    other = out / f".d_tiny.png.elsewhere-{int(dead.stdout)}-1.tmp"
+    for path in (left, live, other):
+        path.write_bytes(b"partial")
     proc = run_cli(*args, "--resume", check=True)
     assert "4 images: 1 written, 3 skipped (--resume), 0 failed" in proc.stdout
     assert kept.stat().st_mtime_ns == stamp and (out / "b_medium.png").exists()
+    assert f"removed 1 temporary file(s) that a killed run left in {out}" in proc.stdout
+    assert not left.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.parametrize(
@@ -359,8 +371,14 @@ def test_gpu_jpeg_decoding_matches_the_cpu_decoder(exported_checkpoint, images, 
         assert mask_agreement(a > 0, b > 0, 1) >= 0.99  # two JPEG decoders may differ by a level here and there
 
 
-def test_ctrl_c_leaves_only_complete_files(exported_checkpoint, tmp_path):
-    import signal
+@pytest.mark.parametrize(
+    "signum, code, said",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_path, signum, code, said):
+    """A scheduler's SIGTERM cleans up as Ctrl-C does: without a handler Python dies on the spot and leaves the
+    temporary files of the images being written."""
     import time
 
     folder, out = tmp_path / "many", tmp_path / "out"
@@ -375,10 +393,10 @@ def test_ctrl_c_leaves_only_complete_files(exported_checkpoint, tmp_path):
     deadline = time.monotonic() + 120
     while len(list(out.glob("*[0-9].png"))) < 10 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "interrupted; finished outputs are kept" in stderr
+    assert proc.returncode == code, stderr
+    assert f"{said}; finished outputs are kept" in stderr
     names = [p.name for p in out.iterdir()]
     assert not [n for n in names if n.startswith(".")]  # no temporary file left behind
     masks = sorted(out.glob("*[0-9].png"))

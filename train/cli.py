@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from unetkit.core.atomic import write_text_atomic
+from unetkit.core.atomic import remove_stale_temps, write_text_atomic
 from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
@@ -126,6 +126,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         path, out = _resume_paths(args)
         cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
+        stale = remove_stale_temps(out)  # a checkpoint write cut short by SIGKILL (the OOM killer)
+        if stale and (dist is None or dist.is_main):
+            print(f"removed {stale} temporary file(s) that a killed run left in {out}", flush=True)
     else:
         if data is None:
             raise UnetkitError(
