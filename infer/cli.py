@@ -28,6 +28,7 @@ from .engines.compiled import COMPILE_MODES
 from .fastest import Probe, probe_engines, probe_input
 from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_paths
 from .predictor import Predictor
+from .record import claim_out_dir, model_identity
 from .settings import DECODERS, InferSettings, OutputOptions
 from .shard import Part, choose_part, merge_parts, write_manifest
 from .tiling import BLEND_MODES, DEFAULT_TILE
@@ -111,7 +112,8 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
     """The folder, or this part of it, through one Predictor; a part with --rle also writes its manifest."""
     settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
     out = args.out or default_out_dir(args.folder)
-    items = discover(args.folder, out, args.recursive)  # a missing or empty folder fails before any loading
+    siblings = OutputOptions(args.save_prob, args.overlay).siblings()
+    items = discover(args.folder, out, args.recursive, siblings)  # a missing or empty folder fails before loading
     mine = items
     if part is not None:
         print(part.describe(len(items)), flush=True)
@@ -131,6 +133,7 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         )  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
     with predictor:
+        claim_out_dir(out, model_identity(predictor.engine))  # before any output: one model per folder
         summary = predictor.pipeline(outputs).run(mine)
         detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
         if part is not None and args.rle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def default_out_dir(folder: str | os.PathLike) -> Path:
     return folder.with_name(folder.name + DEFAULT_OUT_SUFFIX)
 
 
-def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool = False) -> list[Item]:
-    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs.
+def discover(
+    folder: str | os.PathLike, out: str | os.PathLike, recursive: bool = False, siblings: Sequence[str] = ()
+) -> list[Item]:
+    """Every image under `folder` (sorted), paired with its mask path under `out`; outputs are never inputs,
+    and no two images may share an output: the mask or one of the `siblings` written beside it ('a.jpg' with
+    '.prob.png' and 'a.prob.jpg' would both write 'a.prob.png').
 
     With `recursive`, symlinked folders are followed; a folder reached twice (a link loop, or two links to
     one folder) is searched once and the others are counted in a warning.
@@ -77,11 +82,12 @@ def discover(folder: str | os.PathLike, out: str | os.PathLike, recursive: bool 
     owner: dict[Path, Path] = {}
     for src in sources:
         rel = src.relative_to(folder)
-        mask = out / rel.with_suffix(".png")
-        if mask in owner:
-            raise DataError(f"{src} and {owner[mask]} would both write {mask}; rename one of them")
-        owner[mask] = src
-        items.append(Item(src, rel, mask))
+        item = Item(src, rel, out / rel.with_suffix(".png"))
+        for path in (item.mask, *(item.sibling(suffix) for suffix in siblings)):
+            if path in owner:
+                raise DataError(f"{src} and {owner[path]} would both write {path}; rename one of them")
+            owner[path] = src
+        items.append(item)
     return items
 
 

@@ -24,6 +24,7 @@ from .batching import BatchRunner, Job, run_all
 from .engines import Engine, create_engine
 from .io import default_out_dir, discover, output_paths
 from .pipeline import Pipeline, RunSummary
+from .record import claim_out_dir, model_identity
 from .settings import InferSettings, OutputOptions
 from .transforms import to_size
 
@@ -145,8 +146,9 @@ class Predictor:
         options = OutputOptions(**outputs)
         pipeline = self.pipeline(options)
         target = Path(out) if out is not None else default_out_dir(folder)
-        items = discover(folder, target, recursive)
+        items = discover(folder, target, recursive, options.siblings())
         output_paths(target, options.rle)
+        claim_out_dir(target, model_identity(self.engine))
         return pipeline.run(items)
 
     def close(self) -> None:

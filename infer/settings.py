@@ -80,3 +80,7 @@ class OutputOptions:
     rle: Path | None = None  # Carvana's Kaggle CSV
     resume: bool = False  # skip images whose outputs exist
     progress: bool = True
+
+    def siblings(self) -> list[str]:
+        """The endings of the files written beside each mask, as asked for: '.prob.png', '.overlay.jpg'."""
+        return [suffix for wanted, suffix in ((self.save_prob, ".prob.png"), (self.overlay, ".overlay.jpg")) if wanted]

@@ -47,8 +47,7 @@ class OutputWriter:
 
     def paths(self, item: Item) -> list[Path]:
         """Every file a finished image has: its mask and the pictures asked for."""
-        extra = [(self.outputs.save_prob, ".prob.png"), (self.outputs.overlay, ".overlay.jpg")]
-        return [item.mask, *(item.sibling(suffix) for wanted, suffix in extra if wanted)]
+        return [item.mask, *(item.sibling(suffix) for suffix in self.outputs.siblings())]
 
     def finished(self, item: Item) -> bool:
         """True when every output asked for exists and is complete (what --resume skips)."""

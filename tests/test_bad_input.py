@@ -33,6 +33,7 @@ from unetkit.core.errors import DataError
 from unetkit.core.outputs import FILE, FOLDER, output_problem, write_error_repeats
 from unetkit.infer.artifacts import encode_metadata
 from unetkit.infer.predictor import Predictor
+from unetkit.infer.record import RECORD_NAME
 from unetkit.infer.writer import is_complete_picture
 from unetkit.train.config import TrainConfig, next_free_run_dir, resume_conflicts, run_files
 from unetkit.train.data.synth import write_synthetic
@@ -147,7 +148,7 @@ def no_temp_files(folder: Path) -> None:
 
 def all_complete(folder: Path) -> None:
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != RECORD_NAME:  # the JSON saying which model the masks are from
             with Image.open(path) as img:
                 img.load()  # every output that exists decodes to its end
 
@@ -349,7 +350,7 @@ def infer_disk_full(c: Ctx) -> Spec:
     out, rle = disk / "masks", disk / "sub.csv"
 
     def after() -> None:
-        names = sorted(p.name for p in out.iterdir())
+        names = sorted(p.name for p in out.iterdir() if p.name != RECORD_NAME)
         assert 0 < len(names) < 24  # some written, the run stopped well before the end
         all_complete(out)
         no_temp_files(disk)
@@ -374,7 +375,7 @@ def infer_resume_needs_every_output(c: Ctx) -> Spec:
     def after() -> None:
         assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            f"{n}{s}" for n in "abc" for s in (".png", ".overlay.jpg")
+            [RECORD_NAME, *(f"{n}{s}" for n in "abc" for s in (".png", ".overlay.jpg"))]
         )
         all_complete(out)
 

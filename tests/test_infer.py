@@ -1,5 +1,6 @@
 """unet-infer and the Predictor API on the CPU: engines agree, outputs, image modes, bad input, resume, memory."""
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
 from unetkit.infer.predictor import Predictor
+from unetkit.infer.record import RECORD_NAME
 from unetkit.infer.rle import rle_encode
 from unetkit.train.data.synth import write_synthetic
 
@@ -132,7 +134,7 @@ def test_image_modes_follow_the_documented_rule(exported_checkpoint, images, tmp
     out = tmp_path / "out"
     run_cli("unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
             "--device", "cpu", "--no-progress", check=True)  # fmt: skip
-    masks = {p.stem: read_mask(p) for p in out.iterdir()}
+    masks = {p.stem: read_mask(p) for p in out.glob("*.png")}
     assert all(m.shape == (1067, 1600) for m in masks.values())
     assert np.array_equal(masks["rgba"], masks["rgb"])
     assert np.array_equal(masks["gray16"], masks["gray8"])
@@ -154,7 +156,7 @@ def test_a_corrupt_image_is_named_skipped_and_listed(exported_checkpoint, images
     assert "3 images: 2 written, 0 skipped (--resume), 1 failed" in proc.stdout
     assert f"warning: skipped {folder / 'broken.jpg'}: cannot read image" in proc.stdout
     assert f"failed: {folder / 'broken.jpg'}: cannot read image" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["a_full.png", "b_medium.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_full.png", "b_medium.png", RECORD_NAME]
 
 
 def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
@@ -177,6 +179,46 @@ def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
     assert kept.stat().st_mtime_ns == stamp and (out / "b_medium.png").exists()
     assert f"removed 1 temporary file(s) that a killed run left in {out}" in proc.stdout
     assert not left.exists() and live.exists() and other.exists()
+
+
+def test_one_output_folder_never_mixes_two_models(exported_checkpoint, random_checkpoint, images, tmp_path):
+    """Another model's run into a folder that holds masks (and overlays a later run would not replace) is
+    refused before anything is written; the same model (any engine at the same precision) may come back."""
+    folder = exported_checkpoint[0]
+    out = tmp_path / "out"
+    common = ["--out", out, "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--overlay", *common, check=True)
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["model"] == "best.pth" and record["precision"] == "fp32"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for extra in ([], ["--resume"]):
+        other = run_cli("unet-infer", images, "--checkpoint", random_checkpoint, *common, *extra)
+        assert other.returncode == 2
+        [line] = error_lines(other)
+        assert line.startswith(f"unet-infer: error: --out {out}: holds the outputs of another model (best.pth fp32")
+        assert "one folder must not mix two models: give another --out, or empty it" in line
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # the same checkpoint through its ONNX file, at the same precision: the same model's masks
+    run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", "onnx", "--resume", *common,
+            check=True)  # fmt: skip
+
+
+def test_outputs_of_two_images_may_not_collide(exported_checkpoint, images, tmp_path):
+    """'a.jpg' writes a.prob.png with --save-prob, and so would the mask of an image called 'a.prob.jpg'."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = sorted(images.iterdir())[0]
+    shutil.copy(src, folder / "a.jpg")
+    shutil.copy(src, folder / "a.prob.jpg")
+    args = ["unet-infer", folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", tmp_path / "out",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    proc = run_cli(*args, "--save-prob")
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert error_lines(proc) == [
+        f"unet-infer: error: {folder / 'a.prob.jpg'} and {folder / 'a.jpg'} would both write "
+        f"{tmp_path / 'out' / 'a.prob.png'}; rename one of them"
+    ]
+    run_cli(*args, check=True)  # without probability maps nothing collides
 
 
 @pytest.mark.parametrize(
@@ -310,7 +352,7 @@ def test_memory_stays_bounded_over_hundreds_of_images(exported_checkpoint, tmp_p
     common = ["--checkpoint", exported_checkpoint[0] / "best.pth", "--device", "cpu", "--no-progress", "--workers", "2"]
     small = _peak_rss_kib([*cli_command("unet-infer"), few, "--out", tmp_path / "o1", *common])
     large = _peak_rss_kib([*cli_command("unet-infer"), folder, "--out", tmp_path / "o2", *common])
-    assert len(list((tmp_path / "o2").iterdir())) == 600
+    assert len(list((tmp_path / "o2").glob("*.png"))) == 600
     assert large < small * 1.1 + 20_000, (small, large)  # 6x the images, no more than noise in peak memory
 
 
@@ -402,5 +444,6 @@ def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_p
     masks = sorted(out.glob("*[0-9].png"))
     assert 10 <= len(masks) < 300
     for path in out.iterdir():
-        Image.open(path).load()  # every file that exists is complete
+        if path.name != RECORD_NAME:
+            Image.open(path).load()  # every file that exists is complete
     assert not (tmp_path / "sub.csv").exists()  # the CSV only appears once the run has finished

@@ -82,7 +82,7 @@ def single(tmp_path_factory, folder, random_checkpoint):
 
 def _same_masks(a, b):
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir()) and len(names) == 7
+    assert names == sorted(p.name for p in b.iterdir()) and len(names) == 7 + 1  # and the model's record
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
