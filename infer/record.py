@@ -1,18 +1,22 @@
 """Which model an output folder's masks come from, so one folder never mixes two models' outputs.
 
-A folder run writes `unetkit-infer.json` into its output folder: the model's checkpoint digest and the
-precision. A later run (with or without --resume) into the same folder must be of the same model: another
-model's masks, probability maps or overlays would sit beside its own, and with --resume the folder would end
-up half one model, half the other. Parts of one sharded run write the same record, so they agree.
+A folder run writes `unetkit-infer.json` into its output folder: the model's checkpoint digest (and, for
+information, the file and precision it ran). A later run (with or without --resume) into the same folder must
+be of the same checkpoint: another model's masks, probability maps or overlays would sit beside its own, and
+with --resume the folder would end up half one model, half the other. The precision may differ (--engine
+fastest and openvino choose theirs per machine). Parts of one sharded run record the same checkpoint, so
+they agree; the record is created exclusively, so two different models starting at once cannot both claim it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.atomic import write_text_atomic
+from unetkit.core.atomic import temp_path
 from unetkit.core.errors import OutputError
 
 from .artifacts import sha256_file
@@ -22,8 +26,8 @@ RECORD_NAME = "unetkit-infer.json"
 
 
 def model_identity(engine: Engine) -> dict[str, Any]:
-    """What makes two runs' masks the same model's: the checkpoint's digest (an exported file's is the one
-    it records from its export) and the precision; the engine running it does not count."""
+    """The checkpoint's digest (an exported file's is the one it records from its export), with the file and
+    precision that ran for the record's reader."""
     recorded = engine.meta.extra.get("source_sha256")
     if isinstance(recorded, str):
         digest = recorded
@@ -36,22 +40,32 @@ def model_identity(engine: Engine) -> dict[str, Any]:
 
 
 def claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
-    """Record `identity` in `out`, or OutputError when `out` already holds another model's outputs."""
+    """Record `identity` in `out`, or OutputError when `out` already holds another checkpoint's outputs."""
     path = out / RECORD_NAME
-    if path.is_file():
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
         try:
-            earlier = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OutputError(f"{path}: unreadable ({exc}); delete it if the folder's masks may be replaced") from None
-        if not isinstance(earlier, dict):
-            earlier = {}
-        if any(earlier.get(k) != identity[k] for k in ("checkpoint_sha256", "precision")):
-            raise OutputError(
-                f"--out {out}: holds the outputs of another model ({_describe(earlier)}); this run is "
-                f"{_describe(identity)}, and one folder must not mix two models: give another --out, or empty it"
-            )
-        return
-    write_text_atomic(path, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+            os.link(tmp, path)  # creates `path` only where none exists, atomically
+        except FileExistsError:
+            pass  # another part (or another model) was first: compared below
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.replace(tmp, path)  # a file system without hard links: written whole, not exclusively
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OutputError(f"{path}: unreadable ({exc}); delete it if the folder's masks may be replaced") from None
+    if not isinstance(earlier, dict) or earlier.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
+        earlier = earlier if isinstance(earlier, dict) else {}
+        raise OutputError(
+            f"--out {out}: holds the outputs of another model ({_describe(earlier)}); this run is "
+            f"{_describe(identity)}, and one folder must not mix two models: give another --out, or empty it"
+        )
 
 
 def _describe(identity: dict[str, Any]) -> str:

@@ -452,7 +452,7 @@ def infer_decompression_bomb(c: Ctx) -> Spec:
     png_header(c.images / "bomb.png", 20000, 20000)
     out = c.tmp / "out"
     expect = f"failed: {c.images / 'bomb.png'}: cannot read image (400 megapixels is over Pillow's decompression-bomb"
-    return Spec(infer(c, c.images, "--out", out), expect, only_files(out, "a.png", "b.png", "c.png"))
+    return Spec(infer(c, c.images, "--out", out), expect, only_files(out, "a.png", "b.png", "c.png", RECORD_NAME))
 
 
 # ---- unet-export, unet-bench, unet-data ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -167,18 +168,23 @@ def test_resume_skips_existing_masks(exported_checkpoint, images, tmp_path):
     kept = out / "a_full.png"
     stamp = kept.stat().st_mtime_ns
     (out / "b_medium.png").unlink()
-    # temporary files: one a killed run left on this host, one of a live writer, one of another machine's
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = out / f".b_medium.png.{TEMP_HOST}-{int(dead.stdout)}-1.tmp"
+    # temporary files an hour old: one a killed run left on this host, one of a live writer, one of another
+    # machine's (or container's); and one the killed run left a minute ago (its writer might be elsewhere)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    left = out / f".b_medium.png.{TEMP_HOST}-{dead}-1.tmp"
     live = out / f".c_small.png.{TEMP_HOST}-{os.getpid()}-1.tmp"
-    other = out / f".d_tiny.png.elsewhere-{int(dead.stdout)}-1.tmp"
-    for path in (left, live, other):
+    other = out / f".d_tiny.png.0badc0de-{dead}-1.tmp"
+    young = out / f".e_new.png.{TEMP_HOST}-{dead}-2.tmp"
+    for path in (left, live, other, young):
         path.write_bytes(b"partial")
+        if path is not young:
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
     proc = run_cli(*args, "--resume", check=True)
     assert "4 images: 1 written, 3 skipped (--resume), 0 failed" in proc.stdout
     assert kept.stat().st_mtime_ns == stamp and (out / "b_medium.png").exists()
     assert f"removed 1 temporary file(s) that a killed run left in {out}" in proc.stdout
-    assert not left.exists() and live.exists() and other.exists()
+    assert not left.exists() and live.exists() and other.exists() and young.exists()
 
 
 def test_one_output_folder_never_mixes_two_models(exported_checkpoint, random_checkpoint, images, tmp_path):
@@ -266,7 +272,7 @@ def test_an_artifact_exported_from_another_checkpoint_is_refused(
     assert proc.returncode == 2
     [line] = error_lines(proc)
     assert f"{tmp_path / 'best.onnx'}: exported from another checkpoint than {tmp_path / 'best.pth'}" in line
-    assert "re-export with `unet-export" in line and not (tmp_path / "m").exists()
+    assert "re-export it with `unet-export" in line and not (tmp_path / "m").exists()
     # named explicitly, the file runs: the user has said which model they mean
     run_cli("unet-infer", images, "--model", tmp_path / "best.onnx", "--device", "cpu", "--out", tmp_path / "m",
             "--no-progress", check=True)  # fmt: skip
@@ -421,8 +427,6 @@ def test_gpu_jpeg_decoding_matches_the_cpu_decoder(exported_checkpoint, images, 
 def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_path, signum, code, said):
     """A scheduler's SIGTERM cleans up as Ctrl-C does: without a handler Python dies on the spot and leaves the
     temporary files of the images being written."""
-    import time
-
     folder, out = tmp_path / "many", tmp_path / "out"
     folder.mkdir()
     rng = np.random.default_rng(0)
