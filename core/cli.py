@@ -57,9 +57,11 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises Terminated in the main thread for the length of a command. Under torchrun the launcher
-    owns the workers' signals (it stops a group with SIGTERM, then SIGKILL), so they are left as they are."""
-    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ:
+    """SIGTERM raises Terminated in the main thread for the length of a command. Under a distributed launcher
+    (torchrun, srun, a PyTorchJob: RANK/WORLD_SIZE set) the launcher owns the workers' signals, and a rank
+    blocked in a collective could not run the handler anyway, so they are left as they are."""
+    launched = any(key in os.environ for key in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"))
+    if threading.current_thread() is not threading.main_thread() or launched:
         yield
         return
 
@@ -70,7 +72,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
