@@ -8,6 +8,7 @@ JSON text, read back with `json.loads`, never evaluated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,14 @@ def sidecar_path(engine: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256; computed once per version of the file (path, size, modification time), as a
+    benchmark or `--engine fastest` asks about one checkpoint for every engine."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -86,7 +95,7 @@ def stale_problem(artifact: Path, extra: dict[str, Any], checkpoint: Path) -> st
         return None
     return (
         f"{artifact}: exported from another checkpoint than {checkpoint} (its source digest {recorded[:12]}); "
-        f"re-export with `unet-export {checkpoint}`, or pass the file with --model to run it anyway"
+        f"re-export it with `unet-export {checkpoint}`"
     )
 
 
