@@ -3,6 +3,7 @@ logs, evaluates."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -144,10 +145,23 @@ def test_a_diverged_run_stops_with_one_line_and_no_checkpoint(tmp_path, synth_sm
                    "--workers", "0", "--device", "cpu", "--no-progress", "--lr", "1e12")  # fmt: skip
     assert proc.returncode == 2
     assert error_lines(proc)[-1] == (
-        "unet-train: error: epoch 1: the training loss is nan, so the weights are lost; lower --lr (now 1e+12) or "
+        "unet-train: error: epoch 1: the training loss is nan and the weights are lost; lower --lr (now 1e+12) or "
         "check that the masks label some pixels (unet-data check); no checkpoint was written"
     )
     assert not (tmp_path / "best.pth").exists() and not (tmp_path / "last.pth").exists()
+
+
+def test_resume_follows_a_moved_data_set(tmp_path, synth_small):
+    """A run's data set moved (or recorded relative to another folder): --resume --data NEW continues on it."""
+    shutil.copytree(synth_small, tmp_path / "data")
+    args = ["--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
+    run_cli("unet-train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", *args, check=True)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    proc = run_cli("unet-train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--data", tmp_path / "moved",
+                   *args, check=True)  # fmt: skip
+    assert "resumed after epoch 1" in proc.stdout
+    training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
+    assert training["epoch"] == 2 and training["config"]["data"] == str(tmp_path / "moved")
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path):

@@ -18,6 +18,8 @@ from .data.layouts import FolderSpec
 RESUME_OVERRIDES = ("epochs", "device", "workers", "cache", "progress", "max_minutes", "sync_bn", "dist_timeout")
 #: What makes a folder hold a run: a new run never writes into one (it would overwrite or truncate them).
 RUN_FILES = ("best.pth", "last.pth", "history.jsonl", "tb")
+#: The run's data paths, which --resume may point elsewhere when they no longer exist (`moved`).
+MOVABLE = ("data", "images", "masks")
 #: Flags whose presence sets a setting to a fixed value (store_true / store_false).
 SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
 
@@ -151,15 +153,15 @@ def next_free_run_dir(base: Path) -> Path:
 def resume_conflicts(stored: TrainConfig, given: dict[str, Any]) -> list[str]:
     """Flags given to --resume that would change the run but cannot: each names the flag and both values.
 
-    Only RESUME_OVERRIDES may change (and `out`, the run folder itself). `--data` may also point elsewhere
-    when the run's data folder no longer exists (the data set was moved).
+    Only RESUME_OVERRIDES may change (and `out`, the run folder itself). `--data`, `--images` and `--masks`
+    may also point elsewhere when the run's paths no longer exist (the data set was moved).
     """
     problems = []
     for key, value in given.items():
         if key in RESUME_OVERRIDES or key == "out" or value is None:
             continue
         old = getattr(stored, key)
-        if _same(old, value) or (key == "data" and not Path(old).exists()):
+        if _same(old, value) or moved(stored, key):
             continue
         if key in SWITCHES:
             problems.append(f"{SWITCHES[key]}: the run was started without it")
@@ -167,6 +169,13 @@ def resume_conflicts(stored: TrainConfig, given: dict[str, Any]) -> list[str]:
             was = "the default" if old is None else str(old)
             problems.append(f"--{key.replace('_', '-')} {value}: the run was started with {was}")
     return problems
+
+
+def moved(stored: TrainConfig, key: str) -> bool:
+    """True when `key` is one of the run's data paths and it no longer exists here (the data set was moved,
+    or a run recorded it relative to another folder): then --resume may point it elsewhere."""
+    old = getattr(stored, key)
+    return key in MOVABLE and old is not None and not Path(old).exists()
 
 
 def _same(old: Any, new: Any) -> bool:

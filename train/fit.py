@@ -28,7 +28,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
-from .config import RESUME_OVERRIDES, TrainConfig, resume_conflicts, run_files
+from .config import RESUME_OVERRIDES, TrainConfig, moved, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
@@ -128,7 +128,7 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
         allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_OVERRIDES if k != "progress")
         raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
                            "start a new run in another --out to change the rest)")  # fmt: skip
-    overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES and v is not None}
+    overrides = {k: v for k, v in given.items() if v is not None and (k in RESUME_OVERRIDES or moved(stored, k))}
     return replace(stored, out=cfg.out, **overrides), checkpoint
 
 
@@ -178,7 +178,7 @@ def _loaders(
     val_part = ddp.val_part(val_ds)
     mine = val_part.indices if isinstance(val_part, Subset) else range(len(val_ds))
     val_batches = same_size_batches([sizes[val_ds.pairs[i].image] for i in mine], cfg.batch_size)
-    val = DataLoader(val_part, batch_sampler=val_batches, **common)  # unpadded: scores as --eval and inference
+    val = DataLoader(val_part, batch_sampler=val_batches, **common)  # unpadded: independent of the batch size
     log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
     return train, val
 
@@ -316,13 +316,18 @@ def _epochs(
                 desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop,
             )
         )  # fmt: skip
-        if not math.isfinite(train_loss):  # every rank sees the same reduced loss, so every rank stops here
+        # Every rank sees the same reduced loss and holds the same weights, so every rank decides alike. An
+        # FP16 batch that overflowed is skipped by the GradScaler (the weights stay finite): only said.
+        if not math.isfinite(train_loss) and not _finite_weights(run.model):
             kept = (f"{cfg.out / 'last.pth'} (epoch {run.saved_epoch}) and best.pth are as they were"
                     if run.saved_epoch else "no checkpoint was written")  # fmt: skip
             raise UnetkitError(
-                f"epoch {epoch}: the training loss is {train_loss}, so the weights are lost; lower --lr (now "
+                f"epoch {epoch}: the training loss is {train_loss} and the weights are lost; lower --lr (now "
                 f"{lr:g}) or check that the masks label some pixels (unet-data check); {kept}"
             )
+        if not math.isfinite(train_loss):
+            log.warning("warning: epoch %d: some batches' loss was %s (overflow); their steps were skipped",
+                        epoch, train_loss)  # fmt: skip
         ddp.sync_buffers(run.model)
         # The model itself (not DDP's wrapper) validates: ranks hold different numbers of validation images.
         result = ddp.reduce_eval(
@@ -372,6 +377,10 @@ def _write_failed(exc: OSError, out: Path, saved_epoch: int) -> OSError:
     kept = (f"{last} (epoch {saved_epoch}) is intact: continue with `unet-train --out {out} --resume`"
             if saved_epoch else "no checkpoint had been written yet")  # fmt: skip
     return OSError(exc.errno, f"{exc.strerror or exc}; training stopped, {kept}", exc.filename)
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _finite(value: Any) -> Any:
