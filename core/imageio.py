@@ -98,10 +98,10 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Decode a mask file into an (H, W) uint8 array of raw values.
 
     A value is a class (or 0/255 foreground), so colours are never turned into luminance where that would
-    change the classes: a palette image with a grey palette (Carvana's GIFs) reads as its greys, one with a
-    colour palette (Pascal VOC's PNGs) as its indices; an RGB mask whose pixels are all grey reads as that
-    grey, and a lossless colour-coded one is an error naming the file. Lossy (JPEG) RGB masks, whose greys
-    carry colour noise, read as luminance and are thresholded later.
+    change the classes: a palette image whose palette is grey up to its highest index (Carvana's GIFs) reads
+    as its greys, one with colours there (Pascal VOC's PNGs) as its indices; an RGB mask whose pixels are all
+    grey reads as that grey, and a lossless colour-coded one is an error naming the file. Lossy (JPEG) RGB
+    masks, whose greys carry colour noise, read as luminance and are thresholded later.
     """
     path = Path(path)
     img = _open(path)
@@ -113,8 +113,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if img.mode == "P":
         indices = np.array(img, dtype=np.uint8)
         colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
-        used = colours[np.unique(indices)] if len(colours) > int(indices.max(initial=0)) else colours[:0]
-        if len(used) and not (used == used[:, :1]).all():
+        top = int(indices.max(initial=0))
+        # The palette up to the highest index used, not only the used entries: a VOC mask of background and
+        # car alone (black and grey entries) still belongs to a colour palette.
+        entries = colours[: top + 1] if len(colours) > top else colours[:0]
+        if len(entries) and not (entries == entries[:, :1]).all():
             return indices  # a colour palette: the indices are the classes
     if img.mode in ("RGB", "RGBA") and path.suffix.lower() not in LOSSY_EXTENSIONS:
         rgb = np.array(img.convert("RGB"), dtype=np.uint8)

@@ -53,6 +53,10 @@ def test_mask_values_are_classes_never_colour_luminance(tmp_path):
     voc.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [64, 0, 128] * 253)
     voc.save(tmp_path / "voc.png")
     assert read_mask(tmp_path / "voc.png").tolist() == [[0, 1], [2, 15]]
+    car = Image.fromarray(np.array([[0, 7]], np.uint8), "P")  # VOC's car (7) is grey, but 1-6 are colours
+    car.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128])
+    car.save(tmp_path / "car.png")
+    assert read_mask(tmp_path / "car.png").tolist() == [[0, 7]]
     Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)).save(tmp_path / "grey.png")
     assert read_mask(tmp_path / "grey.png").tolist() == [[0, 255]]
     Image.fromarray(np.array([[[0, 0, 0], [0, 0, 142]]], np.uint8)).save(tmp_path / "colour.png")
