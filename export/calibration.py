@@ -1,7 +1,8 @@
 """Calibration data for INT8: real images through the checkpoint's own preprocessing, chosen by a seed.
 
 Where the images come from, in order: `--calib DIR`; else the training data set recorded in the checkpoint
-(`train_args.data`), when it is on this machine; else synthetic cars (unetkit's own renderer), which is said.
+(`train_args.images` for a run on two named folders, without its masks where they share the folder; else
+`train_args.data`), when it is on this machine; else synthetic cars (unetkit's own renderer), which is said.
 A folder is read as images directly in it, or in a data set layout's image folder (imgs/, train/, images/,
 leftImg8bit/train/), so a data set root works as well as a plain folder of images.
 
@@ -84,15 +85,29 @@ def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource
             raise CalibrationError(f"--calib {calib}: no images found (looked in {looked})")
         return CalibrationSource(tuple(images), f"{len(images)} images in {calib}")
     train_args = meta.extra.get("train_args")
-    data = train_args.get("data") if isinstance(train_args, dict) else None
+    train_args = train_args if isinstance(train_args, dict) else {}
+    data = train_args.get("images") or train_args.get("data")  # a run on two named folders: its image folder
     if data:
-        images = find_images(Path(data)) if Path(data).is_dir() else []
+        images = _training_images(Path(data), train_args)
         if images:
             return CalibrationSource(tuple(images), f"the checkpoint's training data: {len(images)} images in {data}")
         why = f"the checkpoint's training data {data} is not on this machine"
     else:
         why = "the checkpoint records no training data"
     return CalibrationSource((), f"synthetic cars ({why}; pass --calib DIR for real images)")
+
+
+def _training_images(folder: Path, train_args: dict) -> list[Path]:
+    """The images of a run's data: in its image folder (or layout), without the masks where a named-folders
+    run kept both in one folder (told apart by --mask-suffix)."""
+    if not folder.is_dir():
+        return []
+    found = find_images(folder)
+    suffix = train_args.get("mask_suffix") or ""
+    masks = train_args.get("masks")
+    if suffix and masks and Path(masks).resolve() == folder.resolve():
+        found = [p for p in found if not p.stem.endswith(suffix)]
+    return found
 
 
 def plan(source: CalibrationSource, count: int, tile: int, seed: int) -> list[CalibrationItem]:

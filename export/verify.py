@@ -59,7 +59,7 @@ class Sample:
 @dataclass
 class Verification:
     exact: bool
-    per_input: list[dict[str, Any]] = field(default_factory=list)  # name, realistic, max_abs_diff, dice
+    per_input: list[dict[str, Any]] = field(default_factory=list)  # name, realistic, max_abs_diff, dice, counts
     int8: bool = False  # INT8's criterion (exact must be False)
 
     @property

@@ -115,6 +115,13 @@ def test_calibration_sources(tmp_path, meta, calib_images):
     gone = calibration_source(None, meta.replace(train_args={"data": str(tmp_path / "gone")}))
     assert gone.synthetic and "is not on this machine" in gone.description
     assert "records no training data" in calibration_source(None, meta).description
+    # a run on named folders: its image folder, without the masks that share it
+    (tmp_path / "shared").mkdir()
+    for name in ("a.png", "a_seg.png", "b.png", "b_seg.png"):
+        Image.new("RGB", (40, 30)).save(tmp_path / "shared" / name)
+    shared = str(tmp_path / "shared")
+    named = meta.replace(train_args={"data": str(tmp_path), "images": shared, "masks": shared, "mask_suffix": "_seg"})
+    assert [p.name for p in calibration_source(None, named).images] == ["a.png", "b.png"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UnetkitError, match="no images found") as exc:
         calibration_source(tmp_path / "empty", meta)
