@@ -114,6 +114,7 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 
 def _header(report: Report) -> list[str]:
     env, s = report.environment, report.settings
+    resize = s.get("resize") or f"scale {s['scale']:g}"  # reports from before the resize rules said only scale
     caps = env.get("cpu_capabilities") or {}
     where = env.get("gpu") or f"{env.get('cpu')} ({caps.get('summary', 'flags unknown')})"
     peaks = ", ".join(f"{k} {v:.3g}" for k, v in report.peaks_tflops.items())
@@ -125,7 +126,8 @@ def _header(report: Report) -> list[str]:
            if env.get("gpu") else ""),
         f"model: {s['model']}; artifacts {s.get('artifacts', 'beside the checkpoint')}",
         f"image {s['image_hw'][1]}x{s['image_hw'][0]} -> model input "
-        f"{s['model_hw'][1]}x{s['model_hw'][0]} (scale {s['scale']:g}); {report.flops_per_image / 1e12:.3g} TFLOP "
+        f"{s['model_hw'][1]}x{s['model_hw'][0]} ({resize}); "
+        f"{report.flops_per_image / 1e12:.3g} TFLOP "
         f"per image (counted)",
         f"matmul peak measured now (TFLOP/s, best of several probes): {peaks}",
     ]  # fmt: skip

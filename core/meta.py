@@ -69,7 +69,7 @@ class ResizeRule:
     def describe(self) -> str:
         if self.mode == "size":
             assert self.size is not None
-            return f"size {self.size[0]}x{self.size[1]}"
+            return f"size {self.size[0]}x{self.size[1]} (HxW)"  # as --size takes it; images print as WxH
         return f"max side {self.max_side}" if self.mode == "max_side" else f"scale {self.scale:g}"
 
 

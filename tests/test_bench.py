@@ -99,6 +99,9 @@ def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
     assert "200.0*" in text and f"* {OVER_PEAK}" in text and "100.0 " in text
     md = render_markdown(report)
     assert "200.0\\*" in md and f"\\* {OVER_PEAK}" in md
+    assert "model input 1x1 (scale 1)" in text  # a report from before the resize rules
+    report.settings.update(resize="size 256x384 (HxW)", model_hw=[256, 384])
+    assert "model input 384x256 (size 256x384 (HxW))" in render_text(report)
 
 
 @pytest.fixture(scope="module")

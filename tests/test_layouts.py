@@ -177,7 +177,7 @@ def test_check_names_corrupt_mismatched_and_bad_mask_files(tmp_path):
 def test_unet_data_check_cli(tmp_path, synth_small):
     ok = run_cli("unet-data", "check", synth_small, "--no-progress", check=True)
     assert "kaggle-carvana layout, 48 pairs" in ok.stdout
-    assert "sizes: 192x128 (48)" in ok.stdout
+    assert "sizes (WxH): 192x128 (48)" in ok.stdout
     assert "class balance" in ok.stdout and "car " in ok.stdout
     image(tmp_path / "imgs/x.jpg")
     (tmp_path / "masks").mkdir()
@@ -287,3 +287,21 @@ def test_noisy_lossless_masks_are_an_error_that_names_the_remedy(tmp_path):
     assert "1 bad file(s)" in proc.stderr and "(1 mask(s) with stray grey values: --mask-threshold 128 " in proc.stderr
     ok = run_cli("unet-data", "check", tmp_path, "--mask-threshold", "128", "--no-progress", check=True)
     assert "ok: every pair decodes" in ok.stdout
+
+
+def test_training_lists_ten_problems_and_counts_the_rest(tmp_path):
+    from unetkit.core.meta import ResizeRule
+    from unetkit.train.data.checks import DataReport
+    from unetkit.train.data.dataset import SampleRule
+    from unetkit.train.data.layouts import DatasetIndex
+
+    report = DataReport(DatasetIndex(tmp_path, "folders", [], ["x"], "binary"), SampleRule(ResizeRule(), "binary"))
+    report.problems = [f"{tmp_path}/m{i}.png: bad" for i in range(12)]
+    with pytest.raises(DataError) as short:
+        report.raise_if_problems(limit=10)
+    lines = str(short.value).splitlines()
+    assert lines[0] == f"12 bad file(s) in {tmp_path}; fix or remove them:" and len(lines) == 12
+    assert lines[-1] == "  ... and 2 more (`unet-data check` lists them all)"
+    with pytest.raises(DataError) as full:
+        report.raise_if_problems()
+    assert len(str(full.value).splitlines()) == 13

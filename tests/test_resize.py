@@ -22,6 +22,7 @@ def test_resize_rules_by_hand():
     assert ResizeRule("max_side", max_side=512).output_size(1072, 1920) == (286, 512)  # 1072 * 512/1920 = 285.9
     assert ResizeRule("max_side", max_side=512).output_size(487, 332) == (512, 349)  # small images grow
     assert ResizeRule("max_side", max_side=512).describe() == "max side 512"
+    assert ResizeRule("size", size=(256, 384)).describe() == "size 256x384 (HxW)"
     with pytest.raises(MetaError, match="resize 'size' needs a positive height and width"):
         ResizeRule("size")
     with pytest.raises(MetaError, match="resize 'fit'"):

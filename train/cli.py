@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval(args: argparse.Namespace) -> int:
     data, folders = resolve_folders(args)
-    assert data is not None  # main() asks for --data or --images and --masks
+    if data is None:
+        raise UnetkitError(f"--eval {args.eval}: say which data to score it on: --data DIR (or --images and --masks)")
     settings = EvalSettings(
         split=args.split, layout=args.layout or "auto", folders=folders, group_by=args.group_by,
         mask_threshold=args.mask_threshold, batch_size=args.batch_size, device=args.device or "auto",
@@ -198,8 +199,6 @@ def _resume_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.eval is not None:
-        if args.data is None and args.images is None:
-            build_parser().error("--eval needs --data (or --images and --masks)")
         return run_cli(PROG, lambda: _eval(args))
     return run_cli(PROG, lambda: _train(args))
 

@@ -161,7 +161,7 @@ def _loaders(
     input_sizes: list[tuple[int, int]] = []  # (height, width) per pair after the rule, from rank 0
     if ddp.is_main:  # under torchrun rank 0 checks (and fills the cache) while the others wait for its sizes
         report = check_dataset(index, rule, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
-        report.raise_if_problems()
+        report.raise_if_problems(limit=10)
         input_sizes = report.input_sizes
     input_sizes = ddp.share(input_sizes)
     sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}

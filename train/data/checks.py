@@ -45,9 +45,14 @@ class DataReport:
         total = max(int(self.label_counts.sum()), 1)
         return float(self.label_counts[IGNORE_INDEX]) / total
 
-    def raise_if_problems(self) -> None:
+    def raise_if_problems(self, limit: int | None = None) -> None:
+        """A DataError listing the problems (the first `limit`, then how many more and where to see them all:
+        `unet-data check`, which lists every one)."""
         if self.problems:
-            listing = "\n".join(f"  {p}" for p in self.problems)
+            shown = self.problems if limit is None else self.problems[:limit]
+            listing = "\n".join(f"  {p}" for p in shown)
+            if len(shown) < len(self.problems):
+                listing += f"\n  ... and {len(self.problems) - len(shown)} more (`unet-data check` lists them all)"
             stray = sum(MASK_THRESHOLD_HINT in p for p in self.problems)
             remedy = f" ({stray} mask(s) with stray grey values: {MASK_THRESHOLD_HINT} binarises them)" if stray else ""
             raise DataError(

@@ -106,7 +106,7 @@ def _check(args: argparse.Namespace) -> int:
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
     more = f" and {len(report.sizes) - 5} more" if len(report.sizes) > 5 else ""
     at_rule = f" at {resize.describe()}" if resize != ResizeRule() else ""
-    print(f"  sizes{at_rule}: {sizes}{more}")
+    print(f"  sizes (WxH){at_rule}: {sizes}{more}")
     balance = ", ".join(f"{name} {frac:.1%}" for name, frac in report.class_fractions().items())
     print(f"  class balance (share of labelled pixels): {balance}")
     if report.ignored_fraction() > 0:
