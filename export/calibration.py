@@ -148,7 +148,9 @@ def samples(
     source: CalibrationSource, meta: ModelMeta, items: list[CalibrationItem], tile: int, seed: int
 ) -> Iterator[np.ndarray]:
     """The model inputs (1, 3, h, w) float32 for `items`, computed one at a time; an unreadable image is named
-    in a warning and skipped (the others still calibrate)."""
+    in a warning and skipped (the others still calibrate); inputs no larger than a tile are used whole, said
+    once."""
+    said = False
     for item in items:
         try:
             image = _pixels(source, item.index, seed)
@@ -156,8 +158,12 @@ def samples(
             log.warning("warning: calibration skips %s", exc)
             continue
         pixels = torch.from_numpy(image).permute(2, 0, 1)
-        x = _crop(model_input(pixels, meta), item.crop, tile)
-        yield np.ascontiguousarray(x[None].numpy())
+        whole = model_input(pixels, meta)
+        if tile and not said and whole.shape[-2] <= tile and whole.shape[-1] <= tile:
+            said = True
+            log.info("INT8 calibration: model inputs of %dx%d fit in a %d px tile, so they calibrate whole",
+                     whole.shape[-1], whole.shape[-2], tile)  # fmt: skip
+        yield np.ascontiguousarray(_crop(whole, item.crop, tile)[None].numpy())
 
 
 def describe_plan(source: CalibrationSource, count: int, tile: int, seed: int) -> dict[str, object]:

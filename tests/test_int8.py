@@ -232,3 +232,12 @@ def test_agreement_pools_pixels_so_a_tiny_class_cannot_decide_alone():
     result.per_input.append({"name": "random", "realistic": False, "max_abs_diff": 0.9, "dice": 0, "counts": [0, 5, 5]})
     assert result.image_dice == pytest.approx(2080 / 2086)  # pooled over both images; noise is not gated
     assert result.passed and "images: agreement 0.99712" in result.summary()
+
+
+def test_a_tile_larger_than_the_model_input_is_said(meta, caplog):
+    synthetic = CalibrationSource((), "synthetic cars")
+    with caplog.at_level("INFO"):
+        got = list(samples(synthetic, meta, plan(synthetic, 2, 128, 0), 128, 0))
+    assert [x.shape for x in got] == [(1, 3, 64, 96)] * 2  # whole: the 1918x1280 car at scale 0.05
+    said = [r.getMessage() for r in caplog.records if "calibrate whole" in r.getMessage()]
+    assert said == ["INT8 calibration: model inputs of 96x64 fit in a 128 px tile, so they calibrate whole"]
