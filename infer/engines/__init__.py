@@ -103,5 +103,6 @@ def _current(engine: Engine, path: Path, checkpoint: Path | None) -> Engine:
 def _require(path: Path, checkpoint: str | os.PathLike | None, precision: str) -> None:
     if not path.is_file():
         flag = " --int8" if precision == "int8" else ""
-        hint = f"run `unet-export {checkpoint}{flag}` first" if checkpoint else "check the path"
+        hint = (f"run `unet-export {checkpoint}{flag}` first (an export that did run refused the file when it "
+                "failed its verification: its output says why)" if checkpoint else "check the path")  # fmt: skip
         raise ArtifactError(f"{path}: not found; {hint}")
