@@ -517,6 +517,10 @@ def data_check_scale_zero(c: Ctx) -> Spec:
     return Spec(["unet-data", "check", c.data, "--scale", "0"], "--scale 0: must be in (0, 1]")
 
 
+def train_eval_without_data(c: Ctx) -> Spec:
+    return Spec(["unet-train", "--eval", c.ckpt], f"--eval {c.ckpt}: say which data to score it on: --data DIR")
+
+
 CASES = [
     Case("train: --out holds a run", 2, train_out_holds_a_run),
     Case("train: default out moves on", 0, train_default_out_moves_on),
@@ -524,6 +528,7 @@ CASES = [
     Case("train: --resume FILE --out elsewhere", 2, train_resume_into_another_folder),
     Case("train: --out under a file", 2, train_out_under_a_file),
     Case("train: disk full", 2, train_disk_full),
+    Case("train: --eval without data", 2, train_eval_without_data),
     Case("infer: --out is the input", 2, infer_out_is_the_input),
     Case("infer: the root folder", 2, infer_root_folder),
     Case("infer: --out under a file", 2, infer_out_under_a_file),

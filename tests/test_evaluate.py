@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_lines, run_cli
+from conftest import run_cli
 from unetkit.core.metrics import class_scores
 from unetkit.train.report import EvalReport, ImageScore
 from unetkit.train.worst import PRED_ONLY, TRUTH_ONLY, difference
@@ -125,12 +125,3 @@ def make_meta_19():
     from unetkit.train.data.layouts import CITYSCAPES_CLASSES
 
     return ModelMeta(n_classes=19, scale=1.0, class_names=CITYSCAPES_CLASSES, mask_kind="cityscapes")
-
-
-def test_eval_without_data_is_one_line(tmp_path):
-    proc = run_cli("unet-train", "--eval", tmp_path / "best.pth")
-    assert proc.returncode == 2
-    assert error_lines(proc) == [
-        f"unet-train: error: --eval {tmp_path / 'best.pth'}: say which data to score it on: --data DIR (or --images "
-        "and --masks)"
-    ]
