@@ -37,6 +37,7 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageErr
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 #: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
 MASK_THRESHOLD_HINT = "--mask-threshold 128"
+IGNORE_VALUE = 255  # Pascal VOC's void label, where a 0/1 mask holds it
 log = logging.getLogger(__name__)
 
 
@@ -107,8 +108,10 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     img = _open(path)
     if img.mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(img)
+        if arr.max(initial=0) > 255 and np.isin(arr, (0, 65535)).all():
+            return (arr // 257).astype(np.uint8)  # a 16-bit 0/65535 mask: 0/255
         if arr.max(initial=0) > 255:
-            raise DataError(f"{path}: 16-bit mask values above 255 are not supported")
+            raise DataError(f"{path}: 16-bit mask values above 255 are not supported (other than 0/65535)")
         return arr.astype(np.uint8)
     if img.mode == "P":
         indices = np.array(img, dtype=np.uint8)
@@ -119,14 +122,17 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         entries = colours[: top + 1] if len(colours) > top else colours[:0]
         if len(entries) and not (entries == entries[:, :1]).all():
             return indices  # a colour palette: the indices are the classes
-    if img.mode in ("RGB", "RGBA") and path.suffix.lower() not in LOSSY_EXTENSIONS:
+    if img.mode in ("RGB", "RGBA"):
         rgb = np.array(img.convert("RGB"), dtype=np.uint8)
-        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+        spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+        lossy = path.suffix.lower() in LOSSY_EXTENSIONS
+        # A JPEG's greys carry a little colour noise; a colour mask's pixels differ by far more, and often.
+        if (float((spread > 64).mean()) > 0.01) if lossy else bool(spread.any()):
             raise DataError(
                 f"{path}: a colour mask; masks hold one value per pixel (0/1, 0/255 or class ids), as a greyscale "
                 "or palette PNG: convert the colours to those values first"
             )
-        return np.ascontiguousarray(rgb[..., 0])
+        return np.array(img.convert("L"), dtype=np.uint8) if lossy else np.ascontiguousarray(rgb[..., 0])
     if img.mode != "L":
         img = img.convert("L")
     return np.array(img, dtype=np.uint8)
@@ -147,9 +153,17 @@ def binary_mask(raw: np.ndarray, path: str | os.PathLike, threshold: int | None 
     if np.isin(values, (0, 255)).all():
         return (raw == 255).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise DataError(
-        f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255 ({MASK_THRESHOLD_HINT} binarises it)"
-    )
+    raise DataError(f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255 ({_remedy(values)})")
+
+
+def _remedy(values: np.ndarray) -> str:
+    """What to do about a binary mask's other values: the threshold that keeps its labelled pixels."""
+    found = set(values.tolist())
+    if len(found) == 2 and 0 in found:  # 0 and one label, e.g. a Pascal VOC class index
+        return f"--mask-threshold {max(found)} makes {max(found)} foreground"
+    if IGNORE_VALUE in found and found - {IGNORE_VALUE} <= {0, 1}:
+        return "255 marks a void border, as in Pascal VOC; binary masks have none: set those pixels to 0 or 1 first"
+    return f"{MASK_THRESHOLD_HINT} binarises it"
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

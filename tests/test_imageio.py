@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import image_size, read_image, read_mask
+from unetkit.core.imageio import binary_mask, image_size, read_image, read_mask
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -78,3 +78,31 @@ def test_unreadable_files_name_the_file(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(DataError, match="unsupported pixel format"):
         read_image(tmp_path / "f.tif")
+
+
+def test_colour_jpeg_and_16_bit_masks(tmp_path):
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[:, 16:] = (255, 0, 0)
+    Image.fromarray(red).save(tmp_path / "red.jpg", quality=90)
+    with pytest.raises(DataError, match=r"red\.jpg: a colour mask"):
+        read_mask(tmp_path / "red.jpg")
+    Image.fromarray(np.array([[0, 65535]], np.uint16)).save(tmp_path / "wide.png")
+    assert read_mask(tmp_path / "wide.png").tolist() == [[0, 255]]
+
+
+@pytest.mark.parametrize(
+    "values, remedy",
+    [
+        ((0, 7), "--mask-threshold 7 makes 7 foreground"),  # a VOC class index: 128 would erase it
+        (
+            (0, 1, 255),
+            "255 marks a void border, as in Pascal VOC; binary masks have none: set those pixels to 0 or 1 first",
+        ),
+        ((0, 3, 250, 255), "--mask-threshold 128 binarises it"),  # stray greys near both ends
+    ],
+)
+def test_a_bad_binary_mask_gets_the_remedy_that_keeps_its_labels(values, remedy):
+    raw = np.resize(np.array(values, np.uint8), (4, 4))
+    with pytest.raises(DataError, match="expected 0/1 or 0/255") as exc:
+        binary_mask(raw, "m.png")
+    assert str(exc.value).endswith(f"({remedy})")

@@ -305,3 +305,15 @@ def test_training_lists_ten_problems_and_counts_the_rest(tmp_path):
     with pytest.raises(DataError) as full:
         report.raise_if_problems()
     assert len(str(full.value).splitlines()) == 13
+
+
+def test_masks_without_any_foreground_stop_the_check(tmp_path):
+    """A threshold above every mask value reads every mask as background: nothing to learn, said before work."""
+    for n in range(3):
+        image(tmp_path / f"images/{n}.jpg")
+        mask(tmp_path / f"masks/{n}.png", values=(0, 7))
+    proc = run_cli("unet-data", "check", tmp_path, "--mask-threshold", "128", "--no-progress")
+    assert proc.returncode == 2
+    assert f"{tmp_path}: no mask has a foreground pixel, so there is nothing to learn" in proc.stderr
+    ok = run_cli("unet-data", "check", tmp_path, "--mask-threshold", "7", "--no-progress", check=True)
+    assert "polyp 50.0%" in ok.stdout

@@ -103,4 +103,7 @@ def check_dataset(
                 report.sizes[size] += 1
                 report.label_counts += counts
                 report.input_sizes.append((size[1], size[0]))
+    if rule.mask_kind == "binary" and report.sizes and report.label_counts[1] == 0:
+        report.problems.append(f"{index.root}: no mask has a foreground pixel, so there is nothing to learn (check "
+                               "the masks' values, or the --mask-threshold given)")  # fmt: skip
     return report
