@@ -164,6 +164,21 @@ def test_resume_follows_a_moved_data_set(tmp_path, synth_small):
     assert training["epoch"] == 2 and training["config"]["data"] == str(tmp_path / "moved")
 
 
+def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path, synth_small):
+    """Killed before epoch 1 ended, a run folder holds split.json and tb/ only: nothing to resume or to keep."""
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb/events.out.tfevents.1.host").write_bytes(b"x")
+    (tmp_path / "split.json").write_text("{}")
+    proc = run_cli("unet-train", "--out", tmp_path, "--resume")
+    assert error_lines(proc) == [
+        f"unet-train: error: --resume: {tmp_path} holds no last.pth, as its run stopped "
+        "before its first epoch ended; start it again: the same command without --resume"
+    ]
+    run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--epochs", "1", "--base-channels", "2",
+            "--workers", "0", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    assert (tmp_path / "last.pth").exists()
+
+
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
     proc = run_cli("unet-train", "--out", tmp_path, "--resume")
     assert proc.returncode == 2

@@ -16,6 +16,7 @@ from unetkit.core.outputs import FILE, FOLDER, check_outputs
 from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
 from .data.options import absolute, add_data_arguments, parse_hw, resolve_folders
+from .data.split import SPLIT_FILE
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
@@ -126,6 +127,9 @@ def _train(args: argparse.Namespace) -> int:
         given["cache"] = absolute(args.cache)
     if args.resume:
         path, out = _resume_paths(args)
+        if not path.exists() and out.is_dir() and not run_files(out) and (out / SPLIT_FILE).exists():
+            raise UnetkitError(f"--resume: {out} holds no {path.name}, as its run stopped before its first epoch "
+                               "ended; start it again: the same command without --resume")  # fmt: skip
         cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
         stale = remove_stale_temps(out)  # a checkpoint write cut short by SIGKILL (the OOM killer)
         if stale and (dist is None or dist.is_main):

@@ -132,13 +132,14 @@ class TrainConfig:
 
 
 def run_files(folder: Path) -> list[str]:
-    """The files of an earlier run in `folder` (an empty tb/ does not count)."""
+    """The files of an earlier run in `folder` that a new run would overwrite. An empty tb/ does not count, nor
+    tb/ alone: a run stopped before its first epoch ended has nothing to keep or resume."""
     found = []
     for name in RUN_FILES:
         path = folder / name
         if path.is_file() or (path.is_dir() and any(path.iterdir())):
             found.append(name)
-    return found
+    return [] if found == ["tb"] else found
 
 
 def next_free_run_dir(base: Path) -> Path:
