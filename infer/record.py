@@ -1,7 +1,7 @@
 """Which model an output folder's masks come from, so one folder never mixes two models' outputs.
 
 A folder run writes `unetkit-infer.json` into its output folder: the model's checkpoint digest (and, for
-information, the file and precision it ran). A later run (with or without --resume) into the same folder must
+information, the file that first wrote there). A later run (with or without --resume) into the same folder must
 be of the same checkpoint: another model's masks, probability maps or overlays would sit beside its own, and
 with --resume the folder would end up half one model, half the other. The precision may differ (--engine
 fastest and openvino choose theirs per machine). Parts of one sharded run record the same checkpoint, so
@@ -26,8 +26,8 @@ RECORD_NAME = "unetkit-infer.json"
 
 
 def model_identity(engine: Engine) -> dict[str, Any]:
-    """The checkpoint's digest (an exported file's is the one it records from its export), with the file and
-    precision that ran for the record's reader."""
+    """The checkpoint's digest (an exported file's is the one it records from its export), with the file that
+    ran for the record's reader (the precision is not recorded: runs at several may share the folder)."""
     recorded = engine.meta.extra.get("source_sha256")
     if isinstance(recorded, str):
         digest = recorded
@@ -36,7 +36,7 @@ def model_identity(engine: Engine) -> dict[str, Any]:
     else:
         digest = "unknown"
     model = engine.source.name if engine.source is not None else "in-memory model"
-    return {"model": model, "checkpoint_sha256": digest, "precision": engine.precision}
+    return {"model": model, "checkpoint_sha256": digest}
 
 
 def claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
@@ -69,5 +69,4 @@ def claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
 
 
 def _describe(identity: dict[str, Any]) -> str:
-    return (f"{identity.get('model')} {identity.get('precision')}, checkpoint "
-            f"{str(identity.get('checkpoint_sha256'))[:12]}")  # fmt: skip
+    return f"{identity.get('model')}, checkpoint {str(identity.get('checkpoint_sha256'))[:12]}"

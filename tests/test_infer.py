@@ -195,13 +195,13 @@ def test_one_output_folder_never_mixes_two_models(exported_checkpoint, random_ch
     common = ["--out", out, "--device", "cpu", "--precision", "fp32", "--no-progress"]
     run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--overlay", *common, check=True)
     record = json.loads((out / RECORD_NAME).read_text())
-    assert record["model"] == "best.pth" and record["precision"] == "fp32"
+    assert record["model"] == "best.pth" and len(record["checkpoint_sha256"]) == 64
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     for extra in ([], ["--resume"]):
         other = run_cli("unet-infer", images, "--checkpoint", random_checkpoint, *common, *extra)
         assert other.returncode == 2
         [line] = error_lines(other)
-        assert line.startswith(f"unet-infer: error: --out {out}: holds the outputs of another model (best.pth fp32")
+        assert line.startswith(f"unet-infer: error: --out {out}: holds the outputs of another model (best.pth, ")
         assert "one folder must not mix two models: give another --out, or empty it" in line
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     # the same checkpoint through its ONNX file, at the same precision: the same model's masks
