@@ -162,6 +162,15 @@ def test_resume_follows_a_moved_data_set(tmp_path, synth_small):
     assert "resumed after epoch 1" in proc.stdout
     training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
     assert training["epoch"] == 2 and training["config"]["data"] == str(tmp_path / "moved")
+    # named folders inside the data folder move with it
+    named = ["--images", "train", "--masks", "train_masks", "--mask-suffix", "_mask"]
+    run_cli("unet-train", "--data", tmp_path / "moved", *named, "--out", tmp_path / "run2", "--epochs", "1", *args,
+            check=True)  # fmt: skip
+    (tmp_path / "moved").rename(tmp_path / "again")
+    proc = run_cli("unet-train", "--out", tmp_path / "run2", "--resume", "--epochs", "2", "--data",
+                   tmp_path / "again", *args, check=True)  # fmt: skip
+    config = torch.load(tmp_path / "run2/last.pth", weights_only=True)["training"]["config"]
+    assert config["images"] == str(tmp_path / "again/train") and config["masks"] == str(tmp_path / "again/train_masks")
 
 
 def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path, synth_small):

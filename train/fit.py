@@ -129,6 +129,12 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
         raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
                            "start a new run in another --out to change the rest)")  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None and (k in RESUME_OVERRIDES or moved(stored, k))}
+    if "data" in overrides:  # a moved named-folders data set: its folders move with it unless given too
+        for key in ("images", "masks"):
+            old = getattr(stored, key)
+            if key not in overrides and old is not None and moved(stored, key):
+                with contextlib.suppress(ValueError):  # recorded outside the data folder: cannot follow
+                    overrides[key] = Path(overrides["data"]) / Path(old).relative_to(stored.data)
     return replace(stored, out=cfg.out, **overrides), checkpoint
 
 
