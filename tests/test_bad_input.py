@@ -521,6 +521,11 @@ def train_eval_without_data(c: Ctx) -> Spec:
     return Spec(["unet-train", "--eval", c.ckpt], f"--eval {c.ckpt}: say which data to score it on: --data DIR")
 
 
+def train_eval_batch_zero(c: Ctx) -> Spec:
+    return Spec(["unet-train", "--eval", c.ckpt, "--data", c.data, "--batch-size", "0"], "--batch-size must be at "
+                "least 1")  # fmt: skip
+
+
 CASES = [
     Case("train: --out holds a run", 2, train_out_holds_a_run),
     Case("train: default out moves on", 0, train_default_out_moves_on),
@@ -529,6 +534,7 @@ CASES = [
     Case("train: --out under a file", 2, train_out_under_a_file),
     Case("train: disk full", 2, train_disk_full),
     Case("train: --eval without data", 2, train_eval_without_data),
+    Case("train: --eval --batch-size 0", 2, train_eval_batch_zero),
     Case("infer: --out is the input", 2, infer_out_is_the_input),
     Case("infer: the root folder", 2, infer_root_folder),
     Case("infer: --out under a file", 2, infer_out_under_a_file),

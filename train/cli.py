@@ -95,6 +95,8 @@ def _eval(args: argparse.Namespace) -> int:
     data, folders = resolve_folders(args)
     if data is None:
         raise UnetkitError(f"--eval {args.eval}: say which data to score it on: --data DIR (or --images and --masks)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UnetkitError("--batch-size must be at least 1")
     settings = EvalSettings(
         split=args.split, layout=args.layout or "auto", folders=folders, group_by=args.group_by,
         mask_threshold=args.mask_threshold, batch_size=args.batch_size, device=args.device or "auto",
