@@ -154,7 +154,9 @@ def _load(path: Path, map_location: str | torch.device) -> dict[str, Any]:
                 "code); unetkit only opens checkpoints of plain data"
             ) from None
         raise CheckpointError(f"{path}: truncated or not a PyTorch file (unreadable pickle data)") from None
-    except Exception as exc:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+    except (KeyError, EOFError, IndexError):  # garbage's byte values as a key or index say nothing to a user
+        raise CheckpointError(f"{path}: truncated or not a PyTorch file") from None
+    except Exception as exc:  # garbage makes the unpickler fail in many ways
         raise CheckpointError(f"{path}: truncated or not a PyTorch file ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""

@@ -172,6 +172,10 @@ def _export(args: argparse.Namespace) -> int:
     failed = [r.path.name for r in results if not r.kept]
     if failed:
         print(f"not kept: {', '.join(failed)} (see above); the exit code is {EXIT_FAILURES}")
+        earlier = [r.path.name for r in results if not r.kept and r.path.exists()]
+        if earlier:  # the failed write never touched them; say so, as they are not this checkpoint's
+            print(f"  left as they were: {', '.join(earlier)} of an earlier export (unet-infer refuses a file "
+                  "exported from another checkpoint)")  # fmt: skip
         return EXIT_FAILURES
     print(f"wrote {len(results)} verified artifact(s) to {out_dir}" if args.verify else f"wrote to {out_dir}")
     return EXIT_OK

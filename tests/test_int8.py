@@ -143,12 +143,17 @@ def test_constant_calibration_images_are_refused(exported_checkpoint, tmp_path):
     for i in range(4):
         Image.new("RGB", (1918, 1280), (128 + i, 128, 128)).save(grey / f"{i}.png")
     out = tmp_path / "out"
+    out.mkdir()
+    earlier = (exported_checkpoint[0] / "best.int8.onnx").read_bytes()
+    (out / "best.int8.onnx").write_bytes(earlier)  # an earlier export's file: the failed one must not touch it
     proc = run_cli("unet-export", exported_checkpoint[0] / "best.pth", "--device", "cpu", "--no-trt", "--no-progress",
                    "--int8", "--calib", grey, "--calib-count", "4", "--calib-tile", "0", "--out-dir", out)  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("best.int8.onnx"))
     assert "NOT KEPT" in line and "FAILED" in line and "not kept: best.int8.onnx" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.onnx"]  # no temp file either
+    assert "  left as they were: best.int8.onnx of an earlier export" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["best.fp16.onnx", "best.int8.onnx", "best.onnx"]  # no temp
+    assert (out / "best.int8.onnx").read_bytes() == earlier
 
 
 @pytest.mark.parametrize(
