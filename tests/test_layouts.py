@@ -114,6 +114,7 @@ def test_cityscapes_masks_that_are_not_label_ids_stop_the_check(tmp_path, values
     bad = tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
     assert f"{bad}: {message}" in proc.stderr
     assert "aachen" not in proc.stderr  # the good labelIds mask passes
+    assert "sizes (WxH): 6x4 (1)" in proc.stdout  # what decoded is described; the bad pair is not counted
 
 
 def test_cityscapes_ids_in_a_jpeg_are_refused():

@@ -103,14 +103,15 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")
     for line in describe_unmatched(index):
         print(f"  warning: {line}")
-    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
-    more = f" and {len(report.sizes) - 5} more" if len(report.sizes) > 5 else ""
-    at_rule = f" at {resize.describe()}" if resize != ResizeRule() else ""
-    print(f"  sizes (WxH){at_rule}: {sizes}{more}")
-    balance = ", ".join(f"{name} {frac:.1%}" for name, frac in report.class_fractions().items())
-    print(f"  class balance (share of labelled pixels): {balance}")
-    if report.ignored_fraction() > 0:
-        print(f"  ignored pixels: {report.ignored_fraction():.1%}")
+    if report.sizes:  # some pair decoded: what they hold (else only the problems below say anything)
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
+        more = f" and {len(report.sizes) - 5} more" if len(report.sizes) > 5 else ""
+        at_rule = f" at {resize.describe()}" if resize != ResizeRule() else ""
+        print(f"  sizes (WxH){at_rule}: {sizes}{more}")
+        balance = ", ".join(f"{name} {frac:.1%}" for name, frac in report.class_fractions().items())
+        print(f"  class balance (share of labelled pixels): {balance}")
+        if report.ignored_fraction() > 0:
+            print(f"  ignored pixels: {report.ignored_fraction():.1%}")
     if split is not None:
         shared = {split.keys[p.image] for p in split.train} & {split.keys[p.image] for p in split.val}
         print(
