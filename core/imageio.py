@@ -28,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import write_bytes_atomic
 from .errors import DataError
+from .labels import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -37,7 +38,6 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageErr
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 #: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
 MASK_THRESHOLD_HINT = "--mask-threshold 128"
-IGNORE_VALUE = 255  # Pascal VOC's void label, where a 0/1 mask holds it
 log = logging.getLogger(__name__)
 
 
@@ -161,7 +161,7 @@ def _remedy(values: np.ndarray) -> str:
     found = set(values.tolist())
     if len(found) == 2 and 0 in found:  # 0 and one label, e.g. a Pascal VOC class index
         return f"--mask-threshold {max(found)} makes {max(found)} foreground"
-    if IGNORE_VALUE in found and found - {IGNORE_VALUE} <= {0, 1}:
+    if IGNORE_INDEX in found and found - {IGNORE_INDEX} <= {0, 1}:  # 255: void, as Pascal VOC marks it
         return "255 marks a void border, as in Pascal VOC; binary masks have none: set those pixels to 0 or 1 first"
     return f"{MASK_THRESHOLD_HINT} binarises it"
 
