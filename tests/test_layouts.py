@@ -117,6 +117,23 @@ def test_cityscapes_masks_that_are_not_label_ids_stop_the_check(tmp_path, values
     assert "sizes (WxH): 6x4 (1)" in proc.stdout  # what decoded is described; the bad pair is not counted
 
 
+def test_cityscapes_trainids_masks_without_void_are_found_over_the_data_set(tmp_path):
+    """TrainIds masks without a void pixel hold values every labelIds mask may hold (0-18), so no single file
+    shows it; a data set without any of the labelIds 19-33 (sky, car, person, ...) does."""
+    for split, city, name in [("train", "aachen", "aachen_000000_000019"), ("val", "lindau", "lindau_000000_000019")]:
+        image(tmp_path / f"leftImg8bit/{split}/{city}/{name}_leftImg8bit.png", (6, 4))
+        gt = tmp_path / f"gtFine/{split}/{city}/{name}_gtFine_labelIds.png"
+        gt.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.resize(np.array((0, 7, 8, 13, 18), np.uint8), (4, 6))).save(gt)
+    proc = run_cli("unet-data", "check", tmp_path, "--no-progress")
+    assert proc.returncode == 2
+    assert (f"{tmp_path}: no mask holds any of the labelIds 19-33 (traffic light to bicycle), as masks of trainIds "
+            "(0-18) do not; use the *_gtFine_labelIds.png files") in proc.stderr  # fmt: skip
+    one = tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    Image.fromarray(np.resize(np.array((0, 7, 26), np.uint8), (4, 6))).save(one)  # a car: labelIds after all
+    assert check_dataset(index_dataset(tmp_path), progress=False).problems == []
+
+
 def test_cityscapes_ids_in_a_jpeg_are_refused():
     ids = np.array([[7, 26]], np.uint8)
     assert cityscapes_train_ids(ids, "a_gtFine_labelIds.png").tolist() == [[0, 13]]

@@ -173,6 +173,27 @@ def test_resume_follows_a_moved_data_set(tmp_path, synth_small):
     assert config["images"] == str(tmp_path / "again/train") and config["masks"] == str(tmp_path / "again/train_masks")
 
 
+def test_resume_of_named_folders_without_data(tmp_path, synth_small):
+    """A run on --images/--masks alone: --resume names only the flags given, and moved folders take the data
+    folder they are under along."""
+    shutil.copytree(synth_small, tmp_path / "data")
+    shutil.copytree(synth_small, tmp_path / "other")
+    args = ["--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--mask-suffix", "_mask"]
+    named = ["--images", tmp_path / "data/train", "--masks", tmp_path / "data/train_masks"]
+    run_cli("unet-train", *named, "--out", tmp_path / "run", "--epochs", "1", *args, check=True)
+    proc = run_cli("unet-train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--images",
+                   tmp_path / "other/train", "--masks", tmp_path / "other/train_masks", *args)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert f"--images {tmp_path / 'other/train'}: the run was started with {tmp_path / 'data/train'}" in line
+    assert "--data" not in line.split(" (a resumed run")[0]
+    (tmp_path / "data").rename(tmp_path / "moved")
+    proc = run_cli("unet-train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--images",
+                   tmp_path / "moved/train", "--masks", tmp_path / "moved/train_masks", *args, check=True)  # fmt: skip
+    config = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]["config"]
+    assert config["data"] == str(tmp_path / "moved") and config["images"] == str(tmp_path / "moved/train")
+
+
 def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path, synth_small):
     """Killed before epoch 1 ended, a run folder holds split.json and tb/ only: nothing to resume or to keep."""
     (tmp_path / "tb").mkdir()

@@ -20,7 +20,7 @@ from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 
 from .dataset import SampleCache, SampleRule, SegmentationDataset
-from .layouts import DatasetIndex
+from .layouts import BEYOND_TRAIN_ID_RANGE, DatasetIndex
 
 
 @dataclass
@@ -106,4 +106,7 @@ def check_dataset(
     if rule.mask_kind == "binary" and report.sizes and report.label_counts[1] == 0:
         report.problems.append(f"{index.root}: no mask has a foreground pixel, so there is nothing to learn (check "
                                "the masks' values, or the --mask-threshold given)")  # fmt: skip
+    if rule.mask_kind == "cityscapes" and report.sizes and not report.label_counts[list(BEYOND_TRAIN_ID_RANGE)].any():
+        report.problems.append(f"{index.root}: no mask holds any of the labelIds 19-33 (traffic light to bicycle), "
+                               "as masks of trainIds (0-18) do not; use the *_gtFine_labelIds.png files")  # fmt: skip
     return report

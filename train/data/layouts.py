@@ -48,6 +48,9 @@ def cityscapes_lut() -> np.ndarray:
 #: is read as void too, as tools that write labelIds mark unlabelled pixels with it.
 CITYSCAPES_MAX_LABEL_ID = 33
 TRAIN_ID_VALUES = frozenset({*range(19), IGNORE_INDEX})  # what a Cityscapes trainIds mask holds
+#: The train ids of labelIds 19-33, which a trainIds mask (values 0-18) read as labelIds never yields: a data
+#: set whose masks hold none of them is one of trainIds masks, though no single mask need show it.
+BEYOND_TRAIN_ID_RANGE = tuple(i for i, v in enumerate(CITYSCAPES_LABEL_IDS) if v >= len(CITYSCAPES_CLASSES))
 
 
 def cityscapes_train_ids(raw: np.ndarray, source: str | os.PathLike) -> np.ndarray:
