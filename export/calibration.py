@@ -15,6 +15,7 @@ gives the same samples in the same order.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 
 from unetkit.core.errors import UnetkitError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image
+from unetkit.core.imageio import IMAGE_EXTENSIONS, image_size, read_image
 from unetkit.core.meta import ModelMeta
-from unetkit.core.preprocess import model_input
+from unetkit.core.preprocess import input_size, model_input
 from unetkit.train.data.synth import random_car, render
 
 #: Image folders of the data set layouts unet-train reads (README's table), searched below a data set root.
@@ -148,22 +149,43 @@ def samples(
     source: CalibrationSource, meta: ModelMeta, items: list[CalibrationItem], tile: int, seed: int
 ) -> Iterator[np.ndarray]:
     """The model inputs (1, 3, h, w) float32 for `items`, computed one at a time; an unreadable image is named
-    in a warning and skipped (the others still calibrate); inputs no larger than a tile are used whole, said
-    once."""
-    said = False
+    in a warning and skipped (the others still calibrate)."""
     for item in items:
         try:
             image = _pixels(source, item.index, seed)
         except UnetkitError as exc:
             log.warning("warning: calibration skips %s", exc)
             continue
-        pixels = torch.from_numpy(image).permute(2, 0, 1)
-        whole = model_input(pixels, meta)
-        if tile and not said and whole.shape[-2] <= tile and whole.shape[-1] <= tile:
-            said = True
-            log.info("INT8 calibration: model inputs of %dx%d fit in a %d px tile, so they calibrate whole",
-                     whole.shape[-1], whole.shape[-2], tile)  # fmt: skip
+        whole = model_input(torch.from_numpy(image).permute(2, 0, 1), meta)
         yield np.ascontiguousarray(_crop(whole, item.crop, tile)[None].numpy())
+
+
+def whole_inputs(source: CalibrationSource, meta: ModelMeta, items: list[CalibrationItem], tile: int) -> Counter:
+    """The model input sizes (W, H) of the planned samples that fit in one tile, so calibrate whole, with how
+    many samples have each; read from the images' headers before calibrating (unreadable ones are left to
+    `samples` to name)."""
+    fits: Counter = Counter()
+    if not tile:
+        return fits
+    for item in items:
+        try:
+            w, h = (SYNTHETIC_HW[1], SYNTHETIC_HW[0]) if source.synthetic else image_size(source.images[item.index])
+        except UnetkitError:
+            continue
+        ih, iw = input_size(h, w, meta)
+        if ih <= tile and iw <= tile:
+            fits[(iw, ih)] += 1
+    return fits
+
+
+def whole_note(fits: Counter, count: int, tile: int) -> str:
+    """The clause of the calibration line saying which samples are whole model inputs rather than tiles."""
+    if not fits:
+        return ""
+    sizes = ", ".join(f"{w}x{h}" for (w, h), _ in fits.most_common(3)) + (" ..." if len(fits) > 3 else "")
+    n = sum(fits.values())
+    which = "all samples are" if n == count else f"{n} of {count} samples are"
+    return f"; {which} whole model inputs ({sizes}), as they fit in a {tile} px tile"
 
 
 def describe_plan(source: CalibrationSource, count: int, tile: int, seed: int) -> dict[str, object]:

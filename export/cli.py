@@ -153,7 +153,7 @@ def _export(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(results[-1].line(), flush=True)
     if calibration is not None:
-        print(calibration_line(args, calibration), flush=True)
+        print(calibration_line(args, calibration, artifact_meta), flush=True)
         int8_path = artifact_path(target, "onnx-int8")
         notes: list[str] = []
         if results[0].kept:

@@ -30,6 +30,8 @@ from .calibration import (
     describe_plan,
     plan,
     samples,
+    whole_inputs,
+    whole_note,
 )
 from .produce import Artifact, produce
 from .quantize import SCHEMES, quantize_onnx
@@ -62,9 +64,12 @@ def int8_source(args: argparse.Namespace, meta: ModelMeta) -> CalibrationSource 
     return source
 
 
-def calibration_line(args: argparse.Namespace, source: CalibrationSource) -> str:
+def calibration_line(args: argparse.Namespace, source: CalibrationSource, meta: ModelMeta) -> str:
+    """What the INT8 file is calibrated on, said before the calibration's progress bar."""
     what = f"{args.calib_tile}px tiles" if args.calib_tile else "whole images"
-    return f"INT8 calibration: {args.calib_count} samples ({what}, seed {args.seed}) from {source.description}"
+    fits = whole_inputs(source, meta, plan(source, args.calib_count, args.calib_tile, args.seed), args.calib_tile)
+    return (f"INT8 calibration: {args.calib_count} samples ({what}, seed {args.seed}) from {source.description}"
+            f"{whole_note(fits, args.calib_count, args.calib_tile)}")  # fmt: skip
 
 
 def int8_check(

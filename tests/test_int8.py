@@ -15,12 +15,15 @@ from conftest import error_lines, run_cli
 from unetkit.core.errors import UnetkitError
 from unetkit.core.metrics import class_scores, confusion_counts
 from unetkit.export.calibration import (
+    CalibrationItem,
     CalibrationSource,
     calibration_source,
     describe_plan,
     find_images,
     plan,
     samples,
+    whole_inputs,
+    whole_note,
 )
 from unetkit.export.quantize import float_convs, qdq_problems_for_tensorrt, quantize_onnx
 from unetkit.export.verify import (
@@ -239,10 +242,22 @@ def test_agreement_pools_pixels_so_a_tiny_class_cannot_decide_alone():
     assert result.passed and "images: agreement 0.99712" in result.summary()
 
 
-def test_a_tile_larger_than_the_model_input_is_said(meta, caplog):
+def test_a_tile_larger_than_the_model_input_is_said(meta, tmp_path):
+    """Inputs that fit in a tile calibrate whole, said in the line printed before calibrating, with each size
+    and how many of the samples it covers."""
     synthetic = CalibrationSource((), "synthetic cars")
-    with caplog.at_level("INFO"):
-        got = list(samples(synthetic, meta, plan(synthetic, 2, 128, 0), 128, 0))
+    items = plan(synthetic, 2, 128, 0)
+    got = list(samples(synthetic, meta, items, 128, 0))
     assert [x.shape for x in got] == [(1, 3, 64, 96)] * 2  # whole: the 1918x1280 car at scale 0.05
-    said = [r.getMessage() for r in caplog.records if "calibrate whole" in r.getMessage()]
-    assert said == ["INT8 calibration: model inputs of 96x64 fit in a 128 px tile, so they calibrate whole"]
+    fits = whole_inputs(synthetic, meta, items, 128)
+    assert fits == {(96, 64): 2}
+    assert whole_note(fits, 2, 128) == "; all samples are whole model inputs (96x64), as they fit in a 128 px tile"
+    assert whole_inputs(synthetic, meta, items, 0) == {}  # whole images asked for: nothing to say
+    for name, size in (("a.png", (2000, 1000)), ("b.png", (1000, 1000)), ("c.png", (1000, 1000))):
+        Image.new("RGB", size).save(tmp_path / name)
+    (tmp_path / "d.png").write_bytes(b"not an image")  # left to samples() to name
+    source = CalibrationSource(tuple(sorted(tmp_path.glob("*.png"))), "4 images")
+    items = [CalibrationItem(i, (0.0, 0.0)) for i in range(4)]
+    fits = whole_inputs(source, meta, items, 64)
+    assert fits == {(50, 50): 2}  # scale 0.05: a.png's 100x50 input does not fit in 64 px
+    assert whole_note(fits, 4, 64) == "; 2 of 4 samples are whole model inputs (50x50), as they fit in a 64 px tile"
