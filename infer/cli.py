@@ -30,7 +30,7 @@ from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_path
 from .predictor import Predictor
 from .record import claim_out_dir, model_identity
 from .settings import DECODERS, InferSettings, OutputOptions
-from .shard import Part, choose_part, merge_parts, write_manifest
+from .shard import Part, check_no_other_split, choose_part, merge_parts, write_manifest
 from .tiling import BLEND_MODES, DEFAULT_TILE
 
 PROG = "unet-infer"
@@ -119,6 +119,8 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         print(part.describe(len(items)), flush=True)
         mine = part.select(items)
     rle = part.path(args.rle) if part is not None and args.rle else args.rle
+    if part is not None and args.rle:
+        check_no_other_split(args.rle, part.count)
     output_paths(out, rle)  # and so does an output that cannot be written (parts share --out)
     stale = remove_stale_temps(out, recursive=True)
     if stale:
@@ -133,13 +135,15 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         )  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
     with predictor:
-        claim_out_dir(out, model_identity(predictor.engine))  # before any output: one model per folder
+        identity = model_identity(predictor.engine)
+        claim_out_dir(out, identity)  # before any output: one model per folder
         summary = predictor.pipeline(outputs).run(mine)
         detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
         if part is not None and args.rle:
             relative = {str(it.source): it.relative.as_posix() for it in mine}
             failed = [relative[source] for source, _ in summary.failures]
-            write_manifest(part, args.rle, items, failed, predictor.meta, predictor.engine.label)
+            write_manifest(part, args.rle, items, failed, predictor.meta, predictor.engine.label,
+                           identity["checkpoint_sha256"])  # fmt: skip
     tag = f"part {part.index} of {part.count}: " if part is not None else ""
     for line in summary.lines():
         print(tag + line)

@@ -29,8 +29,8 @@ from .io import Item
 
 T = TypeVar("T")
 MANIFEST_FORMAT = "unetkit.infer-part"
-#: What must be the same in every part for their rows to make one submission.
-MODEL_KEYS = ("n_classes", "scale", "mean", "std", "threshold", "mask_kind")
+#: What must be the same in every part for their rows to make one submission (with the checkpoint's digest).
+MODEL_KEYS = ("n_classes", "scale", "resize", "input_size", "max_side", "mean", "std", "threshold", "mask_kind")
 _PART_NAME = re.compile(r"\.part-(\d+)-of-(\d+)\.json$")
 
 
@@ -104,9 +104,16 @@ def model_identity(meta: ModelMeta) -> dict[str, Any]:
 
 
 def write_manifest(
-    part: Part, csv_path: Path, all_items: Sequence[Item], failed: Sequence[str], meta: ModelMeta, engine: str
+    part: Part,
+    csv_path: Path,
+    all_items: Sequence[Item],
+    failed: Sequence[str],
+    meta: ModelMeta,
+    engine: str,
+    checkpoint_sha256: str,
 ) -> Path:
-    """Record a finished part beside its CSV (atomically, after the CSV); returns the manifest's path."""
+    """Record a finished part beside its CSV (atomically, after the CSV); returns the manifest's path.
+    `checkpoint_sha256` names the weights (an exported file's is its checkpoint's: `record.model_identity`)."""
     part_csv = part.path(csv_path)
     with open(part_csv, newline="") as f:
         rows = sum(1 for _ in csv.reader(f)) - 1
@@ -123,6 +130,7 @@ def write_manifest(
         "csv": part_csv.name,
         "csv_sha256": sha256_file(part_csv),
         "model": model_identity(meta),
+        "checkpoint_sha256": checkpoint_sha256,
         "engine": engine,
     }
     path = part.path(csv_path, ".json")
@@ -172,11 +180,28 @@ def merge_parts(csv_path: Path) -> MergeResult:
     return MergeResult(csv_path, len(manifests), len(rows), sorted(failed, key=sort_key))
 
 
-def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every part's manifest, checked to come from one split of one folder with one model."""
+def _finished_parts(csv_path: Path) -> list[tuple[Path, int, int]]:
+    """(manifest, part, count) of every finished part beside `csv_path`, of any split."""
     found = sorted(csv_path.parent.glob(f"{_glob_escape(csv_path.stem)}.part-*-of-*.json"))
     parsed = [(p, _PART_NAME.search(p.name)) for p in found]
-    named = [(p, int(m.group(1)), int(m.group(2))) for p, m in parsed if m]
+    return [(p, int(m.group(1)), int(m.group(2))) for p, m in parsed if m]
+
+
+def check_no_other_split(csv_path: Path, count: int) -> None:
+    """UnetkitError, before any work, when parts of a split into another number of parts lie beside the CSV:
+    the merge would refuse them only after every part had run."""
+    others = sorted({k for _, _, k in _finished_parts(csv_path) if k != count})
+    if others:
+        first = next(p for p, _, k in _finished_parts(csv_path) if k == others[0])
+        raise UnetkitError(
+            f"{csv_path.name}: parts of a split into {' and '.join(map(str, others))} lie beside it (e.g. "
+            f"{first.name}), and this run splits into {count}; remove the stale parts (or choose another --rle)"
+        )
+
+
+def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every part's manifest, checked to come from one split of one folder with one model."""
+    named = _finished_parts(csv_path)
     if not named:
         raise UnetkitError(
             f"{csv_path}: no finished parts ({csv_path.stem}.part-I-of-K.json) beside it; run unet-infer with "
@@ -209,10 +234,11 @@ def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
         out.append((path, manifest))
     reference = out[0][1]
     for path, manifest in out[1:]:
-        for key, what in (("folder_sha256", "folder"), ("model", "model settings")):
-            if manifest[key] != reference[key]:
+        for key, how in (("folder_sha256", "on another folder"), ("checkpoint_sha256", "with another checkpoint"),
+                         ("model", "with other model settings (resize, normalization, threshold)")):  # fmt: skip
+            if manifest.get(key) != reference.get(key):
                 raise UnetkitError(
-                    f"{path}: part {manifest['part']} ran on another {what} than part 0 ({out[0][0].name}); "
+                    f"{path}: part {manifest['part']} ran {how} than part 0 ({out[0][0].name}); "
                     "the parts do not make one submission"
                 )
     return out

@@ -10,8 +10,9 @@ import pytest
 from conftest import error_lines, run_cli, run_torchrun
 from unetkit.core.distributed import DistEnv
 from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import ModelMeta
 from unetkit.infer.io import discover
-from unetkit.infer.shard import Part, choose_part, part_sizes, sort_key
+from unetkit.infer.shard import Part, choose_part, merge_parts, part_sizes, sort_key, write_manifest
 from unetkit.train.data.synth import write_synthetic
 
 # --batch 1: each image is computed alone whatever part it is in, so masks are bit for bit comparable
@@ -159,6 +160,44 @@ def test_a_bad_part_range_stops_the_cli_before_work(tmp_path, folder, random_che
                    "--num-parts", "3", "--part-id", "3")  # fmt: skip
     assert proc.returncode == 2
     assert error_lines(proc) == ["unet-infer: error: --part-id 3 with --num-parts 3: parts are numbered 0 to 2"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_parts_of_other_weights_or_resize_rules_are_not_merged(tmp_path):
+    """Two checkpoints of one architecture and settings give different masks: the digest tells them apart, and
+    a model resized another way gives masks of another resolution."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    items = discover(tmp_path / "in", tmp_path / "out")
+    csv, meta = tmp_path / "sub.csv", ModelMeta(n_classes=1, scale=0.5)
+
+    def part(i: int, digest: str, meta: ModelMeta) -> None:
+        Part(i, 2).path(csv).write_text(f"img,rle_mask\n{items[i].relative.as_posix()},1 2\n")
+        write_manifest(Part(i, 2), csv, items, [], meta, "torch fp32", digest)
+
+    part(0, "a" * 64, meta)
+    part(1, "b" * 64, meta)
+    with pytest.raises(UnetkitError, match=r"sub.part-1-of-2.json: part 1 ran with another checkpoint than part 0"):
+        merge_parts(csv)
+    part(1, "a" * 64, meta.replace(resize="max_side", max_side=64))
+    with pytest.raises(
+        UnetkitError, match=r"part 1 ran with other model settings \(resize, normalization, threshold\) than part 0"
+    ):
+        merge_parts(csv)
+    part(1, "a" * 64, meta)
+    assert merge_parts(csv).rows == 2
+
+
+def test_a_part_with_another_split_beside_its_csv_stops_before_work(tmp_path, folder, random_checkpoint):
+    (tmp_path / "sub.part-2-of-3.json").write_text("{}")
+    proc = run_cli("unet-infer", folder, "--checkpoint", random_checkpoint, "--out", tmp_path / "m", "--rle",
+                   tmp_path / "sub.csv", *FAST, "--num-parts", "2", "--part-id", "0")  # fmt: skip
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        "unet-infer: error: sub.csv: parts of a split into 3 lie beside it (e.g. sub.part-2-of-3.json), and this "
+        "run splits into 2; remove the stale parts (or choose another --rle)"
+    ]
     assert not (tmp_path / "m").exists()
 
 
