@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from PIL import Image
 
@@ -75,6 +75,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+#: What PyTorch's Gloo and NCCL backends say when a collective's peer process is gone or never came.
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "timed out", "timeout", "communicator was aborted")
+
+
+def peer_stopped(exc: BaseException, environ: Mapping[str, str]) -> bool:
+    """True for the error a rank of a distributed launch gets when another rank stopped first (its own error
+    already said why): the collective it waited in failed. Such a rank says so in one line, not a traceback."""
+    launched = "RANK" in environ and "WORLD_SIZE" in environ
+    text = str(exc).lower()
+    return launched and isinstance(exc, RuntimeError) and any(p in text for p in _PEER_GONE)
+
+
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run a command's body: user errors become `prog: error: ...` and exit 2; Ctrl-C exits 130, SIGTERM 143."""
     # unetkit's own INFO lines are the commands' output; other libraries only get a word in for warnings,
@@ -101,3 +113,9 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished outputs are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        if not peer_stopped(exc, os.environ):
+            raise
+        print(f"{prog}: error: rank {os.environ['RANK']} stopped waiting for the run's other processes (one "
+              "stopped, its error above, or did not answer within --dist-timeout)", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from conftest import error_lines, run_cli, run_torchrun
 from unetkit.core import UNet, UNetConfig, save_checkpoint
 from unetkit.core.checkpoint import read_checkpoint
+from unetkit.core.cli import peer_stopped
 from unetkit.core.distributed import DistEnv, rank_device, torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.train.data.buckets import BucketBatchSampler
@@ -227,6 +229,30 @@ def test_sync_bn_on_under_torchrun_on_the_cpu_stops_every_rank_before_work(ddp_d
     assert proc.returncode != 0
     assert proc.stderr.count("unet-train: error: --sync-bn on: SyncBatchNorm runs only on CUDA GPUs") == 2
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_when_rank_0_stops_on_bad_data_the_other_rank_says_so_in_one_line(ddp_data, tmp_path):
+    """Rank 0 checks the data and stops; rank 1, waiting for what rank 0 would share, loses its peer: one line
+    each, no Python traceback from either (torchrun's own report of the failed job follows them)."""
+    data = tmp_path / "data"
+    shutil.copytree(ddp_data, data)
+    bad = sorted((data / "train").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    proc = run_torchrun(2, "unetkit.train", "--data", data, "--out", tmp_path / "run", *TINY)
+    assert proc.returncode != 0
+    assert f"unet-train: error: 1 bad file(s) in {data}; fix or remove them:\n  {bad}: cannot read image" in proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr and "[rank0]: Traceback" not in proc.stderr
+
+
+def test_a_rank_whose_peer_stopped_is_told_apart_from_other_errors():
+    env = {"RANK": "1", "WORLD_SIZE": "2"}
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:30128. This is ...")
+    assert peer_stopped(gloo, env)
+    assert peer_stopped(RuntimeError("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(...)"), env)
+    assert not peer_stopped(gloo, {})  # not under a launcher: a bug, which keeps its traceback
+    assert not peer_stopped(RuntimeError("CUDA error: an illegal memory access was encountered"), env)
+    assert not peer_stopped(ValueError("closed by peer"), env)
 
 
 @pytest.mark.gpu
