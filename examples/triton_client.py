@@ -3,7 +3,7 @@
     pip install "tritonclient[http]" pillow numpy
     python triton_client.py car.jpg car_mask.png --url localhost:8000 --model unet_onnx
 
-It needs neither unetkit nor PyTorch: the model's input scale, normalization and threshold come from the
+It needs neither unetkit nor PyTorch: the model's resize rule, normalization and threshold come from the
 `unetkit_meta` parameter `unet-export --triton` writes into its config.pbtxt, so the image is prepared and
 the mask decided as unetkit does (pixels within one 8-bit level of unetkit's resize, the same threshold).
 Whole images only; unet-infer's tiling is not repeated here.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,21 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def input_size(height: int, width: int, meta: dict[str, Any]) -> tuple[int, int]:
+    """The model input's (height, width) for an image of this size, by the model's resize rule (unetkit's
+    ResizeRule): `scale` both sides, a fixed `input_size`, or the longer side to `max_side`."""
+    rule = meta.get("resize", "scale")
+    if rule == "size":
+        return int(meta["input_size"][0]), int(meta["input_size"][1])
+    factor = meta["scale"] if rule == "scale" else meta["max_side"] / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 def preprocess(rgb: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (3, h, w): resized by the model's scale (antialiased bilinear, back to 8 bit)
+    """uint8 (H, W, 3) -> float32 (3, h, w): resized by the model's rule (antialiased bilinear, back to 8 bit)
     and normalized by its mean and std."""
     height, width = rgb.shape[:2]
-    size = (max(1, round(height * meta["scale"])), max(1, round(width * meta["scale"])))
+    size = input_size(height, width, meta)
     if size != (height, width):
         rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR))
     mean = np.asarray(meta["mean"], dtype=np.float32).reshape(3, 1, 1) * 255.0
@@ -88,12 +99,15 @@ def segment(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One image through the served model: the (H, W) mask (0/1 for binary models, class indices otherwise)
     and the model's unetkit meta."""
-    import tritonclient.http as httpclient
+    rgb = read_rgb(image)  # a missing or unreadable image fails before the server is asked
+    try:
+        import tritonclient.http as httpclient
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient without its [http] extra
+        raise RuntimeError(f'needs tritonclient with HTTP support: pip install "tritonclient[http]" ({exc})') from None
 
     client = httpclient.InferenceServerClient(url=url)  # host:port, no scheme
     config = client.get_model_config(model)
     meta = unetkit_meta(config)
-    rgb = read_rgb(image)
     x = preprocess(rgb, meta)[None]
     spec_in, spec_out = config["input"][0], config["output"][0]
     datatype = spec_in["data_type"].removeprefix("TYPE_")  # FP32: unetkit's graphs take FP32 even in FP16
@@ -111,8 +125,13 @@ def main() -> None:
     p.add_argument("--url", default="localhost:8000", help="Triton's HTTP endpoint, host:port (default %(default)s)")
     p.add_argument("--model", default="unet_onnx", help="model name in the repository (default %(default)s)")
     args = p.parse_args()
-    mask, meta = segment(args.image, args.url, args.model)
-    Image.fromarray(mask * np.uint8(255) if meta["n_classes"] == 1 else mask).save(args.mask)
+    try:
+        mask, meta = segment(args.image, args.url, args.model)
+    except Exception as exc:  # unreadable image, no server, no such model, missing package: one line
+        raise SystemExit(f"triton_client: error: {exc}") from None
+    tmp = args.mask.with_name(f".{args.mask.name}.tmp")  # written whole, then renamed: never half a PNG
+    Image.fromarray(mask * np.uint8(255) if meta["n_classes"] == 1 else mask).save(tmp, format="PNG")
+    os.replace(tmp, args.mask)
     print(f"{args.mask}: {mask.shape[1]}x{mask.shape[0]}, {int((mask > 0).sum())} foreground pixels")
 
 

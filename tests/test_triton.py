@@ -4,6 +4,7 @@ the example HTTP client's pre/post-processing against unetkit's own functions (n
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -222,6 +223,13 @@ def test_client_preprocessing_is_unetkits_within_one_pixel_level(client, served)
     assert x.shape == ours.shape == (3, 64, 96) and x.dtype == np.float32  # scale 0.05
     levels = np.abs(x - ours) * (np.asarray(meta["std"]).reshape(3, 1, 1) * 255)
     assert levels.max() <= 1.0 + 1e-3 and levels.mean() < 0.25
+    for rule, shape in (({"resize": "size", "input_size": [48, 80]}, (3, 48, 80)),
+                        ({"resize": "max_side", "max_side": 120}, (3, 80, 120))):  # fmt: skip
+        other = ModelMeta.from_dict({**meta, **rule})
+        x = client.preprocess(rgb, other.to_dict())
+        ours = model_input(torch.from_numpy(rgb).permute(2, 0, 1), other).numpy()
+        assert x.shape == ours.shape == shape, rule
+        assert (np.abs(x - ours) * (np.asarray(meta["std"]).reshape(3, 1, 1) * 255)).max() <= 1.0 + 1e-3
 
 
 def test_client_postprocessing_is_unetkits(client, served):
@@ -256,3 +264,14 @@ def test_client_masks_match_unet_infer_through_the_served_graph(client, served, 
         ours = predictor.predict(rgb)
     assert mask.shape == ours.shape == (1280, 1918)
     assert mask.any() and mask_agreement(mask, ours, 1) > 0.99
+
+
+def test_client_errors_are_one_line_and_come_before_the_server(tmp_path):
+    """A missing image is named before any connection is tried (port 9 on loopback has no server)."""
+    proc = subprocess.run([sys.executable, CLIENT, tmp_path / "nosuch.jpg", tmp_path / "m.png", "--url",
+                           "127.0.0.1:9"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"triton_client: error: [Errno 2] No such file or directory: '{tmp_path / 'nosuch.jpg'}'"
+    ]
+    assert not (tmp_path / "m.png").exists()
