@@ -29,7 +29,7 @@ from .onnx_export import EXPORTERS, export_onnx, opset_range, resolve_exporter
 from .produce import Artifact, produce
 from .profile import DEFAULT_BATCH, default_shape, make_profile, parse_batch, parse_shape
 from .tensorrt_build import BuildSettings, build_engine, default_timing_cache, engine_skip_reason, tensorrt_unavailable
-from .triton import Plan, TritonSettings, check_batch_range, read_plan, write_repository
+from .triton import Plan, TritonSettings, check_batch_range, check_repository, read_plan, write_repository
 from .verify import (
     Reference,
     Verification,
@@ -114,12 +114,17 @@ def _export(args: argparse.Namespace) -> int:
     source_sha256 = sha256_file(args.checkpoint)
     triton, existing_plan = None, None
     if args.triton:  # every check that can be made before the export is made here
-        triton = TritonSettings(args.triton, args.triton_name, batch[2], batch[1], args.triton_instances,
+        triton = TritonSettings(args.triton, args.triton_name, batch[2], args.triton_instances,
                                 args.triton_trt_accelerator)  # fmt: skip
         if args.trt is not False and not trt_reason:
             check_batch_range(batch, f"--batch {args.batch} for the engine in the Triton repository")
+            import tensorrt as trt
+
+            cc = gpu_identity(device)["compute_capability"]
+            check_repository(triton, source_sha256, cc, trt.__version__)
         elif args.trt is None and artifact_path(target, "trt").exists():  # built elsewhere, on a GPU
             existing_plan = read_plan(artifact_path(target, "trt"), source_sha256, batch[2])
+            check_repository(triton, source_sha256, existing_plan.compute_capability, existing_plan.tensorrt_version)
     # Every artifact carries the model's description and where it came from; training details stay behind.
     artifact_meta = dataclasses.replace(meta, extra={
         "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,

@@ -58,7 +58,6 @@ class TritonSettings:
     repo: Path
     name: str = "unet"
     max_batch_size: int = 8  # the top of the export's --batch range
-    preferred_batch: int = 8  # the batch the TensorRT profile is tuned for
     instances: int = 1
     trt_accelerator: bool = False  # ONNX Runtime model: TensorRT as its GPU execution accelerator, FP16
 
@@ -87,14 +86,17 @@ class Plan:
     gpu: str
     tensorrt_version: str
     io_dtypes: Mapping[str, str]
+    max_batch: int  # the top of its optimization profile's batch range
+    opt_batch: int  # the batch its profile is tuned for: Triton's preferred batch size
 
     @property
     def filename(self) -> str:
         """model.sm90.plan for compute capability 9.0."""
         return f"model.sm{self.compute_capability.replace('.', '')}.plan"
 
-    def record(self) -> dict[str, str]:
-        return {"file": self.filename, "gpu": self.gpu, "tensorrt_version": self.tensorrt_version}
+    def record(self) -> dict[str, Any]:
+        return {"file": self.filename, "gpu": self.gpu, "tensorrt_version": self.tensorrt_version,
+                "max_batch": self.max_batch, "opt_batch": self.opt_batch}  # fmt: skip
 
 
 def check_batch_range(batch: tuple[int, int, int], what: str) -> None:
@@ -123,6 +125,7 @@ def read_plan(engine: Path, source_sha256: str, max_batch_size: int) -> Plan:
     profile = sidecar.get("profile") or {}
     try:
         low, high = int(profile["min"][0]), int(profile["max"][0])
+        opt = int(profile.get("opt", profile["max"])[0])
     except (KeyError, IndexError, TypeError, ValueError):
         raise TritonError(f"{where}: has no optimization profile; re-export the engine") from None
     check_batch_range((low, low, high), f"{engine.name} (built on {gpu}, compute capability {cc})")
@@ -132,7 +135,7 @@ def read_plan(engine: Path, source_sha256: str, max_batch_size: int) -> Plan:
             f"is {max_batch_size} (from --batch): re-export the engine with --batch 1:{max_batch_size}:"
             f"{max_batch_size} or pass --batch 1:{high}:{high}"
         )
-    return Plan(engine, cc, str(gpu), str(trt), dict(sidecar.get("io_dtypes") or {}))
+    return Plan(engine, cc, str(gpu), str(trt), dict(sidecar.get("io_dtypes") or {}), high, opt)
 
 
 def onnx_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -161,9 +164,10 @@ def model_config(
     settings: TritonSettings,
     meta: ModelMeta,
     plans: Mapping[str, str] | None = None,
+    preferred: Sequence[int] = (),
 ) -> str:
     """config.pbtxt text: the ONNX Runtime backend, or with `plans` ({compute capability: file}) a TensorRT
-    plan per GPU generation."""
+    plan per GPU generation, `preferred` being the batch sizes their profiles are tuned for."""
     lines = [f"name: {_quote(name)}"]
     if plans is None:
         lines.append('backend: "onnxruntime"')
@@ -179,8 +183,8 @@ def model_config(
         lines.append(",\n".join(entries))
         lines.append("]")
     lines.append("version_policy: { latest: { num_versions: 1 } }")
-    preferred = f"preferred_batch_size: [ {settings.preferred_batch} ] " if plans is not None else ""
-    lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
+    sizes = f"preferred_batch_size: [ {', '.join(map(str, preferred))} ] " if plans is not None and preferred else ""
+    lines.append(f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
     # KIND_AUTO: on the GPUs where there are some, else on the CPU; a plan runs only on a GPU.
     kind = "KIND_GPU" if plans is not None else "KIND_AUTO"
     lines.append(f"instance_group [ {{ count: {settings.instances} kind: {kind} }} ]")
@@ -216,6 +220,8 @@ def write_repository(
 
     `plan_onnx` is the ONNX file the plan was built from: its graph names the plan's inputs and outputs.
     """
+    if plan is not None:  # before anything is written
+        check_repository(settings, source_sha256, plan.compute_capability, plan.tensorrt_version)
     lines = []
     inputs, outputs = onnx_tensors(onnx_path)
     model_dir = settings.repo / settings.onnx_model
@@ -252,7 +258,8 @@ def write_repository(
     plans[plan.compute_capability] = plan.record()
     write_text_atomic(version / RECORD, json.dumps({**record, "plans": plans}, indent=2, sort_keys=True) + "\n")
     files = {cc: entry["file"] for cc, entry in plans.items()}
-    config = model_config(settings.plan_model, inputs, outputs, settings, meta, plans=files)
+    preferred = preferred_batches(plans.values(), settings.max_batch_size)
+    config = model_config(settings.plan_model, inputs, outputs, settings, meta, plans=files, preferred=preferred)
     write_text_atomic(model_dir / "config.pbtxt", config)
     every = ", ".join(f"{cc} ({entry['gpu']})" for cc, entry in sorted(plans.items()))
     lines.append(
@@ -260,6 +267,37 @@ def write_repository(
         f"compute capability {every}, TensorRT {plan.tensorrt_version}, max_batch_size {settings.max_batch_size}"
     )
     return lines
+
+
+def check_plans_take(plans: Mapping[str, Mapping[str, Any]], max_batch_size: int, version: Path, replaced: str) -> None:
+    """TritonError when a plan the version already holds (for another compute capability than `replaced`)
+    takes fewer images per batch than the config's max_batch_size: Triton would send it batches its profile
+    refuses on that GPU. (Plans recorded before their batch range was recorded are not checked.)"""
+    for cc, entry in sorted(plans.items()):
+        top = entry.get("max_batch")
+        if cc != replaced and isinstance(top, int) and top < max_batch_size:
+            raise TritonError(
+                f"{version / str(entry.get('file'))} (built on {entry.get('gpu')}) takes at most {top} images per "
+                f"batch, but this export's max_batch_size is {max_batch_size} (from --batch): pass --batch "
+                f"1:{top}:{top}, or re-export that plan with a larger range"
+            )
+
+
+def check_repository(
+    settings: TritonSettings, source_sha256: str, compute_capability: str, tensorrt_version: str
+) -> None:
+    """Before any work: the plans a new plan (of this checkpoint, compute capability and TensorRT) would join in
+    the repository must take batches up to this export's max_batch_size (`check_plans_take`)."""
+    model_dir = settings.repo / settings.plan_model
+    version, record = _version(model_dir, {"source_sha256": source_sha256, "tensorrt_version": tensorrt_version})
+    check_plans_take(record.get("plans", {}), settings.max_batch_size, version, compute_capability)
+
+
+def preferred_batches(entries: Any, max_batch_size: int) -> list[int]:
+    """Triton's preferred_batch_size: the distinct batches the plans' profiles are tuned for (their OPT)."""
+    return sorted(
+        {e["opt_batch"] for e in entries if isinstance(e.get("opt_batch"), int) and e["opt_batch"] <= max_batch_size}
+    )
 
 
 def _version(model_dir: Path, identity: dict[str, str]) -> tuple[Path, dict[str, Any]]:

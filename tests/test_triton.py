@@ -19,7 +19,14 @@ from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import mask_agreement
 from unetkit.core.preprocess import model_input
-from unetkit.export.triton import Plan, TritonError, TritonSettings, read_plan, write_repository
+from unetkit.export.triton import (
+    Plan,
+    TritonError,
+    TritonSettings,
+    check_repository,
+    read_plan,
+    write_repository,
+)
 from unetkit.infer.artifacts import sha256_file
 from unetkit.infer.transforms import to_size
 from unetkit.train.data.synth import random_car, render
@@ -120,8 +127,8 @@ def test_export_writes_a_repository_that_triton_parses(cli_repo):
 def test_plans_go_in_per_compute_capability_and_new_checkpoints_as_new_versions(tmp_path, exported):
     folder, sha = exported
     meta = load_checkpoint(folder / "best.pth")[1]
-    settings = TritonSettings(tmp_path / "repo", "cars", max_batch_size=8, preferred_batch=4)
-    a100 = read_plan(fake_engine(tmp_path, sha), sha, 8)
+    settings = TritonSettings(tmp_path / "repo", "cars", max_batch_size=8)
+    a100 = read_plan(fake_engine(tmp_path, sha, batch=(1, 4, 8)), sha, 8)
     write_repository(settings, folder / "best.onnx", meta, sha, a100, folder / "best.fp16.onnx")
     trt_dir = tmp_path / "repo" / "cars_trt"
     assert (trt_dir / "1" / "model.sm80.plan").read_bytes() == b"TensorRT plan built on NVIDIA A100-SXM4-80GB"
@@ -132,7 +139,7 @@ def test_plans_go_in_per_compute_capability_and_new_checkpoints_as_new_versions(
     assert dict(cfg.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
     assert sorted(p.name for p in (trt_dir / "1").glob("*.plan")) == ["model.sm80.plan", "model.sm90.plan"]
     assert config_io(cfg) == graph_io(folder / "best.fp16.onnx")
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [4]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]  # each plan's profile's OPT
     (group,) = cfg.instance_group
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU"
     assert meta_of(cfg).threshold == meta.threshold
@@ -141,7 +148,7 @@ def test_plans_go_in_per_compute_capability_and_new_checkpoints_as_new_versions(
 
     # another checkpoint: the next version of both models, the earlier ones kept
     other = "0" * 64
-    plan = Plan(a100.path, "8.0", a100.gpu, a100.tensorrt_version, a100.io_dtypes)
+    plan = Plan(a100.path, "8.0", a100.gpu, a100.tensorrt_version, a100.io_dtypes, 8, 8)
     write_repository(settings, folder / "best.onnx", meta, other, plan, folder / "best.fp16.onnx")
     assert sorted(p.name for p in trt_dir.iterdir() if p.is_dir()) == ["1", "2"]
     assert dict(parse(trt_dir).cc_model_filenames) == {"8.0": "model.sm80.plan"}
@@ -156,6 +163,30 @@ def test_a_plan_for_the_same_capability_from_another_gpu_is_refused(tmp_path, ex
     a30 = read_plan(fake_engine(tmp_path, sha, cc="8.0", gpu="NVIDIA A30"), sha, 8)
     with pytest.raises(TritonError, match=r"already holds the plan for compute capability 8\.0 built on NVIDIA A100"):
         write_repository(settings, folder / "best.onnx", meta, sha, a30)
+
+
+def test_a_plan_that_takes_smaller_batches_than_a_new_max_batch_size_is_refused(tmp_path, exported):
+    """An A100 plan for batches up to 4 is in; an H100 export for up to 8 would give the shared config
+    max_batch_size 8, which Triton would send the A100 plan too: refused, by the check made before any work."""
+    folder, sha = exported
+    meta = load_checkpoint(folder / "best.pth")[1]
+    a100 = read_plan(fake_engine(tmp_path, sha, batch=(1, 4, 4)), sha, 4)
+    write_repository(TritonSettings(tmp_path / "repo", max_batch_size=4), folder / "best.onnx", meta, sha, a100)
+    record = json.loads((tmp_path / "repo/unet_trt/1/unetkit.json").read_text())
+    assert record["plans"]["8.0"]["max_batch"] == 4 and record["plans"]["8.0"]["opt_batch"] == 4
+    wide = TritonSettings(tmp_path / "repo", max_batch_size=8)
+    message = (r"unet_trt/1/model\.sm80\.plan \(built on NVIDIA A100-SXM4-80GB\) takes at most 4 images per batch, "
+               r"but this export's max_batch_size is 8 \(from --batch\): pass --batch 1:4:4")  # fmt: skip
+    with pytest.raises(TritonError, match=message):
+        check_repository(wide, sha, "9.0", "10.13.0")
+    check_repository(wide, sha, "8.0", "10.13.0")  # a new A100 plan replaces it: nothing to refuse
+    check_repository(wide, sha, "9.0", "10.14.0")  # another TensorRT: a new version, without the A100 plan
+    h100 = read_plan(fake_engine(tmp_path, sha, cc="9.0", gpu="NVIDIA H100 80GB HBM3"), sha, 8)
+    with pytest.raises(TritonError, match=message):
+        write_repository(wide, folder / "best.onnx", meta, sha, h100)
+    assert not (tmp_path / "repo/unet_trt/1/model.sm90.plan").exists()
+    write_repository(TritonSettings(tmp_path / "repo", max_batch_size=4), folder / "best.onnx", meta, sha, h100)
+    assert list(parse(tmp_path / "repo/unet_trt").dynamic_batching.preferred_batch_size) == [4]  # 8 > max 4
 
 
 @pytest.mark.parametrize(
