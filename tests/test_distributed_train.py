@@ -245,6 +245,28 @@ def test_when_rank_0_stops_on_bad_data_the_other_rank_says_so_in_one_line(ddp_da
     assert "[rank1]: Traceback" not in proc.stderr and "[rank0]: Traceback" not in proc.stderr
 
 
+REDUCER = """import os, torch
+from unetkit.core.distributed import process_group, torchrun_env
+from unetkit.train.distributed import Distributed
+dist = torchrun_env(os.environ)
+with process_group(dist, torch.device("cpu"), 2):
+    ddp = Distributed(torch.device("cpu"), dist, False, "gloo")
+    loss, img_s = ddp.reduce_train(*((0.8, 10.0, 3) if dist.rank == 0 else (0.5, 20.0, 1)))
+    print(f"rank {dist.rank}: loss {loss:.6f}, {img_s:.1f} img/s")
+"""
+
+
+@pytest.mark.slow
+def test_the_training_loss_is_the_mean_over_every_ranks_images(tmp_path):
+    """Rank 0 trained 3 images at loss 0.8, rank 1 one at 0.5 (a size bucket's partial last batch): the epoch's
+    loss is (3 * 0.8 + 0.5) / 4, not the mean of the two ranks' means (0.65); throughputs add up."""
+    (tmp_path / "reducer.py").write_text(REDUCER)
+    proc = run_torchrun(2, "reducer", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: loss 0.725000, 30.0 img/s" in proc.stdout
+
+
 def test_a_rank_whose_peer_stopped_is_told_apart_from_other_errors():
     env = {"RANK": "1", "WORLD_SIZE": "2"}
     gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:30128. This is ...")

@@ -180,15 +180,16 @@ class Distributed:
         counts, n = counts[:-1].cpu().view_as(result.counts), int(counts[-1])
         return EvalResult(loss.item() / n, class_scores(counts, n_classes), result.sample, counts=counts, n=n)
 
-    def reduce_train(self, loss: float, images_per_s: float) -> tuple[float, float]:
-        """Mean training loss over ranks (each saw the same number of images) and the summed throughput."""
+    def reduce_train(self, loss: float, images_per_s: float, images: int) -> tuple[float, float]:
+        """Mean training loss per image over every rank's images (ranks may see a few more or fewer: a size
+        bucket's last batch is partial) and the summed throughput."""
         if self.dist is None:
             return loss, images_per_s
         import torch.distributed as tdist
 
-        values = torch.tensor([loss, images_per_s], dtype=torch.float64, device=self.device)
+        values = torch.tensor([loss * images, images, images_per_s], dtype=torch.float64, device=self.device)
         tdist.all_reduce(values)
-        return values[0].item() / self.world, values[1].item()
+        return values[0].item() / max(values[1].item(), 1.0), values[2].item()
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any: decisions that end an epoch are taken together."""

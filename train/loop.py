@@ -109,9 +109,9 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """Train over `loader` once, or until `stop()`, asked after every batch, says so (the time limit);
-    returns (mean loss per image, images per second)."""
+    returns (mean loss per image, images per second, images)."""
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
     start = time.perf_counter()
@@ -132,7 +132,7 @@ def train_one_epoch(
         if stop is not None and stop():
             break
     seconds = time.perf_counter() - start
-    return total.item() / max(seen, 1), seen / max(seconds, 1e-9)
+    return total.item() / max(seen, 1), seen / max(seconds, 1e-9), seen
 
 
 @torch.no_grad()
