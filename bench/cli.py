@@ -21,7 +21,7 @@ from unetkit.infer.engines import DTYPES
 from unetkit.infer.engines.compiled import COMPILE_MODES
 from unetkit.infer.io import discover
 
-from .e2e import bench_e2e, synthetic_jpegs
+from .e2e import bench_e2e, survey, synthetic_jpegs
 from .env import environment
 from .flops import counted_flops
 from .report import Report, render_text, write_json, write_markdown, write_plot
@@ -152,6 +152,7 @@ def _bench(args: argparse.Namespace) -> int:
         checkpoint = read_checkpoint(ckpt)
         meta, config = checkpoint.meta, checkpoint.config
         model_hw = input_size(*image_hw, meta)
+        found = survey(args.images, meta) if args.images is not None and args.scope != "model" else None
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
         # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
@@ -202,7 +203,13 @@ def _bench(args: argparse.Namespace) -> int:
                 n = args.e2e_images or (200 if device.type == "cuda" else 8)
                 log.info("writing %d synthetic %dx%d JPEGs for the end-to-end scope ...", n, image_hw[1], image_hw[0])
                 images = synthetic_jpegs(Path(scratch) / "e2e", n, image_hw)
-            report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model, device)
+                found = survey(images, meta)
+            assert found is not None  # surveyed above for --images
+            report.settings.update(e2e_images=found.describe(), e2e_same_input=found.same_input(model_hw))
+            for line in found.unreadable[:3]:
+                log.warning("warning: end to end leaves out %s", line)
+            report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model, device, found,
+                                   model_hw)  # fmt: skip
     print(render_text(report))
     for path, write in ((args.json, write_json), (args.markdown, write_markdown), (args.plot, write_plot)):
         if path is not None:

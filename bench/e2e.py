@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 import torch
 
 from unetkit.core.errors import UnetkitError
+from unetkit.core.imageio import image_size
+from unetkit.core.meta import ModelMeta
+from unetkit.core.preprocess import input_size
 from unetkit.infer.engines import Engine
 from unetkit.infer.io import discover
 from unetkit.infer.pipeline import RunSummary
@@ -37,6 +41,7 @@ class E2ERow:
     status: str = "ok"
     reason: str = ""
     images: int = 0
+    failed: int = 0  # images the timed pass could not process (listed in the log)
     seconds: float | None = None
     images_per_s: float | None = None
     stage_ms_per_image: dict[str, float] = field(default_factory=dict)
@@ -58,6 +63,45 @@ def synthetic_jpegs(folder: Path, n: int, image_hw: tuple[int, int]) -> Path:
     return folder / "train"
 
 
+@dataclass
+class E2EImages:
+    """The folder's images as the end-to-end scope sees them, from their headers: those it can time, those it
+    leaves out (unreadable), and how many of the readable ones have each model input size (H, W)."""
+
+    readable: list[Path]
+    unreadable: list[str]  # "path: reason"
+    input_sizes: Counter
+
+    def same_input(self, model_hw: tuple[int, int]) -> bool:
+        """True when every image is fed to the model at `model_hw`, the model-only rows' size: only then is
+        e2e/model a ratio of like with like."""
+        return set(self.input_sizes) == {tuple(model_hw)}
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in self.input_sizes.most_common(3))
+        more = " ..." if len(self.input_sizes) > 3 else ""
+        left = f"; {len(self.unreadable)} unreadable, left out" if self.unreadable else ""
+        return f"{len(self.readable)} images, model inputs {sizes}{more}{left}"
+
+
+def survey(images: Path, meta: ModelMeta) -> E2EImages:
+    """Read every image's header once, before any timing (a file that cannot be read is named, not timed)."""
+    readable: list[Path] = []
+    unreadable: list[str] = []
+    sizes: Counter = Counter()
+    with tempfile.TemporaryDirectory(prefix="unet-bench-e2e-") as scratch:
+        items = discover(images, Path(scratch))
+    for item in items:
+        try:
+            w, h = image_size(item.source)
+        except UnetkitError as exc:
+            unreadable.append(str(exc))
+            continue
+        readable.append(item.source)
+        sizes[input_size(h, w, meta)] += 1
+    return E2EImages(readable, unreadable, sizes)
+
+
 def bench_e2e(
     specs: list[EngineSpec],
     make: Callable[[EngineSpec], Engine],
@@ -66,39 +110,60 @@ def bench_e2e(
     workers: int,
     model_rows: list[Row],
     device: torch.device,
+    found: E2EImages,
+    model_hw: tuple[int, int],
 ) -> list[E2ERow]:
+    """Each engine over the readable images of `found`; e2e/model only where their model inputs are the
+    model-only rows' `model_hw`."""
     rows = []
     model = {(r.engine, r.precision, r.batch): r for r in model_rows}
+    keep = set(found.readable)
     with tempfile.TemporaryDirectory(prefix="unet-bench-e2e-") as scratch:
-        items_all = discover(images, Path(scratch) / "unused")
+        items_all = [it for it in discover(images, Path(scratch) / "unused") if it.source in keep]
         for spec in specs:
             row = E2ERow(spec.name, spec.precision, batch, images=len(items_all))
             rows.append(row)
+            if not items_all:
+                row.status, row.reason = "failed", "no readable image"
+                continue
             try:
                 engine = make(spec)
             except UnetkitError as exc:
                 row.status, row.reason = "unavailable", str(exc)
                 continue
             with engine:
-                summary = _run(engine, device, images, Path(scratch) / f"{spec.name}-{spec.precision}", batch,
+                summary = _run(engine, device, images, keep, Path(scratch) / f"{spec.name}-{spec.precision}", batch,
                                workers, row)  # fmt: skip
             if summary is None:
                 continue
             row.seconds, row.images_per_s = summary.seconds, summary.images_per_s
             row.decoder = summary.settings["decoder"]
+            row.failed = len(summary.failures)
             if summary.written:
                 row.stage_ms_per_image = {k: 1000 * v / summary.written for k, v in summary.stages.items()}
+            if not summary.written:
+                first = summary.failures[0][1] if summary.failures else "nothing written"
+                row.status, row.reason = "failed", f"every image failed (first: {first})"
+                continue
             ref = model.get((spec.name, spec.precision, batch))
-            if ref is not None and ref.images_per_s:
+            if ref is not None and ref.images_per_s and found.same_input(model_hw):
                 row.model_images_per_s = ref.images_per_s
                 row.e2e_over_model = row.images_per_s / ref.images_per_s
     return rows
 
 
 def _run(
-    engine: Engine, device: torch.device, images: Path, scratch: Path, batch: int, workers: int, row: E2ERow
+    engine: Engine,
+    device: torch.device,
+    images: Path,
+    keep: set[Path],
+    scratch: Path,
+    batch: int,
+    workers: int,
+    row: E2ERow,
 ) -> RunSummary | None:
-    """A warm-up pass over a few images, then the timed pass over all of them; None (row says why) on failure."""
+    """A warm-up pass over a few images, then the timed pass over all of them (those in `keep`); None (row says
+    why) on failure."""
     problem = device_problem(engine, device)
     if problem:
         row.status, row.reason = "unavailable", problem
@@ -106,8 +171,8 @@ def _run(
     predictor = Predictor.from_engine(engine, InferSettings(batch=batch, workers=workers))
     try:
         pipeline = predictor.pipeline(OutputOptions(progress=False))
-        pipeline.run(discover(images, scratch / "warm")[: 2 * batch])
-        return pipeline.run(discover(images, scratch / "timed"))
+        pipeline.run([it for it in discover(images, scratch / "warm") if it.source in keep][: 2 * batch])
+        return pipeline.run([it for it in discover(images, scratch / "timed") if it.source in keep])
     except UnetkitError as exc:
         row.status, row.reason = "failed", str(exc)
         return None

@@ -16,8 +16,8 @@ from .runner import OVER_PEAK, Row, best_row
 SCHEMA = "unetkit.bench/1"
 MODEL_COLUMNS = ("engine", "batch", "ms/batch p50", "p90", "p99", "ms/img p50", "img/s", "mem MB", "vs fp32",
                  "Dice", "TFLOP/s", "% peak", "cv %", "target")  # fmt: skip
-E2E_COLUMNS = ("engine", "batch", "images", "img/s", "e2e/model", "decode", "upload", "compute", "download",
-               "write", "decoder")  # fmt: skip
+E2E_COLUMNS = ("engine", "batch", "images", "failed", "img/s", "e2e/model", "decode", "upload", "compute",
+               "download", "write", "decoder")  # fmt: skip
 
 
 @dataclass
@@ -90,7 +90,8 @@ def e2e_cells(r: E2ERow) -> list[str]:
         return [r.label, str(r.batch), f"{r.status}: {r.reason}"]
     stages = [_fmt(r.stage_ms_per_image.get(k)) for k in ("decode", "upload", "compute", "download", "write")]
     ratio = "-" if r.e2e_over_model is None else f"{100 * r.e2e_over_model:.0f}%"
-    return [r.label, str(r.batch), str(r.images), _fmt(r.images_per_s, ".2f"), ratio, *stages, r.decoder]
+    return [r.label, str(r.batch), str(r.images), str(r.failed), _fmt(r.images_per_s, ".2f"), ratio, *stages,
+            r.decoder]  # fmt: skip
 
 
 def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
@@ -133,6 +134,15 @@ def _header(report: Report) -> list[str]:
     ]  # fmt: skip
 
 
+def _e2e_notes(settings: dict[str, Any]) -> list[str]:
+    """What the end-to-end rows ran on, and why e2e/model is left out when it would compare two sizes."""
+    notes = [f"  images: {settings['e2e_images']}"] if settings.get("e2e_images") else []
+    if settings.get("e2e_same_input") is False:
+        h, w = settings["model_hw"]
+        notes.append(f"  e2e/model left out: these images' model inputs are not the model-only rows' {w}x{h}")
+    return notes
+
+
 def render_text(report: Report) -> str:
     lines = [*_header(report), "", "model only (inputs on the device; latency per batch and per image):"]
     lines += _table(MODEL_COLUMNS, [model_cells(r) for r in report.model])
@@ -140,6 +150,7 @@ def render_text(report: Report) -> str:
     if report.e2e:
         lines += ["", "end to end (JPEG files in, masks written; busy ms per image by stage):"]
         lines += _table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])
+        lines += _e2e_notes(report.settings)
     v = report.verdict()
     if v["engine"] is None:
         lines += ["", f"verdict: no engine ran; target {v['target_ms']:g} ms/image not met"]
@@ -163,6 +174,8 @@ def render_markdown(report: Report) -> str:
     lines += [f"\n\\{note}" for note in _footnotes(report.model)]  # \* : a footnote mark, not a Markdown bullet
     if report.e2e:
         lines += ["", "**End to end**", "", *table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])]
+        for note in _e2e_notes(report.settings):
+            lines += ["", note.strip()]
     lines += ["", render_text(report).splitlines()[-1]]
     return "\n".join(lines) + "\n"
 

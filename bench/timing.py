@@ -4,6 +4,7 @@ CUDA events (wall clock on the CPU), repeat until enough time and iterations hav
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def matmul_peak_tflops(
 def best_rate(work: float, runs: list[list[float]]) -> float:
     """`work` per second of the fastest run's median call: a median is robust to a stray slow call, and the
     best run is the one the least disturbed by other load."""
-    medians = [sorted(times)[len(times) // 2] for times in runs if times]
+    medians = [statistics.median(times) for times in runs if times]
     if not medians:
         raise ValueError("no timed calls")
     return work / min(medians)

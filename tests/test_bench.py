@@ -10,6 +10,7 @@ from unetkit.bench.flops import counted_flops, unet_conv_flops
 from unetkit.bench.runner import Row, best_row, finish_rows
 from unetkit.bench.stats import images_per_second, per_image, percentile, summarize
 from unetkit.core.model import UNetConfig
+from unetkit.train.data.synth import write_synthetic
 
 
 def test_percentiles_by_hand():
@@ -85,6 +86,7 @@ def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
 
     # Three probes of 1 TFLOP per call: the one disturbed by other load (medians 4 and 2 s) does not set the peak.
     assert best_rate(1e12, [[4.0, 4.0, 9.0], [1.0, 1.0, 1.1], [2.0, 2.0, 2.0]]) == pytest.approx(1e12)
+    assert best_rate(1.0, [[1.0, 3.0]]) == pytest.approx(0.5)  # the median of an even count: the mean of the middle two
     with pytest.raises(ValueError):
         best_rate(1.0, [[]])
     rows = [_row("torch", "fp32", 1, 10.0), _row("onnx", "fp32", 1, 20.0)]
@@ -185,6 +187,26 @@ def test_check_turns_a_missed_target_into_an_exit_code(exported_checkpoint, targ
                    "--min-time", "0", "--target-ms", target, "--check")  # fmt: skip
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert ("MISSES" in proc.stdout) == (code == 1)
+
+
+def test_end_to_end_leaves_out_unreadable_images_and_compares_only_like_sizes(exported_checkpoint, tmp_path):
+    """An unreadable file is named and left out before any timing (so warm-up runs on images that decode),
+    and images of another size than --shape get no e2e/model ratio: it would compare two resolutions."""
+    images = tmp_path / "images"
+    write_synthetic(tmp_path / "data", 3, (96, 64), seed=0, progress=False)
+    (tmp_path / "data/train").rename(images)
+    (images / "0000broken.jpg").write_bytes(b"not a jpeg")  # sorts first: it would have been the warm-up
+    proc = run_cli("unet-bench", "--device", "cpu", "--shape", "128x192", "--checkpoint",
+                   exported_checkpoint[0] / "best.pth", "--engines", "torch:fp32", "--batch", "1", "--warmup", "1",
+                   "--min-iters", "2", "--min-time", "0", "--images", images, "--json", tmp_path / "b.json",
+                   check=True)  # fmt: skip
+    assert f"warning: end to end leaves out {images / '0000broken.jpg'}: cannot read image" in proc.stdout
+    report = json.loads((tmp_path / "b.json").read_text())
+    (row,) = report["e2e"]
+    assert (row["status"], row["images"], row["failed"]) == ("ok", 3, 0)
+    assert row["e2e_over_model"] is None  # 96x64 images -> 5x3 inputs; the model rows ran 10x6 (scale 0.05)
+    assert report["settings"]["e2e_images"] == "3 images, model inputs 5x3 (3); 1 unreadable, left out"
+    assert "e2e/model left out: these images' model inputs are not the model-only rows' 10x6" in proc.stdout
 
 
 @needs_openvino
