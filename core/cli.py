@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 from PIL import Image
 
-from .errors import UnetkitError
+from .errors import EXIT_ERROR, EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, UnetkitError
 
-EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+__all__ = ["EXIT_ERROR", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED"]  # re-exported
 #: Worker threads or processes for decoding and encoding: one default for every command.
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 

@@ -1,5 +1,5 @@
 """`python -m unetkit.infer` is unet-infer, so torchrun can start it: torchrun --nproc-per-node N -m unetkit.infer"""
 
-from .cli import main
+from unetkit.core.launch import infer
 
-raise SystemExit(main())
+raise SystemExit(infer())

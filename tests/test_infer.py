@@ -453,3 +453,14 @@ def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_p
         if path.name != RECORD_NAME:
             Image.open(path).load()  # every file that exists is complete
     assert not (tmp_path / "sub.csv").exists()  # the CSV only appears once the run has finished
+
+
+def test_ctrl_c_while_the_command_is_still_loading_is_one_line():
+    """torch and ONNX Runtime take a second or more to import: Ctrl-C then is one line and exit 130, as later."""
+    proc = subprocess.Popen([*cli_command("unet-infer"), "nowhere"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    time.sleep(0.2)  # Python has started (its Ctrl-C handler is in place); torch is still loading
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.splitlines() == ["unet-infer: interrupted while starting"]

@@ -71,3 +71,20 @@ def test_no_unetkit_init_and_no_top_level_stage_modules():
     import unetkit
 
     assert getattr(unetkit, "__file__", None) is None  # a namespace package
+
+
+def test_the_entry_points_start_before_torch_loads():
+    """The commands' launcher (and unetkit.core, whose names load on first use) import nothing heavy, so Ctrl-C
+    while a command loads is the launcher's one line (core/launch.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, unetkit.core, unetkit.core.launch; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    import unetkit.core
+
+    assert sorted(unetkit.core.__all__) == sorted(unetkit.core._WHERE)
+    assert all(getattr(unetkit.core, name) is not None for name in unetkit.core.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        unetkit.core.nothing  # noqa: B018

@@ -1,5 +1,5 @@
 """`python -m unetkit.train` is unet-train, so torchrun can start it: torchrun --nproc-per-node N -m unetkit.train"""
 
-from .cli import main
+from unetkit.core.launch import train
 
-raise SystemExit(main())
+raise SystemExit(train())
