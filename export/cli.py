@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from unetkit.core import ModelMeta, UNet, load_checkpoint
-from unetkit.core.atomic import write_text_atomic
+from unetkit.core.atomic import remove_stale_temps, write_text_atomic
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
@@ -95,6 +95,10 @@ def _export(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or args.checkpoint.parent
     check_outputs([("--out-dir", out_dir, FOLDER), ("--timing-cache", args.timing_cache, FILE),
                    ("--triton", args.triton, FOLDER)])  # fmt: skip
+    for folder, recursive in ((out_dir, False), (args.triton, True)):  # writes SIGKILL cut short (a TRT build)
+        stale = remove_stale_temps(folder, recursive=recursive) if folder is not None else 0
+        if stale:
+            print(f"removed {stale} temporary file(s) that a killed export left in {folder}", flush=True)
     if args.opset is not None and args.exporter == "auto" and exporter != resolve_exporter("auto"):
         print(f"--opset {args.opset}: exporting with the {exporter} exporter, which writes it")
     device = resolve_device(args.device)
@@ -120,11 +124,12 @@ def _export(args: argparse.Namespace) -> int:
             check_batch_range(batch, f"--batch {args.batch} for the engine in the Triton repository")
             import tensorrt as trt
 
-            cc = gpu_identity(device)["compute_capability"]
-            check_repository(triton, source_sha256, cc, trt.__version__)
-        elif args.trt is None and artifact_path(target, "trt").exists():  # built elsewhere, on a GPU
-            existing_plan = read_plan(artifact_path(target, "trt"), source_sha256, batch[2])
-            check_repository(triton, source_sha256, existing_plan.compute_capability, existing_plan.tensorrt_version)
+            gpu = gpu_identity(device)
+            check_repository(triton, source_sha256, gpu["compute_capability"], gpu["gpu"], trt.__version__)
+        elif (engine := built_elsewhere(target, args.checkpoint)) is not None:  # on a GPU machine; none built here
+            existing_plan = read_plan(engine, source_sha256, batch[2])
+            ep = existing_plan
+            check_repository(triton, source_sha256, ep.compute_capability, ep.gpu, ep.tensorrt_version)
     # Every artifact carries the model's description and where it came from; training details stay behind.
     artifact_meta = dataclasses.replace(meta, extra={
         "model": model.config.to_dict(), "source_checkpoint": args.checkpoint.name,
@@ -245,6 +250,14 @@ def _triton(
         print(f"triton: {line}")
     if plan is None:
         print(f"triton: no TensorRT plan ({settings.plan_model}): no engine was built")
+
+
+def built_elsewhere(target: Path, checkpoint: Path) -> Path | None:
+    """The FP16 engine a GPU machine exported for this checkpoint: in --out-dir, else beside the checkpoint."""
+    for where in (target, checkpoint):
+        if artifact_path(where, "trt").exists():
+            return artifact_path(where, "trt")
+    return None
 
 
 def _engine(

@@ -220,8 +220,16 @@ def write_repository(
 
     `plan_onnx` is the ONNX file the plan was built from: its graph names the plan's inputs and outputs.
     """
-    if plan is not None:  # before anything is written
-        check_repository(settings, source_sha256, plan.compute_capability, plan.tensorrt_version)
+    if plan is not None:  # every check before anything is written
+        check_repository(settings, source_sha256, plan.compute_capability, plan.gpu, plan.tensorrt_version)
+        plan_inputs, plan_outputs = onnx_tensors(plan_onnx or onnx_path)
+        for spec in (*plan_inputs, *plan_outputs):
+            built = TRT_TYPES.get(plan.io_dtypes.get(spec.name, ""))
+            if plan.io_dtypes and built != spec.data_type:
+                raise TritonError(
+                    f"{plan.path}: its tensor {spec.name} is {plan.io_dtypes.get(spec.name)} but the ONNX graph says "
+                    f"{spec.data_type}; re-export the engine"
+                )
     lines = []
     inputs, outputs = onnx_tensors(onnx_path)
     model_dir = settings.repo / settings.onnx_model
@@ -236,30 +244,17 @@ def write_repository(
     )
     if plan is None:
         return lines
-    inputs, outputs = onnx_tensors(plan_onnx or onnx_path)
-    for spec in (*inputs, *outputs):
-        built = TRT_TYPES.get(plan.io_dtypes.get(spec.name, ""))
-        if plan.io_dtypes and built != spec.data_type:
-            raise TritonError(
-                f"{plan.path}: its tensor {spec.name} is {plan.io_dtypes.get(spec.name)} but the ONNX graph says "
-                f"{spec.data_type}; re-export the engine"
-            )
     model_dir = settings.repo / settings.plan_model
     version, record = _version(model_dir, {"source_sha256": source_sha256, "tensorrt_version": plan.tensorrt_version})
     plans: dict[str, dict[str, str]] = dict(record.get("plans", {}))
-    same_cc = plans.get(plan.compute_capability)
-    if same_cc and same_cc["gpu"] != plan.gpu:
-        raise TritonError(
-            f"{version / plan.filename}: already holds the plan for compute capability {plan.compute_capability} "
-            f"built on {same_cc['gpu']}, and this engine was built on {plan.gpu}; Triton picks plans by compute "
-            "capability only, so use another --triton-name or repository for it"
-        )
     _copy(plan.path, version / plan.filename)
     plans[plan.compute_capability] = plan.record()
     write_text_atomic(version / RECORD, json.dumps({**record, "plans": plans}, indent=2, sort_keys=True) + "\n")
     files = {cc: entry["file"] for cc, entry in plans.items()}
     preferred = preferred_batches(plans.values(), settings.max_batch_size)
-    config = model_config(settings.plan_model, inputs, outputs, settings, meta, plans=files, preferred=preferred)
+    config = model_config(
+        settings.plan_model, plan_inputs, plan_outputs, settings, meta, plans=files, preferred=preferred
+    )
     write_text_atomic(model_dir / "config.pbtxt", config)
     every = ", ".join(f"{cc} ({entry['gpu']})" for cc, entry in sorted(plans.items()))
     lines.append(
@@ -284,13 +279,24 @@ def check_plans_take(plans: Mapping[str, Mapping[str, Any]], max_batch_size: int
 
 
 def check_repository(
-    settings: TritonSettings, source_sha256: str, compute_capability: str, tensorrt_version: str
+    settings: TritonSettings, source_sha256: str, compute_capability: str, gpu: str, tensorrt_version: str
 ) -> None:
-    """Before any work: the plans a new plan (of this checkpoint, compute capability and TensorRT) would join in
-    the repository must take batches up to this export's max_batch_size (`check_plans_take`)."""
+    """Before any work: TritonError when a plan (of this checkpoint, built on `gpu` of `compute_capability` with
+    this TensorRT) cannot join the repository's version it would go into: another GPU model's plan holds its
+    compute capability (Triton picks plans by compute capability only), or a plan there takes smaller batches
+    than this export's max_batch_size (`check_plans_take`)."""
     model_dir = settings.repo / settings.plan_model
     version, record = _version(model_dir, {"source_sha256": source_sha256, "tensorrt_version": tensorrt_version})
-    check_plans_take(record.get("plans", {}), settings.max_batch_size, version, compute_capability)
+    plans = record.get("plans", {})
+    same_cc = plans.get(compute_capability)
+    if same_cc and same_cc.get("gpu") != gpu:
+        file = f"model.sm{compute_capability.replace('.', '')}.plan"
+        raise TritonError(
+            f"{version / file}: already holds the plan for compute capability {compute_capability} built on "
+            f"{same_cc.get('gpu')}, and this engine was built on {gpu}; Triton picks plans by compute capability "
+            "only, so use another --triton-name or repository for it"
+        )
+    check_plans_take(plans, settings.max_batch_size, version, compute_capability)
 
 
 def preferred_batches(entries: Any, max_batch_size: int) -> list[int]:

@@ -1,6 +1,10 @@
 """unet-export on the CPU: ONNX FP32/FP16 through real ONNX Runtime sessions, metadata, verification, errors."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import onnx
@@ -10,6 +14,7 @@ import torch
 
 from conftest import HAS_OPENVINO, error_lines, make_meta, run_cli
 from unetkit.core import UNet, UNetConfig, load_checkpoint, save_checkpoint
+from unetkit.core.atomic import TEMP_HOST
 from unetkit.core.metrics import mask_agreement
 from unetkit.export.onnx_export import export_onnx
 from unetkit.export.verify import Reference, sample_inputs, verify
@@ -199,3 +204,21 @@ def test_asking_for_trt_without_tensorrt_fails_before_writing(tmp_path, random_c
     [line] = error_lines(proc)
     assert "--trt: TensorRT is not installed" in line and "pip install 'unetkit[trt]'" in line
     assert not out.exists()
+
+
+def test_temporary_files_of_a_killed_export_are_removed(tmp_path, random_checkpoint):
+    """SIGKILL during a long write (a TensorRT build outlasts a scheduler's grace period) leaves its temporary
+    file; the next export into the folder removes it once it is 10 minutes old and its writer is gone."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / f".best.fp16.engine.{TEMP_HOST}-{dead}-1.tmp"
+    young = out / f".best.onnx.{TEMP_HOST}-{dead}-2.tmp"
+    for path in (left, young):
+        path.write_bytes(b"partial")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    proc = run_cli("unet-export", random_checkpoint, "--out-dir", out, "--no-verify", "--no-trt", "--device", "cpu",
+                   "--no-progress", check=True)  # fmt: skip
+    assert f"removed 1 temporary file(s) that a killed export left in {out}" in proc.stdout
+    assert not left.exists() and young.exists()

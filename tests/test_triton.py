@@ -161,8 +161,28 @@ def test_a_plan_for_the_same_capability_from_another_gpu_is_refused(tmp_path, ex
     settings = TritonSettings(tmp_path / "repo")
     write_repository(settings, folder / "best.onnx", meta, sha, read_plan(fake_engine(tmp_path, sha), sha, 8))
     a30 = read_plan(fake_engine(tmp_path, sha, cc="8.0", gpu="NVIDIA A30"), sha, 8)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "repo").rglob("*")}
     with pytest.raises(TritonError, match=r"already holds the plan for compute capability 8\.0 built on NVIDIA A100"):
         write_repository(settings, folder / "best.onnx", meta, sha, a30)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "repo").rglob("*")} == before  # refused before any write
+
+
+def test_an_engine_from_a_gpu_machine_goes_in_with_no_trt_or_another_out_dir(tmp_path, trained_checkpoint):
+    """The engine a GPU machine left beside the checkpoint is served whenever this export builds none; a plan
+    that cannot join the repository is refused before any file is exported."""
+    ckpt = tmp_path / "best.pth"
+    shutil.copy(trained_checkpoint, ckpt)
+    fake_engine(tmp_path, sha256_file(ckpt))
+    args = ["--device", "cpu", "--no-progress", "--no-verify", "--no-trt", "--triton", tmp_path / "repo"]
+    proc = run_cli("unet-export", ckpt, *args, "--out-dir", tmp_path / "out", check=True)
+    assert "best.fp16.engine was built before, on NVIDIA A100-SXM4-80GB" in proc.stdout
+    assert (tmp_path / "repo/unet_trt/1/model.sm80.plan").exists()
+    fake_engine(tmp_path, sha256_file(ckpt), gpu="NVIDIA A30")
+    proc = run_cli("unet-export", ckpt, *args, "--out-dir", tmp_path / "out2")
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "already holds the plan for compute capability 8.0 built on NVIDIA A100-SXM4-80GB" in line
+    assert not (tmp_path / "out2").exists()
 
 
 def test_a_plan_that_takes_smaller_batches_than_a_new_max_batch_size_is_refused(tmp_path, exported):
@@ -178,9 +198,13 @@ def test_a_plan_that_takes_smaller_batches_than_a_new_max_batch_size_is_refused(
     message = (r"unet_trt/1/model\.sm80\.plan \(built on NVIDIA A100-SXM4-80GB\) takes at most 4 images per batch, "
                r"but this export's max_batch_size is 8 \(from --batch\): pass --batch 1:4:4")  # fmt: skip
     with pytest.raises(TritonError, match=message):
-        check_repository(wide, sha, "9.0", "10.13.0")
-    check_repository(wide, sha, "8.0", "10.13.0")  # a new A100 plan replaces it: nothing to refuse
-    check_repository(wide, sha, "9.0", "10.14.0")  # another TensorRT: a new version, without the A100 plan
+        check_repository(wide, sha, "9.0", "NVIDIA H100 80GB HBM3", "10.13.0")
+    check_repository(
+        wide, sha, "8.0", "NVIDIA A100-SXM4-80GB", "10.13.0"
+    )  # a new A100 plan replaces it: nothing to refuse
+    check_repository(
+        wide, sha, "9.0", "NVIDIA H100 80GB HBM3", "10.14.0"
+    )  # another TensorRT: a new version, without the A100 plan
     h100 = read_plan(fake_engine(tmp_path, sha, cc="9.0", gpu="NVIDIA H100 80GB HBM3"), sha, 8)
     with pytest.raises(TritonError, match=message):
         write_repository(wide, folder / "best.onnx", meta, sha, h100)
