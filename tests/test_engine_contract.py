@@ -169,3 +169,20 @@ def test_engine_contract(request, exported_checkpoint, car, reference, name, pre
         assert ref_labels.float().mean() > 0.05  # the car is found: agreement is not about empty masks
         assert mask_agreement(labels, ref_labels, engine.n_classes) >= (0.98 if precision == "int8" else 0.99)
     engine.close()  # closing twice is harmless
+
+
+def test_an_engine_never_runs_another_precision_than_asked(exported_checkpoint):
+    """onnx has no bf16 file, and an --model file computes in its own precision: asking for another is one line,
+    never an fp32 run under a bf16 label (a benchmark row, a fastest choice). `auto` is each engine's default."""
+    folder = exported_checkpoint[0]
+    with pytest.raises(
+        EngineUnavailable, match=r"onnx runs the files unet-export writes \(fp32, fp16, int8\), not bf16"
+    ):
+        create_engine("onnx", checkpoint=folder / "best.pth", device="cpu", precision="bf16")
+    with pytest.raises(EngineUnavailable, match=r"best\.int8\.onnx: computes in int8, not the fp16 asked for"):
+        create_engine("onnx", model=folder / "best.int8.onnx", device="cpu", precision="fp16")
+    for name in ("onnx", "torch"):
+        with create_engine(name, checkpoint=folder / "best.pth", device="cpu", precision="auto") as engine:
+            assert engine.precision == "fp32"  # the CPU's default
+    with create_engine("onnx", model=folder / "best.int8.onnx", device="cpu") as engine:
+        assert engine.precision == "int8"  # no precision asked: the file's

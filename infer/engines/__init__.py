@@ -18,6 +18,8 @@ from .eager import EagerEngine
 ENGINE_NAMES = ("torch", "compile", "onnx", "trt", "openvino")
 #: The artifact each file-based engine reads for a precision (any other precision reads the FP32 file).
 ONNX_ARTIFACTS = {"fp16": "onnx-fp16", "int8": "onnx-int8"}
+#: The precisions of the files unet-export writes, which the onnx engine runs (it has no precision of its own).
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_ARTIFACTS = {"fp16": "trt", "int8": "trt-int8"}
 
 __all__ = [
@@ -57,7 +59,8 @@ def create_engine(
     dev = resolve_device(device)
     if name not in ENGINE_NAMES:
         raise EngineUnavailable(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
-    precision = canonical_precision(precision) if precision else default_precision(name, dev)
+    asked = canonical_precision(precision) if precision and precision.lower() != "auto" else None
+    precision = asked or ("auto" if name == "openvino" else default_precision(name, dev))
     if name in ("torch", "compile"):
         source = Path(model or checkpoint or DEFAULT_CHECKPOINT)
         net, meta = load_checkpoint(source)
@@ -70,9 +73,12 @@ def create_engine(
     if name == "onnx":
         from .ort import OnnxEngine
 
+        if precision not in ONNX_PRECISIONS:
+            raise EngineUnavailable(f"onnx runs the files unet-export writes ({', '.join(ONNX_PRECISIONS)}), not "
+                                    f"{precision}; bf16 runs in the torch and openvino engines")  # fmt: skip
         path = Path(model) if model else artifact_path(ckpt, ONNX_ARTIFACTS.get(precision, "onnx"))
         _require(path, None if model else ckpt, precision)
-        return _current(OnnxEngine(path, dev), path, None if model else ckpt)
+        return _as_asked(_current(OnnxEngine(path, dev), path, None if model else ckpt), asked)
     if name == "openvino":
         from .openvino import OpenVinoEngine, openvino_missing
 
@@ -88,7 +94,17 @@ def create_engine(
         built = ", ".join(TRT_ARTIFACTS)
         raise EngineUnavailable(f"trt runs the engines unet-export builds ({built}), not {precision}")
     path = Path(model) if model else artifact_path(ckpt, TRT_ARTIFACTS.get(precision, "trt"))
-    return _current(TrtEngine(path, dev), path, None if model else ckpt)
+    return _as_asked(_current(TrtEngine(path, dev), path, None if model else ckpt), asked)
+
+
+def _as_asked(engine: Engine, asked: str | None) -> Engine:
+    """`engine`, unless a precision was asked for and its file computes in another (closed, then refused): an
+    `--model` file decides the precision, and a run labelled fp16 must not be an int8 file's."""
+    if asked is not None and engine.precision != asked:
+        engine.close()
+        raise EngineUnavailable(f"{engine.source}: computes in {engine.precision}, not the {asked} asked for; give "
+                                f"the {asked} file or leave out the precision")  # fmt: skip
+    return engine
 
 
 def _current(engine: Engine, path: Path, checkpoint: Path | None) -> Engine:
