@@ -135,9 +135,10 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         )  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
     with predictor:
+        pipeline = predictor.pipeline(outputs)  # settings the engine cannot take are refused here, before any write
         identity = model_identity(predictor.engine)
         claim_out_dir(out, identity)  # before any output: one model per folder
-        summary = predictor.pipeline(outputs).run(mine)
+        summary = pipeline.run(mine)
         detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
         if part is not None and args.rle:
             relative = {str(it.source): it.relative.as_posix() for it in mine}

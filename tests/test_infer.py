@@ -405,6 +405,7 @@ def test_jpeg_exif_detection_and_decoder_choice(tmp_path, exported_checkpoint):
                    "--decoder", "nvjpeg")  # fmt: skip
     assert proc.returncode == 2
     assert error_lines(proc) == ["unet-infer: error: --decoder nvjpeg: the engine does not run on CUDA"]
+    assert not (tmp_path / "in_predictions").exists()  # refused before the folder was claimed for this model
 
 
 @pytest.mark.gpu
