@@ -53,7 +53,7 @@ class Checkpoint:
             model.load_state_dict(self.state_dict)
         except (TypeError, RuntimeError) as exc:
             raise CheckpointError(
-                f"{self.path}: weights do not match the stored model config ({_first_line(exc)})"
+                f"{self.path}: weights do not match the stored model config ({_load_problem(exc)})"
             ) from None
         return model.eval()
 
@@ -124,8 +124,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         config = UNetConfig(**payload["model"])
         meta = _meta_v1(payload["meta"]) if version < 2 else ModelMeta.from_dict(payload["meta"])
-    except (TypeError, MetaError) as exc:
+    except (TypeError, ValueError, MetaError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint, {exc}") from None
+    disagree = [f"{key} {getattr(meta, key)} in its description, {getattr(config, key)} in the network"
+                for key in ("n_classes", "in_channels") if getattr(meta, key) != getattr(config, key)]  # fmt: skip
+    if disagree:
+        raise CheckpointError(f"{path}: damaged checkpoint, {'; '.join(disagree)}")
     return Checkpoint(path, config, payload["state_dict"], meta, payload.get("training"), version)
 
 
@@ -173,6 +177,16 @@ def _unwrap(model: torch.nn.Module) -> UNet:
     if not isinstance(inner, UNet):
         raise TypeError(f"save_checkpoint takes a unetkit UNet, got {type(inner).__name__}")
     return inner
+
+
+def _load_problem(exc: BaseException, limit: int = 240) -> str:
+    """load_state_dict's multi-line report in one line: which keys are missing or unexpected, which shapes
+    differ (its first line only says that there were errors)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = " ".join(lines) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(exc: BaseException) -> str:

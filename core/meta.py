@@ -44,6 +44,8 @@ class ResizeRule:
 
     def __post_init__(self) -> None:
         if self.size is not None:
+            if len(self.size) != 2:
+                raise MetaError(f"invalid resize rule: input_size {list(self.size)} (needs a height and a width)")
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
         problems = [
             (self.mode in RESIZE_MODES, f"resize '{self.mode}' (one of {', '.join(RESIZE_MODES)})"),

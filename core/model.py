@@ -28,6 +28,14 @@ class UNetConfig:
     base_channels: int = 64
     bilinear: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "n_classes", "base_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {name} {value!r} (must be a whole number of at least 1)")
+        if not isinstance(self.bilinear, bool):
+            raise ValueError(f"model bilinear {self.bilinear!r} (must be true or false)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

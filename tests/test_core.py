@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from conftest import cli_command, error_lines, make_meta
-from unetkit.core import CheckpointError, ModelMeta, UNet, UNetConfig, load_checkpoint, read_checkpoint
+from unetkit.core import (
+    CheckpointError,
+    ModelMeta,
+    UNet,
+    UNetConfig,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from unetkit.core.errors import UnetkitError
 from unetkit.core.labels import predict_labels, probabilities, to_labels
 from unetkit.core.meta import MetaError
@@ -79,6 +87,32 @@ def test_format_1_checkpoints_still_load(tmp_path):
     torch.save(payload, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=r"bad\.pth: damaged checkpoint, invalid model description: scale -1"):
         read_checkpoint(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"meta": {"n_classes": 3, "mask_kind": "multiclass"}},
+         "damaged checkpoint, n_classes 3 in its description, 1 in the network"),
+        ({"model": {"base_channels": "x"}}, "damaged checkpoint, model base_channels 'x' (must be a whole number"),
+        ({"drop": "head.weight"}, 'weights do not match the stored model config (Missing key(s) in state_dict: '
+                                  '"head.weight".)'),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_that_contradicts_itself_is_one_line_naming_what(tmp_path, change, message):
+    """A description that disagrees with its network would run and write meaningless masks; a broken config or
+    missing weights are named, not reported as torch's first line."""
+    model = UNet(UNetConfig(base_channels=2))
+    save_checkpoint(tmp_path / "ok.pth", model, make_meta())
+    payload = torch.load(tmp_path / "ok.pth", weights_only=True)
+    for key in ("meta", "model"):
+        payload[key].update(change.get(key, {}))
+    payload["state_dict"].pop(change.get("drop", ""), None)
+    torch.save(payload, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(tmp_path / "bad.pth")
+    assert str(caught.value).startswith(f"{tmp_path / 'bad.pth'}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_one_pixels_to_input_rule():

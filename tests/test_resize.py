@@ -39,6 +39,8 @@ def test_meta_records_the_rule_and_old_descriptions_mean_scale():
     assert ModelMeta.from_dict(old).resize_rule == ResizeRule(scale=0.5)
     with pytest.raises(MetaError, match="resize 'max_side' needs a positive side"):
         make_meta(resize="max_side")
+    with pytest.raises(MetaError, match=r"input_size \[64\] \(needs a height and a width\)"):  # not an IndexError
+        ModelMeta.from_dict({**make_meta().to_dict(), "resize": "size", "input_size": [64]})
 
 
 def test_model_input_and_exports_follow_the_rule():
