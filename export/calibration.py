@@ -80,22 +80,42 @@ def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource
     if calib is not None:
         if not calib.is_dir():
             raise CalibrationError(f"--calib {calib}: not a folder")
-        images = find_images(calib)
-        if not images:
+        found = find_images(calib)
+        if not found:
             looked = ", ".join([str(calib), *(str(calib / d) for d in LAYOUT_IMAGE_DIRS)])
             raise CalibrationError(f"--calib {calib}: no images found (looked in {looked})")
+        images, problems = readable(found)
+        if not images:
+            raise CalibrationError(f"--calib {calib}: none of its {len(found)} images can be read ({problems[0]})")
         return CalibrationSource(tuple(images), f"{len(images)} images in {calib}")
     train_args = meta.extra.get("train_args")
     train_args = train_args if isinstance(train_args, dict) else {}
     data = train_args.get("images") or train_args.get("data")  # a run on two named folders: its image folder
     if data:
-        images = _training_images(Path(data), train_args)
+        images, _ = readable(_training_images(Path(data), train_args))
         if images:
             return CalibrationSource(tuple(images), f"the checkpoint's training data: {len(images)} images in {data}")
-        why = f"the checkpoint's training data {data} is not on this machine"
+        why = f"the checkpoint's training data {data} is not on this machine (or holds no readable image)"
     else:
         why = "the checkpoint records no training data"
     return CalibrationSource((), f"synthetic cars ({why}; pass --calib DIR for real images)")
+
+
+def readable(images: list[Path]) -> tuple[list[Path], list[str]]:
+    """The images whose headers can be read, and a line per one that cannot (named once in a warning), so every
+    planned sample is one that calibrates and the recorded count is the count used."""
+    ok, problems = [], []
+    for path in images:
+        try:
+            image_size(path)
+        except UnetkitError as exc:
+            problems.append(str(exc))
+        else:
+            ok.append(path)
+    if problems and ok:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        log.warning("warning: calibration leaves out %s%s", problems[0], more)
+    return ok, problems
 
 
 def _training_images(folder: Path, train_args: dict) -> list[Path]:

@@ -261,3 +261,26 @@ def test_a_tile_larger_than_the_model_input_is_said(meta, tmp_path):
     fits = whole_inputs(source, meta, items, 64)
     assert fits == {(50, 50): 2}  # scale 0.05: a.png's 100x50 input does not fit in 64 px
     assert whole_note(fits, 4, 64) == "; 2 of 4 samples are whole model inputs (50x50), as they fit in a 64 px tile"
+
+
+def test_unreadable_calibration_images_are_left_out_before_any_work(tmp_path, meta, random_checkpoint, caplog):
+    """Every planned sample must calibrate, so the recorded count is the count used; a folder of nothing
+    readable is one line before any file is written, not ONNX Runtime's "No data is collected"."""
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    proc = run_cli("unet-export", random_checkpoint, "--int8", "--no-trt", "--calib", folder, "--out-dir", out)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        f"unet-export: error: --calib {folder}: none of its 2 images can be read ({folder / 'a.png'}: cannot read "
+        "image (not an image file, or an unsupported format))"
+    ]
+    assert not out.exists()
+    Image.new("RGB", (40, 30)).save(folder / "c.png")
+    with caplog.at_level("WARNING"):
+        source = calibration_source(folder, meta)
+    assert source.images == (folder / "c.png",) and source.description == f"1 images in {folder}"
+    assert f"warning: calibration leaves out {folder / 'a.png'}: cannot read image" in caplog.text
+    assert "and 1 more" in caplog.text
