@@ -13,6 +13,7 @@ import torch
 from unetkit.core import ModelMeta, UNet, UNetConfig, read_checkpoint, save_checkpoint
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
 from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
+from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, check_outputs
@@ -119,6 +120,16 @@ def _specs(args: argparse.Namespace, device: torch.device) -> list[tuple[EngineS
     return [(s, default_skip(s, device)) for s in ALL_SPECS]
 
 
+def peak_probed(precision: str, device: torch.device, cpu: CpuCapabilities | None = None) -> bool:
+    """Whether a matmul peak in `precision` is measured: always on CUDA; on a CPU FP32, and BF16 or FP16 only
+    where the CPU executes them natively (AMX, AVX512-BF16/FP16): emulated, a probe would give a share of an
+    emulation's rate."""
+    if device.type == "cuda" or precision == "fp32":
+        return True
+    caps = cpu or cpu_capabilities()
+    return {"bf16": caps.bf16, "fp16": caps.fp16}.get(precision, False)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Values that would be ignored, replaced or fail only after the benchmark: one line each, before any work."""
     e2e = args.scope in ("e2e", "both")
@@ -128,6 +139,11 @@ def _check_args(args: argparse.Namespace) -> None:
         (args.e2e_images is None or args.images is None, "--e2e-images: synthetic images are not made when "
          "--images names a folder; give one of the two"),
         (args.images is None or e2e, f"--images: only used by --scope e2e or both, not {args.scope}"),
+        (args.scope != "e2e" or not args.check, "--check judges the model-only rows against --target-ms: not with "
+         "--scope e2e"),
+        (args.scope != "e2e" or args.plot is None, "--plot draws the model-only latencies: not with --scope e2e"),
+        (args.engines is None or any(t.strip() for t in args.engines.split(",")), "--engines '': name at least one "
+         "ENGINE:PRECISION, or leave the flag out for every engine"),
         (args.target_ms > 0, f"--target-ms {args.target_ms:g}: must be positive"),
         (args.base_channels >= 1, f"--base-channels {args.base_channels}: must be at least 1"),
         (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
@@ -155,9 +171,8 @@ def _bench(args: argparse.Namespace) -> int:
         found = survey(args.images, meta) if args.images is not None and args.scope != "model" else None
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
-        # The CPU has no fast FP16/BF16 matrix path to probe: only FP32 rows get a share of peak there.
         peaks = {p: matmul_peak_tflops(p, device) for p in sorted({s.precision for s in runnable})
-                 if p in DTYPES and (device.type == "cuda" or p == "fp32")}  # fmt: skip
+                 if p in DTYPES and peak_probed(p, device)}  # fmt: skip
         artifacts = "beside the checkpoint"
         if ckpt.parent == Path(scratch) and needs_artifacts(runnable):
             artifacts = export_random(ckpt, device)

@@ -32,8 +32,14 @@ class Report:
     def verdict(self) -> dict[str, Any]:
         best = best_row(self.model)
         target = self.settings["target_ms"]
-        if best is None:
-            return {"engine": None, "per_image_ms": None, "target_ms": target, "meets_target": False}
+        if best is None:  # meets_target None: not judged (--scope e2e times no model-only row)
+            judged = self.settings.get("scope") != "e2e"
+            return {
+                "engine": None,
+                "per_image_ms": None,
+                "target_ms": target,
+                "meets_target": False if judged else None,
+            }
         return {
             "engine": best.label,
             "batch": best.batch,
@@ -152,7 +158,9 @@ def render_text(report: Report) -> str:
         lines += _table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])
         lines += _e2e_notes(report.settings)
     v = report.verdict()
-    if v["engine"] is None:
+    if v["meets_target"] is None:
+        lines += ["", "verdict: none (the target is judged on model-only rows; --scope e2e times none)"]
+    elif v["engine"] is None:
         lines += ["", f"verdict: no engine ran; target {v['target_ms']:g} ms/image not met"]
     else:
         word = "meets" if v["meets_target"] else "MISSES"

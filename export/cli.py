@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/unetkit/ per TensorRT version and GPU)")  # fmt: skip
     p.add_argument("--triton", type=Path, metavar="REPO", help="also write a Triton Inference Server model repository: "
                    "NAME_onnx (ONNX Runtime) and, where an engine was built, NAME_trt (TensorRT plan)")  # fmt: skip
-    p.add_argument("--triton-name", default="unet", metavar="NAME", help="model name prefix in the repository "
+    p.add_argument("--triton-name", metavar="NAME", help="model name prefix in the repository "
                    "(default unet: unet_onnx, unet_trt)")  # fmt: skip
-    p.add_argument("--triton-instances", type=int, default=1, metavar="N", help="model instances per GPU "
+    p.add_argument("--triton-instances", type=int, metavar="N", help="model instances per GPU "
                    "(default 1)")  # fmt: skip
     p.add_argument("--triton-trt-accelerator", action="store_true", help="the ONNX Runtime model uses TensorRT "
                    "as its GPU execution accelerator, in FP16")  # fmt: skip
@@ -89,8 +89,20 @@ def _onnx_builder(model: UNet, meta: ModelMeta, fp16: bool, args: argparse.Names
     return build
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Flags that would be ignored or fail only after the ONNX files: one line each, before any work."""
+    triton_only = [flag for flag, given in (("--triton-name", args.triton_name is not None),
+                   ("--triton-instances", args.triton_instances is not None),
+                   ("--triton-trt-accelerator", args.triton_trt_accelerator)) if given]  # fmt: skip
+    if triton_only and args.triton is None:
+        raise UnetkitError(f"{', '.join(triton_only)}: only used with --triton REPO")
+    if args.workspace is not None and not args.workspace > 0:
+        raise UnetkitError(f"--workspace {args.workspace:g}: must be a positive number of GiB")
+
+
 def _export(args: argparse.Namespace) -> int:
     exporter = resolve_exporter(args.exporter, args.opset)  # an opset it cannot write: one line, before any work
+    _check_args(args)
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
     out_dir = args.out_dir or args.checkpoint.parent
     check_outputs([("--out-dir", out_dir, FOLDER), ("--timing-cache", args.timing_cache, FILE),
@@ -118,8 +130,9 @@ def _export(args: argparse.Namespace) -> int:
     source_sha256 = sha256_file(args.checkpoint)
     triton, existing_plan = None, None
     if args.triton:  # every check that can be made before the export is made here
-        triton = TritonSettings(args.triton, args.triton_name, batch[2], args.triton_instances,
-                                args.triton_trt_accelerator)  # fmt: skip
+        name = "unet" if args.triton_name is None else args.triton_name
+        instances = 1 if args.triton_instances is None else args.triton_instances
+        triton = TritonSettings(args.triton, name, batch[2], instances, args.triton_trt_accelerator)
         if args.trt is not False and not trt_reason:
             check_batch_range(batch, f"--batch {args.batch} for the engine in the Triton repository")
             import tensorrt as trt

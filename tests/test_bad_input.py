@@ -479,6 +479,23 @@ def export_out_dir_under_a_file(c: Ctx) -> Spec:
                 "folder")  # fmt: skip
 
 
+def export_triton_flags_without_triton(c: Ctx) -> Spec:
+    return Spec(["unet-export", c.ckpt, "--triton-name", "cars", "--triton-instances", "2", "--out-dir", c.tmp, *CPU],
+                "--triton-name, --triton-instances: only used with --triton REPO",
+                nothing_written(c.tmp / "best.onnx"))  # fmt: skip
+
+
+def export_negative_workspace(c: Ctx) -> Spec:
+    return Spec(["unet-export", c.ckpt, "--workspace", "-1", "--out-dir", c.tmp, *CPU],
+                "--workspace -1: must be a positive number of GiB", nothing_written(c.tmp / "best.onnx"))  # fmt: skip
+
+
+def infer_compile_mode_for_another_engine(c: Ctx) -> Spec:
+    out = c.tmp / "out"
+    return Spec(infer(c, c.images, "--out", out, "--engine", "onnx", "--compile-mode", "max-autotune"),
+                "--compile-mode: only used by --engine compile, not onnx", nothing_written(out))  # fmt: skip
+
+
 def bench(c: Ctx, *args) -> list:
     return ["unet-bench", "--checkpoint", c.ckpt, "--device", "cpu", "--shape", "64x96", *args]
 
@@ -560,6 +577,9 @@ CASES = [
     Case("export: NaN threshold", 2, export_nan_threshold),
     Case("export: --opset the exporter cannot write", 2, export_opset_the_exporter_cannot_write),
     Case("export: --out-dir under a file", 2, export_out_dir_under_a_file),
+    Case("export: --triton-* without --triton", 2, export_triton_flags_without_triton),
+    Case("export: --workspace -1", 2, export_negative_workspace),
+    Case("infer: --compile-mode for onnx", 2, infer_compile_mode_for_another_engine),
     Case("bench: --e2e-images 0", 2, bench_zero_e2e_images),
     Case("bench: --json under a file", 2, bench_json_under_a_file),
     Case("bench: --markdown is a folder", 2, bench_markdown_is_a_folder),

@@ -79,6 +79,22 @@ def test_speedup_throughput_share_and_verdict():
     assert missing.speedup_vs_eager_fp32 is None and best_row(rows) is trt
 
 
+def test_which_peaks_a_cpu_probes_comes_from_its_flags():
+    """bf16 rows get a share of a bf16 peak where the CPU has AMX or AVX512-BF16 (OpenVINO bf16 runs there);
+    an AVX2 CPU would only emulate it, so no peak (and no share) is given."""
+    import torch
+
+    from unetkit.bench.cli import peak_probed
+    from unetkit.core.cpu import capabilities_from_flags
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    amx = capabilities_from_flags(["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni"])
+    avx2 = capabilities_from_flags(["avx2", "fma"])
+    assert [peak_probed(p, cpu, amx) for p in ("fp32", "bf16", "fp16")] == [True, True, False]
+    assert [peak_probed(p, cpu, avx2) for p in ("fp32", "bf16", "fp16")] == [True, False, False]
+    assert all(peak_probed(p, cuda, avx2) for p in ("fp32", "bf16", "fp16"))
+
+
 def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
     from unetkit.bench.report import Report, render_markdown, render_text
     from unetkit.bench.runner import OVER_PEAK
@@ -104,6 +120,11 @@ def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
     assert "model input 1x1 (scale 1)" in text  # a report from before the resize rules
     report.settings.update(resize="size 256x384 (HxW)", model_hw=[256, 384])
     assert "model input 384x256 (size 256x384 (HxW))" in render_text(report)
+    report.model, report.settings["scope"] = [], "e2e"  # end to end only: no row the target is judged on
+    assert report.verdict()["meets_target"] is None
+    assert render_text(report).endswith(
+        "verdict: none (the target is judged on model-only rows; --scope e2e times none)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +256,11 @@ def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):
 def test_bad_arguments_give_one_line(tmp_path):
     for args, message in [(["--shape", "big"], "--shape 'big'"), (["--batch", "0"], "--batch '0'"),
                           (["--checkpoint", tmp_path / "no.pth"], "checkpoint not found"),
-                          (["--engines", "tensorflow:fp32"], "--engines 'tensorflow:fp32'")]:  # fmt: skip
+                          (["--engines", "tensorflow:fp32"], "--engines 'tensorflow:fp32'"),
+                          (["--engines", " , "], "--engines '': name at least one ENGINE:PRECISION"),
+                          (["--scope", "e2e", "--check"], "--check judges the model-only rows against --target-ms"),
+                          (["--scope", "e2e", "--plot", tmp_path / "p.png"], "--plot draws the model-only latencies: "
+                           "not with --scope e2e")]:  # fmt: skip
         proc = run_cli("unet-bench", "--device", "cpu", *args)
         assert proc.returncode == 2
         [line] = error_lines(proc)
