@@ -2,7 +2,8 @@
 
 Shapes are model-input sizes (after the checkpoint's resize rule). The defaults cover whole-image inference of
 a 1918x1280 image by the checkpoint's rule (the shape TensorRT tunes for), images of any aspect for a
-longest-side rule, and unet-infer's default tile.
+longest-side rule, and the tile unet-infer suggests for --tile (DEFAULT_TILE; it predicts whole images unless
+given one).
 """
 
 from __future__ import annotations

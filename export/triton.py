@@ -238,9 +238,10 @@ def write_repository(
     write_text_atomic(version / RECORD, json.dumps({**record, "onnx": onnx_path.name}, indent=2) + "\n")
     write_text_atomic(model_dir / "config.pbtxt", model_config(settings.onnx_model, inputs, outputs, settings, meta))
     accelerator = ", TensorRT FP16 as its GPU accelerator" if settings.trt_accelerator else ""
+    unverified = ", NOT verified: --no-verify" if meta.extra.get("export_verified") is False else ""
     lines.append(
-        f"{model_dir}: version {version.name}, model.onnx ({onnx_path.name}), backend onnxruntime{accelerator}, "
-        f"max_batch_size {settings.max_batch_size}"
+        f"{model_dir}: version {version.name}, model.onnx ({onnx_path.name}{unverified}), backend "
+        f"onnxruntime{accelerator}, max_batch_size {settings.max_batch_size}"
     )
     if plan is None:
         return lines

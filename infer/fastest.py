@@ -1,7 +1,7 @@
 """`unet-infer --engine fastest`: the fastest verified CPU engine for this checkpoint, chosen only when asked.
 
-Each candidate (eager FP32, and the ONNX Runtime and OpenVINO engines on every artifact beside the checkpoint)
-runs the first input once to warm up and twice timed, at that input's model-input size and batch 1; the
+Each candidate (eager FP32 and BF16, and the ONNX Runtime and OpenVINO engines on every artifact beside the
+checkpoint) runs the first input once to warm up and twice timed, at that input's model-input size and batch 1; the
 fastest wins and every time is printed. A candidate is left out, with its reason, when its precision is not
 native on this CPU, or its artifact is missing, was exported without verification, or came from another
 checkpoint (a stale file). Eager FP32 is the reference every artifact was verified against, so it is
@@ -29,7 +29,8 @@ from .artifacts import sha256_file
 from .engines import Engine, create_engine
 
 log = logging.getLogger(__name__)
-#: (engine, precision) tried, in this order; fp16 on a CPU is slower than fp32 unless it is native.
+#: (engine, precision) tried, in this order. No eager fp16: PyTorch's CPU convolutions run it slower than fp32
+#: even on AVX512-FP16 (docs/benchmarks.md: 13.2 s against 6.1 s per Carvana image on a Xeon with AMX).
 CANDIDATES = (
     ("torch", "fp32"),
     ("torch", "bf16"),

@@ -14,7 +14,8 @@ import math
 
 import torch
 
-#: Default tile edge (model-input pixels) of `unet-infer --tile`; export's default TensorRT profile covers it.
+#: The tile edge (model-input pixels) unet-infer suggests for `--tile` (it predicts whole images unless given
+#: one); export's default TensorRT profile covers it.
 DEFAULT_TILE = 512
 #: The smallest tile: twice the U-Net's stride of 16, so even a tile's deepest level sees 2x2 positions (smaller
 #: tiles are padded to 16 anyway and cost far more calls for no context).

@@ -120,7 +120,8 @@ def test_export_writes_a_repository_that_triton_parses(cli_repo):
     )  # fmt: skip
     assert meta.extra["source_sha256"] == sha256_file(folder / "best.pth")
     assert not (folder / "repo" / "unet_trt").exists()
-    assert f"triton: {model_dir}: version 1, model.onnx (best.onnx), backend onnxruntime" in proc.stdout
+    assert (f"triton: {model_dir}: version 1, model.onnx (best.onnx, NOT verified: --no-verify), backend "
+            "onnxruntime") in proc.stdout  # fmt: skip
     assert "triton: no TensorRT plan (unet_trt): no engine was built" in proc.stdout
 
 
