@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetkit.core.atomic import atomic_path
+from unetkit.core.errors import UnetkitError
 
 from .verify import Verification
 
@@ -46,7 +47,10 @@ def produce(
     try:
         with atomic_path(path) as tmp:
             start = time.perf_counter()
-            build(tmp)
+            try:
+                build(tmp)
+            except UnetkitError as exc:  # a builder names the file it writes: the user's name, not the temporary one
+                raise type(exc)(str(exc).replace(tmp.name, path.name)) from None
             result.build_seconds = time.perf_counter() - start
             if check is not None:
                 result.verification = check(tmp)

@@ -80,6 +80,7 @@ class _Reader:
 
     def __init__(self, inputs: Iterator[np.ndarray], count: int, progress: bool) -> None:
         self.inputs = inputs
+        self.used = 0  # samples handed to the calibrator (fewer than planned where a file failed to decode)
         self.bar = tqdm(total=count, desc="INT8 calibration", unit="sample", disable=not progress, leave=False)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -87,6 +88,7 @@ class _Reader:
         if x is None:
             self.bar.close()
             return None
+        self.used += 1
         self.bar.update()
         return {INPUT_NAME: x}
 
@@ -114,14 +116,15 @@ def quantize_onnx(
         with _quiet():
             quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
             options["nodes_to_exclude"] = float_convs(onnx.load(str(prepared)))
+            reader = _Reader(inputs, count, progress)
             try:
-                quantize_static(str(prepared), str(out), _Reader(inputs, count, progress), **options)
+                quantize_static(str(prepared), str(out), reader, **options)
             except Exception as exc:  # the quantizer raises bare RuntimeError/ValueError on bad data
-                raise ExportError(
-                    f"{out.name}: INT8 quantization failed ({str(exc).strip().splitlines()[0]})"
-                ) from None
+                why = "no calibration sample could be decoded" if reader.used == 0 else str(exc).strip().splitlines()[0]
+                raise ExportError(f"{out.name}: INT8 quantization failed ({why})") from None
     proto = onnx.load(str(out))
-    props = encode_metadata(meta, precision="int8", int8_scheme=scheme, calibration=calibration or {})
+    recorded = {**(calibration or {}), "count": reader.used}  # the samples used, not those planned
+    props = encode_metadata(meta, precision="int8", int8_scheme=scheme, calibration=recorded)
     save_checked(proto, out, props, "the INT8 model")
     return out
 

@@ -94,6 +94,12 @@ def test_same_seed_same_file_bytes_and_another_seed_other_scales(work, meta, cal
     calibration = decode_metadata(props(a), "a").extra["calibration"]
     assert calibration == {"source": "8 images in " + str(calib_images), "count": 4, "tile": 32, "seed": 3,
                            "method": "minmax"}  # fmt: skip
+    # a sample whose file fails to decode is skipped: the file records the 3 used, not the 4 planned
+    source = calibration_source(calib_images, meta)
+    inputs = list(samples(source, meta, plan(source, 4, 32, 3), 32, 3))[:3]
+    quantize_onnx(work / "src.onnx", work / "d.onnx", iter(inputs), 4, meta, "symmetric",
+                  describe_plan(source, 4, 32, 3), progress=False)  # fmt: skip
+    assert decode_metadata(props(work / "d.onnx"), "d").extra["calibration"]["count"] == 3
 
 
 def test_symmetric_file_is_what_tensorrt_takes_and_cpu_is_not(work, meta, calib_images):
@@ -135,7 +141,14 @@ def test_calibration_sources(tmp_path, meta, calib_images):
     (tmp_path / "mixed" / "bad.jpg").write_bytes(b"not a jpeg")
     Image.new("RGB", (40, 30)).save(tmp_path / "mixed" / "good.png")
     mixed = calibration_source(tmp_path / "mixed", meta)
-    got = list(samples(mixed, meta, plan(mixed, 2, 0, 0), 0, 0))  # the corrupt file is skipped, not fatal
+    assert [p.name for p in mixed.images] == ["good.png"]  # an unreadable header: left out before planning
+    assert len(list(samples(mixed, meta, plan(mixed, 2, 0, 0), 0, 0))) == 2
+    noise = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "mixed" / "full.png")
+    data = (tmp_path / "mixed" / "full.png").read_bytes()
+    (tmp_path / "mixed" / "cut.png").write_bytes(data[: len(data) // 2])  # its header reads, its pixels do not
+    cut = CalibrationSource((tmp_path / "mixed" / "cut.png", tmp_path / "mixed" / "good.png"), "2 images")
+    got = list(samples(cut, meta, plan(cut, 2, 0, 0), 0, 0))  # the corrupt file is skipped, not fatal
     assert len(got) == 1 and got[0].shape[1] == 3
 
 

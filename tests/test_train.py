@@ -192,6 +192,16 @@ def test_resume_of_named_folders_without_data(tmp_path, synth_small):
                    tmp_path / "moved/train", "--masks", tmp_path / "moved/train_masks", *args, check=True)  # fmt: skip
     config = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]["config"]
     assert config["data"] == str(tmp_path / "moved") and config["images"] == str(tmp_path / "moved/train")
+    # --data above the two folders: the moved folders keep their place under it (the split names them so)
+    shutil.copytree(synth_small, tmp_path / "top/x")
+    named = ["--images", "x/train", "--masks", "x/train_masks"]
+    run_cli("unet-train", "--data", tmp_path / "top", *named, "--out", tmp_path / "run2", "--epochs", "1", *args,
+            check=True)  # fmt: skip
+    (tmp_path / "top").rename(tmp_path / "top2")
+    run_cli("unet-train", "--out", tmp_path / "run2", "--resume", "--epochs", "2", "--images",
+            tmp_path / "top2/x/train", "--masks", tmp_path / "top2/x/train_masks", *args, check=True)  # fmt: skip
+    config = torch.load(tmp_path / "run2/last.pth", weights_only=True)["training"]["config"]
+    assert config["data"] == str(tmp_path / "top2") and config["images"] == str(tmp_path / "top2/x/train")
 
 
 def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path, synth_small):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from unetkit.core.atomic import remove_stale_temps, write_text_atomic
@@ -14,8 +13,8 @@ from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
-from .config import SYNC_BN_CHOICES, TrainConfig, moved, next_free_run_dir, run_files
-from .data.layouts import LAYOUTS, folder_root
+from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
+from .data.layouts import LAYOUTS
 from .data.options import absolute, add_data_arguments, parse_hw, resolve_folders
 from .data.split import SPLIT_FILE
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
@@ -134,8 +133,6 @@ def _train(args: argparse.Namespace) -> int:
             raise UnetkitError(f"--resume: {out} holds no {path.name}, as its run stopped before its first epoch "
                                "ended; start it again: the same command without --resume")  # fmt: skip
         cfg, checkpoint = resume_config(TrainConfig(data=Path("."), out=out), path, given)
-        if args.data is None and cfg.folders is not None and "images" in given and moved(cfg, "data"):
-            cfg = replace(cfg, data=folder_root(cfg.folders))  # the folders moved, and the root they were under
         stale = remove_stale_temps(out)  # a checkpoint write cut short by SIGKILL (the OOM killer)
         if stale and (dist is None or dist.is_main):
             print(f"removed {stale} temporary file(s) that a killed run left in {out}", flush=True)

@@ -179,6 +179,24 @@ def moved(stored: TrainConfig, key: str) -> bool:
     return key in MOVABLE and old is not None and not Path(old).exists()
 
 
+def moved_data_root(stored: TrainConfig, images: Path) -> Path | None:
+    """Where a named-folders run's data folder went, given where its image folder is now: the image folder
+    keeps its place under the data folder (`x/imgs` under `/a` is `x/imgs` under `/b`). None when the stored
+    image folder was not under the stored data folder, or the new one does not end the same way."""
+    if stored.images is None:
+        return None
+    try:
+        inside = Path(stored.images).relative_to(stored.data)
+    except ValueError:
+        return None
+    root = Path(images)
+    for part in reversed(inside.parts):
+        if root.name != part:
+            return None
+        root = root.parent
+    return root
+
+
 def _same(old: Any, new: Any) -> bool:
     if isinstance(old, Path) or isinstance(new, Path):
         return old is not None and (Path(old) == Path(new) or Path(old).resolve() == Path(new).resolve())

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
-from .config import RESUME_OVERRIDES, TrainConfig, moved, resume_conflicts, run_files
+from .config import RESUME_OVERRIDES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
@@ -129,6 +130,10 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
         raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
                            "start a new run in another --out to change the rest)")  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None and (k in RESUME_OVERRIDES or moved(stored, k))}
+    if "data" not in given and "images" in overrides and moved(stored, "data"):  # folders moved, --data left out:
+        images = Path(overrides["images"])
+        masks = Path(overrides.get("masks") or stored.masks or images)
+        overrides["data"] = moved_data_root(stored, images) or Path(os.path.commonpath([images, masks]))
     if "data" in overrides:  # a moved named-folders data set: its folders move with it unless given too
         for key in ("images", "masks"):
             old = getattr(stored, key)
