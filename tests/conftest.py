@@ -17,21 +17,19 @@ from unetkit.core import ModelMeta, UNet, UNetConfig, load_checkpoint, save_chec
 from unetkit.train.data.synth import write_synthetic
 
 BIN = Path(sys.executable).parent
-#: Console script -> module, for machines where pip put the scripts elsewhere than beside the interpreter
-#: (an editable install with `--target` or into ~/.local/bin), as on the offline GPU machines.
-CLI_MODULES = {
-    "unet-train": "unetkit.train.cli",
-    "unet-data": "unetkit.train.data.cli",
-    "unet-export": "unetkit.export.cli",
-    "unet-infer": "unetkit.infer.cli",
-    "unet-bench": "unetkit.bench.cli",
-}
+#: Console script -> its entry point in unetkit.core.launch, for machines where pip put the scripts elsewhere
+#: than beside the interpreter (an editable install with `--target` or into ~/.local/bin), as on the offline
+#: GPU machines: started the way the script starts it.
+CLI_ENTRY = {"unet-train": "train", "unet-data": "data", "unet-export": "export", "unet-infer": "infer",
+             "unet-bench": "bench"}  # fmt: skip
 
 
 def cli_command(name: str) -> list[str]:
     """How to start console script `name`: the script beside this interpreter, else `python -m` its module."""
     beside = BIN / name
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", CLI_MODULES[name]]
+    entry = CLI_ENTRY[name]
+    launch = f"from unetkit.core.launch import {entry}; raise SystemExit({entry}())"
+    return [str(beside)] if beside.exists() else [sys.executable, "-c", launch]
 
 
 #: OpenVINO is an extra (`unetkit[openvino]`) that GPU images usually lack; tests of it skip there, saying so.

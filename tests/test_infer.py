@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -456,11 +457,14 @@ def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_p
     assert not (tmp_path / "sub.csv").exists()  # the CSV only appears once the run has finished
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process load torch in Linux's /proc")
 def test_ctrl_c_while_the_command_is_still_loading_is_one_line():
     """torch and ONNX Runtime take a second or more to import: Ctrl-C then is one line and exit 130, as later."""
     proc = subprocess.Popen([*cli_command("unet-infer"), "nowhere"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
-    time.sleep(0.2)  # Python has started (its Ctrl-C handler is in place); torch is still loading
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # torch has begun to load
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130

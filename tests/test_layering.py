@@ -79,7 +79,7 @@ def test_the_entry_points_start_before_torch_loads():
     import subprocess
     import sys
 
-    code = ("import sys, unetkit.core, unetkit.core.launch; "
+    code = ("import sys, unetkit.core, unetkit.core.launch, unetkit.infer, unetkit.train; "
             "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
     import unetkit.core
