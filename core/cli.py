@@ -75,16 +75,23 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-#: What PyTorch's Gloo and NCCL backends say when a collective's peer process is gone or never came.
-_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "timed out", "timeout", "communicator was aborted")
+#: What PyTorch's Gloo and NCCL backends say when a collective's peer process is gone or never came: words
+#: naming the collective layer, with words naming the loss.
+_COLLECTIVE = ("gloo", "nccl", "c10d", "process group", "watchdog", "collective")
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "timed out", "timeout", "abort")
+_DIST_ERRORS = ("DistBackendError", "DistNetworkError", "DistStoreError")
 
 
 def peer_stopped(exc: BaseException, environ: Mapping[str, str]) -> bool:
     """True for the error a rank of a distributed launch gets when another rank stopped first (its own error
-    already said why): the collective it waited in failed. Such a rank says so in one line, not a traceback."""
-    launched = "RANK" in environ and "WORLD_SIZE" in environ
+    already said why): the collective it waited in failed. Such a rank says so in one line, not a traceback;
+    any other RuntimeError (a CUDA fault, a DataLoader timeout) keeps its traceback."""
+    if not ("RANK" in environ and "WORLD_SIZE" in environ) or not isinstance(exc, RuntimeError):
+        return False
+    if type(exc).__name__ in _DIST_ERRORS:
+        return True
     text = str(exc).lower()
-    return launched and isinstance(exc, RuntimeError) and any(p in text for p in _PEER_GONE)
+    return any(w in text for w in _COLLECTIVE) and any(w in text for w in _PEER_GONE)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
@@ -116,6 +123,8 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except RuntimeError as exc:
         if not peer_stopped(exc, os.environ):
             raise
-        print(f"{prog}: error: rank {os.environ['RANK']} stopped waiting for the run's other processes (one "
-              "stopped, its error above, or did not answer within --dist-timeout)", file=sys.stderr)  # fmt: skip
+        said = " ".join(str(exc).split())[:200]
+        why = "one stopped, its error above, or did not answer within --dist-timeout"
+        print(f"{prog}: error: rank {os.environ['RANK']} stopped waiting for the run's other processes ({why}): "
+              f"{said}", file=sys.stderr)  # fmt: skip
         return EXIT_ERROR

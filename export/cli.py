@@ -139,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
 
             gpu = gpu_identity(device)
             check_repository(triton, source_sha256, gpu["compute_capability"], gpu["gpu"], trt.__version__)
-        elif (engine := built_elsewhere(target, args.checkpoint)) is not None:  # on a GPU machine; none built here
+        elif args.trt is None and (engine := built_elsewhere(target, args.checkpoint)) is not None:  # none built here
             existing_plan = read_plan(engine, source_sha256, batch[2])
             ep = existing_plan
             check_repository(triton, source_sha256, ep.compute_capability, ep.gpu, ep.tensorrt_version)

@@ -274,7 +274,9 @@ def test_a_rank_whose_peer_stopped_is_told_apart_from_other_errors():
     assert peer_stopped(RuntimeError("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(...)"), env)
     assert not peer_stopped(gloo, {})  # not under a launcher: a bug, which keeps its traceback
     assert not peer_stopped(RuntimeError("CUDA error: an illegal memory access was encountered"), env)
-    assert not peer_stopped(ValueError("closed by peer"), env)
+    assert not peer_stopped(RuntimeError("CUDA error: the launch timed out and was terminated"), env)
+    assert not peer_stopped(RuntimeError("DataLoader timed out after 60 seconds"), env)
+    assert not peer_stopped(ValueError("gloo: closed by peer"), env)
 
 
 @pytest.mark.gpu

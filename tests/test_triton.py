@@ -168,13 +168,16 @@ def test_a_plan_for_the_same_capability_from_another_gpu_is_refused(tmp_path, ex
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "repo").rglob("*")} == before  # refused before any write
 
 
-def test_an_engine_from_a_gpu_machine_goes_in_with_no_trt_or_another_out_dir(tmp_path, trained_checkpoint):
-    """The engine a GPU machine left beside the checkpoint is served whenever this export builds none; a plan
-    that cannot join the repository is refused before any file is exported."""
+def test_an_engine_from_a_gpu_machine_goes_in_from_beside_the_checkpoint(tmp_path, trained_checkpoint):
+    """The engine a GPU machine left beside the checkpoint is served when this export builds none, whatever
+    --out-dir says (--no-trt leaves it out); a plan that cannot join the repository is refused before any file
+    is exported."""
     ckpt = tmp_path / "best.pth"
     shutil.copy(trained_checkpoint, ckpt)
     fake_engine(tmp_path, sha256_file(ckpt))
-    args = ["--device", "cpu", "--no-progress", "--no-verify", "--no-trt", "--triton", tmp_path / "repo"]
+    args = ["--device", "cpu", "--no-progress", "--no-verify", "--triton", tmp_path / "repo"]
+    proc = run_cli("unet-export", ckpt, *args, "--no-trt", "--out-dir", tmp_path / "out0", check=True)
+    assert not (tmp_path / "repo/unet_trt").exists()
     proc = run_cli("unet-export", ckpt, *args, "--out-dir", tmp_path / "out", check=True)
     assert "best.fp16.engine was built before, on NVIDIA A100-SXM4-80GB" in proc.stdout
     assert (tmp_path / "repo/unet_trt/1/model.sm80.plan").exists()
