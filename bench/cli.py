@@ -169,6 +169,9 @@ def _bench(args: argparse.Namespace) -> int:
         meta, config = checkpoint.meta, checkpoint.config
         model_hw = input_size(*image_hw, meta)
         found = survey(args.images, meta) if args.images is not None and args.scope != "model" else None
+        if found is not None and not found.readable:  # before any timing
+            raise UnetkitError(f"--images {args.images}: none of its {len(found.unreadable)} images can be read "
+                               f"({found.unreadable[0]})")  # fmt: skip
         specs = _specs(args, device)
         runnable = [s for s, skip in specs if skip is None]
         peaks = {p: matmul_peak_tflops(p, device) for p in sorted({s.precision for s in runnable})
@@ -221,8 +224,9 @@ def _bench(args: argparse.Namespace) -> int:
                 found = survey(images, meta)
             assert found is not None  # surveyed above for --images
             report.settings.update(e2e_images=found.describe(), e2e_same_input=found.same_input(model_hw))
-            for line in found.unreadable[:3]:
-                log.warning("warning: end to end leaves out %s", line)
+            more = f" and {len(found.unreadable) - 1} more" if len(found.unreadable) > 1 else ""
+            if found.unreadable:
+                log.warning("warning: end to end leaves out %s%s", found.unreadable[0], more)
             report.e2e = bench_e2e(e2e_specs, make, images, max(batches), args.workers, report.model, device, found,
                                    model_hw)  # fmt: skip
     print(render_text(report))

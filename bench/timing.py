@@ -89,7 +89,8 @@ def matmul_peak_tflops(
     (`best_rate`). FP32 on CUDA is probed with TF32 as cuDNN's convolutions use it (PyTorch's default: on), so
     an FP32 convolution network is compared with the matrix rate it actually gets.
     """
-    n = size or (8192 if device.type == "cuda" else 2048)  # AMX reaches its bf16 rate only from ~2048
+    # AMX reaches its bf16 rate only from ~2048; FP32 peaks at 1024 already, and costs 8x more at 2048
+    n = size or (8192 if device.type == "cuda" else 1024 if precision == "fp32" else 2048)
     a, b = random_inputs((n, n), DTYPES[precision], device, 2)
     plan = TimingPlan(warmup=3, min_iters=10, min_time=0.3 if device.type == "cuda" else 0.15)
     runs = []

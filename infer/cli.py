@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _infer(args: argparse.Namespace) -> int:
     if args.compile_mode is not None and args.engine != "compile":
-        raise UnetkitError(f"--compile-mode: only used by --engine compile, not {args.engine}")
+        chosen = f", not {args.engine}" if args.engine else " (the engine here follows the file type)"
+        raise UnetkitError(f"--compile-mode: only used by --engine compile{chosen}")
     dist = torchrun_env(os.environ)
     part = choose_part(args.num_parts, args.part_id, dist)  # a bad part range fails before any work
     if dist is None:

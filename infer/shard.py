@@ -233,6 +233,12 @@ def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
             raise UnetkitError(f"{path}: not the manifest of part {i} of {count}")
         out.append((path, manifest))
     reference = out[0][1]
+    dated = [p.name for p, m in out if "checkpoint_sha256" not in m]
+    if dated and len(dated) < len(out):
+        raise UnetkitError(
+            f"{csv_path.name}: {', '.join(dated)} was written by an earlier unetkit (no checkpoint digest), the "
+            "other parts by this one; run those parts again"
+        )
     for path, manifest in out[1:]:
         for key, how in (("folder_sha256", "on another folder"), ("checkpoint_sha256", "with another checkpoint"),
                          ("model", "with other model settings (resize, normalization, threshold)")):  # fmt: skip

@@ -496,6 +496,12 @@ def infer_compile_mode_for_another_engine(c: Ctx) -> Spec:
                 "--compile-mode: only used by --engine compile, not onnx", nothing_written(out))  # fmt: skip
 
 
+def infer_compile_mode_without_engine(c: Ctx) -> Spec:
+    out = c.tmp / "out"
+    return Spec(infer(c, c.images, "--out", out, "--compile-mode", "default"), "--compile-mode: only used by --engine "
+                "compile (the engine here follows the file type)", nothing_written(out))  # fmt: skip
+
+
 def bench(c: Ctx, *args) -> list:
     return ["unet-bench", "--checkpoint", c.ckpt, "--device", "cpu", "--shape", "64x96", *args]
 
@@ -580,6 +586,7 @@ CASES = [
     Case("export: --triton-* without --triton", 2, export_triton_flags_without_triton),
     Case("export: --workspace -1", 2, export_negative_workspace),
     Case("infer: --compile-mode for onnx", 2, infer_compile_mode_for_another_engine),
+    Case("infer: --compile-mode without --engine", 2, infer_compile_mode_without_engine),
     Case("bench: --e2e-images 0", 2, bench_zero_e2e_images),
     Case("bench: --json under a file", 2, bench_json_under_a_file),
     Case("bench: --markdown is a folder", 2, bench_markdown_is_a_folder),

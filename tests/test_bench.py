@@ -254,7 +254,11 @@ def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):
 
 
 def test_bad_arguments_give_one_line(tmp_path):
-    for args, message in [(["--shape", "big"], "--shape 'big'"), (["--batch", "0"], "--batch '0'"),
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/a.jpg").write_bytes(b"not a jpeg")
+    for args, message in [(["--images", tmp_path / "bad", "--scope", "e2e"], f"--images {tmp_path / 'bad'}: none of "
+                           f"its 1 images can be read ({tmp_path / 'bad/a.jpg'}: cannot read image"),
+                          (["--shape", "big"], "--shape 'big'"), (["--batch", "0"], "--batch '0'"),
                           (["--checkpoint", tmp_path / "no.pth"], "checkpoint not found"),
                           (["--engines", "tensorflow:fp32"], "--engines 'tensorflow:fp32'"),
                           (["--engines", " , "], "--engines '': name at least one ENGINE:PRECISION"),

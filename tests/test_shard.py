@@ -187,6 +187,12 @@ def test_parts_of_other_weights_or_resize_rules_are_not_merged(tmp_path):
         merge_parts(csv)
     part(1, "a" * 64, meta)
     assert merge_parts(csv).rows == 2
+    manifest = Part(0, 2).path(csv, ".json")
+    old = json.loads(manifest.read_text())
+    del old["checkpoint_sha256"]  # as unetkit wrote part manifests before they recorded the digest
+    manifest.write_text(json.dumps(old))
+    with pytest.raises(UnetkitError, match=r"sub.part-0-of-2.json was written by an earlier unetkit"):
+        merge_parts(csv)
 
 
 def test_a_part_with_another_split_beside_its_csv_stops_before_work(tmp_path, folder, random_checkpoint):
