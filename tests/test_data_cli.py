@@ -43,6 +43,23 @@ def test_synth_writes_kaggle_named_pairs_deterministically(tmp_path):
     assert np.abs(image[mask == 1].mean(0) - image[mask == 0].mean(0)).max() > 5
 
 
+def test_synth_never_mixes_into_an_existing_data_set(tmp_path):
+    """The same command again (make demo twice) writes nothing; another one into the folder would overwrite
+    some pairs or add others of another size: refused before anything is written."""
+    args = ["unet-data", "synth", "--out", tmp_path, "--n", "4", "--size", "96x64", "--views", "2", "--no-progress"]
+    run_cli(*args, check=True)
+    before = digest(tmp_path)
+    again = run_cli(*args, check=True)
+    assert f"{tmp_path} already holds these 4 pairs (synth.json); nothing written" in again.stdout
+    other = run_cli(*args[:-1], "--seed", "1", "--no-progress")
+    assert other.returncode == 2
+    assert error_lines(other) == [
+        f"unet-data: error: --out {tmp_path}: already holds a data set (8 files in train/ and train_masks/), which "
+        "new pairs would mix with or overwrite; choose another --out, or remove it first"
+    ]
+    assert digest(tmp_path) == before
+
+
 def test_synth_full_size_default(tmp_path):
     run_cli("unet-data", "synth", "--out", tmp_path, "--n", "1", "--no-progress", check=True)
     assert read_image(next((tmp_path / "train").iterdir())).shape == (1280, 1918, 3)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from unetkit.core.atomic import write_text_atomic
 from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FOLDER, check_outputs
@@ -12,6 +14,8 @@ from unetkit.core.outputs import FOLDER, check_outputs
 from .options import add_data_arguments, parse_hw, resolve_folders
 
 PROG = "unet-data"
+#: What `unet-data synth` wrote into its --out (n, size, seed, views), so the same command again is a no-op.
+SYNTH_RECORD = "synth.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +61,31 @@ def _synth(args: argparse.Namespace) -> int:
     if args.views < 1:
         raise UnetkitError("--views must be at least 1")
     check_outputs([("--out", args.out, FOLDER)])
+    asked = {"n": args.n, "size": list(size), "seed": args.seed, "views": args.views}
+    record = args.out / SYNTH_RECORD
+    held = [p for d in ("train", "train_masks") if (args.out / d).is_dir() for p in (args.out / d).iterdir()]
+    if held:
+        if record.is_file() and _read_json(record) == asked:  # the same command again (make demo run twice)
+            print(f"{args.out} already holds these {args.n} pairs ({SYNTH_RECORD}); nothing written")
+            return EXIT_OK
+        raise UnetkitError(f"--out {args.out}: already holds a data set ({len(held)} files in train/ and "
+                           "train_masks/), which new pairs would mix with or overwrite; choose another --out, or "
+                           "remove it first")  # fmt: skip
     written = write_synthetic(args.out, args.n, size, args.seed, progress=args.progress, views=args.views)
+    write_text_atomic(record, json.dumps(asked) + "\n")
     cars = -(-len(written) // args.views)
     print(
         f"wrote {len(written)} image/mask pairs ({size[0]}x{size[1]}, {cars} car(s), up to {args.views} views each) "
         f"to {args.out}/train and {args.out}/train_masks"
     )
     return EXIT_OK
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _carvana(args: argparse.Namespace) -> int:
