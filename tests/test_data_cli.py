@@ -98,3 +98,14 @@ def _run_with_env(args, **env):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     clean.update(env)
     return subprocess.run([*cli_command(args[0]), *map(str, args[1:])], capture_output=True, text=True, env=clean)
+
+
+def test_check_warns_when_size_would_turn_every_image_on_its_side(tmp_path):
+    """Image sizes are written WxH (synth --size 96x64) and --size is HxW: the same numbers swap the sides."""
+    run_cli("unet-data", "synth", "--out", tmp_path, "--n", "2", "--size", "96x64", "--views", "1", "--no-progress",
+            check=True)  # fmt: skip
+    proc = run_cli("unet-data", "check", tmp_path, "--size", "96x64", "--no-progress", check=True)
+    assert ("warning: --size 96x64 is HxW (96 high, 64 wide), but the images are wider than high: every one is "
+            "stretched on its side; --size 64x96 keeps their shape") in proc.stdout  # fmt: skip
+    proc = run_cli("unet-data", "check", tmp_path, "--size", "64x96", "--no-progress", check=True)
+    assert "stretched on its side" not in proc.stdout

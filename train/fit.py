@@ -31,7 +31,7 @@ from unetkit.core.model import UNet, UNetConfig
 
 from .config import RESUME_OVERRIDES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
-from .data.checks import check_dataset, describe_unmatched
+from .data.checks import check_dataset, describe_unmatched, inverted_size
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
@@ -174,6 +174,9 @@ def _loaders(
         report = check_dataset(index, rule, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
         report.raise_if_problems(limit=10)
         input_sizes = report.input_sizes
+        inverted = inverted_size(index, cfg.resize_rule)
+        if inverted:
+            log.warning("warning: %s", inverted)
     input_sizes = ddp.share(input_sizes)
     sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}
     common: dict[str, Any] = dict(

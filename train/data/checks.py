@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import MASK_THRESHOLD_HINT
+from unetkit.core.imageio import MASK_THRESHOLD_HINT, image_size
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 
@@ -58,6 +58,29 @@ class DataReport:
             raise DataError(
                 f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them{remedy}:\n{listing}"
             )
+
+
+def inverted_size(index: DatasetIndex, resize: ResizeRule, sample: int = 20) -> str | None:
+    """A warning when `--size HxW` turns every image on its side: sizes of images are written WxH (unet-data
+    synth takes them so), and the same two numbers given to --size swap height and width. Decided from the
+    first `sample` images' headers; None when any of them is square or has the size's orientation."""
+    if resize.mode != "size" or resize.size is None or resize.size[0] == resize.size[1]:
+        return None
+    h, w = resize.size
+    tall, seen = h > w, 0
+    for pair in index.pairs[:sample]:
+        try:
+            iw, ih = image_size(pair.image)
+        except DataError:
+            continue
+        if iw == ih or (ih > iw) == tall:
+            return None
+        seen += 1
+    if not seen:
+        return None
+    shape = "wider than high" if tall else "higher than wide"
+    return (f"--size {h}x{w} is HxW ({h} high, {w} wide), but the images are {shape}: every one is stretched on "
+            f"its side; --size {w}x{h} keeps their shape")  # fmt: skip
 
 
 def describe_unmatched(index: DatasetIndex, limit: int = 10) -> list[str]:

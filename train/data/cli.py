@@ -100,7 +100,7 @@ def _carvana(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from unetkit.core.meta import ResizeRule
 
-    from .checks import check_dataset, describe_unmatched
+    from .checks import check_dataset, describe_unmatched, inverted_size
     from .dataset import SampleRule
     from .layouts import index_dataset
     from .split import make_split
@@ -125,6 +125,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")
     for line in describe_unmatched(index):
         print(f"  warning: {line}")
+    inverted = inverted_size(index, resize)
+    if inverted:
+        print(f"  warning: {inverted}")
     if report.sizes:  # some pair decoded: what they hold (else only the problems below say anything)
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
         more = f" and {len(report.sizes) - 5} more" if len(report.sizes) > 5 else ""
