@@ -157,9 +157,14 @@ def test_resume_follows_a_moved_data_set(tmp_path, synth_small):
     args = ["--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
     run_cli("unet-train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", *args, check=True)
     (tmp_path / "data").rename(tmp_path / "moved")
+    lost = run_cli("unet-train", "--out", tmp_path / "run", "--resume", "--epochs", "2", *args)
+    assert error_lines(lost) == [
+        f"unet-train: error: --resume {tmp_path / 'run/last.pth'}: the run's data is gone from where it was (--data "
+        f"{tmp_path / 'data'}); give its new place with --data NEWDIR (or --images and --masks)"
+    ]
     proc = run_cli("unet-train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--data", tmp_path / "moved",
                    *args, check=True)  # fmt: skip
-    assert "resumed after epoch 1" in proc.stdout
+    assert "resumed after epoch 1 (best Dice" in proc.stdout and f") in {tmp_path / 'run'}" in proc.stdout
     training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
     assert training["epoch"] == 2 and training["config"]["data"] == str(tmp_path / "moved")
     # named folders inside the data folder move with it

@@ -130,6 +130,11 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
         raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
                            "start a new run in another --out to change the rest)")  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None and (k in RESUME_OVERRIDES or moved(stored, k))}
+    gone = [k for k in ("data", "images", "masks") if moved(stored, k) and k not in overrides]
+    if gone and not ("data" in overrides or ("images" in overrides and "masks" in overrides)):
+        where = ", ".join(f"--{k} {getattr(stored, k)}" for k in gone)
+        raise UnetkitError(f"--resume {path}: the run's data is gone from where it was ({where}); give its new place "
+                           "with --data NEWDIR (or --images and --masks)")  # fmt: skip
     if "data" not in given and "images" in overrides and moved(stored, "data"):  # folders moved, --data left out:
         images = Path(overrides["images"])
         masks = Path(overrides.get("masks") or stored.masks or images)
@@ -264,7 +269,8 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
         run.restore(resume.training)
-        log.info("resumed after epoch %d (best Dice %.4f at epoch %d)", run.epoch, run.stopper.best, run.best_epoch)
+        log.info("resumed after epoch %d (best Dice %.4f at epoch %d) in %s", run.epoch, run.stopper.best,
+                 run.best_epoch, cfg.out)  # fmt: skip
 
     split, new_split = resolve_split(cfg, index, resuming=resume is not None)
     train_loader, val_loader = _loaders(cfg, index, split, ddp, run.sampler_rng)

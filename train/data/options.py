@@ -29,7 +29,7 @@ def parse_exts(text: str) -> tuple[str, ...]:
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--images/--masks (with suffixes and mask formats), --mask-threshold and --group-by; defaults None."""
     p.add_argument("--images", type=Path, metavar="DIR", help="image folder of a data set in two named folders "
-                   "(with --masks; relative to --data when both are given)")  # fmt: skip
+                   "(with --masks; relative to the data folder when one is given)")  # fmt: skip
     p.add_argument("--masks", type=Path, metavar="DIR", help="mask folder: a mask pairs with the image of the "
                    "same name after the suffixes are removed")  # fmt: skip
     p.add_argument("--image-suffix", metavar="S", help="end of the image names that the masks lack (default none)")
