@@ -197,8 +197,9 @@ def _export(args: argparse.Namespace) -> int:
         print(f"not kept: {', '.join(failed)} (see above); the exit code is {EXIT_FAILURES}")
         earlier = [r.path.name for r in results if not r.kept and r.path.exists()]
         if earlier:  # the failed write never touched them; say so, as they are not this checkpoint's
-            print(f"  left as they were: {', '.join(earlier)} of an earlier export (unet-infer refuses a file "
-                  "exported from another checkpoint)")  # fmt: skip
+            print(f"  left as they were: {', '.join(earlier)} of an earlier export (unet-infer refuses one exported "
+                  "from another checkpoint and warns about one exported with --no-verify; delete them to be "
+                  "sure they are not used)")  # fmt: skip
         return EXIT_FAILURES
     print(f"wrote {len(results)} verified artifact(s) to {out_dir}" if args.verify else f"wrote to {out_dir}")
     return EXIT_OK

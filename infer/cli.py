@@ -137,6 +137,9 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
             **vars(settings),
         )  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
+    if predictor.engine.meta.extra.get("export_verified") is False:
+        print(f"warning: {predictor.engine.source} was exported with --no-verify: its agreement with the checkpoint "
+              "was never checked", flush=True)  # fmt: skip
     with predictor:
         pipeline = predictor.pipeline(outputs)  # settings the engine cannot take are refused here, before any write
         identity = model_identity(predictor.engine)

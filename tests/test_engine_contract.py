@@ -186,3 +186,6 @@ def test_an_engine_never_runs_another_precision_than_asked(exported_checkpoint):
             assert engine.precision == "fp32"  # the CPU's default
     with create_engine("onnx", model=folder / "best.int8.onnx", device="cpu") as engine:
         assert engine.precision == "int8"  # no precision asked: the file's
+    if HAS_OPENVINO:
+        with pytest.raises(EngineUnavailable, match=r"best\.fp16\.onnx: an fp16 file; openvino runs best\.onnx"):
+            create_engine("openvino", model=folder / "best.fp16.onnx", device="cpu")

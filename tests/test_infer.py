@@ -469,3 +469,17 @@ def test_ctrl_c_while_the_command_is_still_loading_is_one_line():
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert stderr.splitlines() == ["unet-infer: interrupted while starting"]
+
+
+def test_an_artifact_exported_without_verification_is_said(random_checkpoint, tmp_path):
+    """A --no-verify file (or one a failed re-export left from an earlier --no-verify run) runs, with a warning."""
+    ckpt = tmp_path / "best.pth"
+    shutil.copy(random_checkpoint, ckpt)
+    run_cli("unet-export", ckpt, "--no-verify", "--no-trt", "--device", "cpu", "--no-progress", check=True)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 200)).save(folder / "x.png")
+    proc = run_cli("unet-infer", folder, "--checkpoint", ckpt, "--engine", "onnx", "--device", "cpu",
+                   "--no-progress", check=True)  # fmt: skip
+    assert (f"warning: {tmp_path / 'best.onnx'} was exported with --no-verify: its agreement with the checkpoint "
+            "was never checked") in proc.stdout  # fmt: skip

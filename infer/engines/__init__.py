@@ -87,7 +87,11 @@ def create_engine(
             raise EngineUnavailable(missing)
         path = Path(model) if model else artifact_path(ckpt, "onnx-int8" if precision == "int8" else "onnx")
         _require(path, None if model else ckpt, precision)
-        return _current(OpenVinoEngine(path, dev, precision), path, None if model else ckpt)
+        engine = _current(OpenVinoEngine(path, dev, precision), path, None if model else ckpt)
+        if engine.meta.extra.get("precision") == "fp16":  # OpenVINO would run it at its own precision, unsaid
+            engine.close()
+            raise EngineUnavailable(f"{path}: an fp16 file; openvino runs best.onnx (fp32, bf16) or best.int8.onnx")
+        return engine
     from .trt import TrtEngine  # says first whether TensorRT can run here at all, then whether the file exists
 
     if model is None and precision not in TRT_ARTIFACTS:
