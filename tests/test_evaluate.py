@@ -83,6 +83,12 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     with Image.open(picture) as img:
         img.load()
         assert img.width == 4 * 320 + 6 and img.height > 4 * 200  # four rows of four panels
+    # another evaluation into the same name (the same data again, or another folder of that name) keeps it
+    stamp = picture.stat().st_mtime_ns
+    again = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--device", "cpu", "--no-progress",
+                    check=True)  # fmt: skip
+    second = run / "best-eval-grouped_data0-all-worst-2.png"
+    assert f"picture of the worst 4: {second}" in again.stdout and picture.stat().st_mtime_ns == stamp
     # the end of training reported the validation side the same way, and wrote its numbers beside best.pth
     val = json.loads((run / "best-eval-grouped_data0-val.json").read_text())
     assert val["split"] == "val" and f"numbers: {run / 'best-eval-grouped_data0-val.json'}" in train_proc.stdout

@@ -166,7 +166,7 @@ def _final_eval(cfg: TrainConfig, best: Path) -> None:
     settings = EvalSettings(
         split="val", layout=cfg.layout, folders=cfg.folders, group_by=cfg.group_by,
         mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
-        progress=cfg.progress,
+        progress=cfg.progress, replace_picture=True,
     )  # fmt: skip
     report = evaluate_checkpoint(best, cfg.data, settings)
     stem = report_stem(best, cfg.data, "val")

@@ -79,6 +79,17 @@ class EvalSettings:
     device: str = "auto"
     workers: int = 2
     progress: bool = True
+    replace_picture: bool = False  # the run's own evaluation at the end of training; --eval never replaces one
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... (before the suffix) that does not exist: an evaluation of
+    another data set with the same folder name, or of the same one again, keeps the earlier picture."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def _pairs(
@@ -161,6 +172,7 @@ def evaluate_checkpoint(
     rows = [_worst_row(model, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
     stem = report_stem(checkpoint, data, settings.split)
     picture = stem.with_name(stem.name + "-worst.png")
+    picture = picture if settings.replace_picture else free_path(picture)
     try:
         write_worst(picture, rows, meta.n_classes, meta.mask_kind)
     except OSError as exc:  # a read-only model folder costs the picture, not the numbers
