@@ -44,6 +44,20 @@ def default_out_dir(folder: str | os.PathLike) -> Path:
     return folder.with_name(folder.name + DEFAULT_OUT_SUFFIX)
 
 
+def _subfolders_with_images(folder: Path, out_resolved: Path) -> list[Path]:
+    """The folder's immediate subfolders (not hidden, not the output) that hold an image directly."""
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.resolve() == out_resolved:
+            continue
+        try:
+            if any(f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() for f in sub.iterdir()):
+                found.append(sub)
+        except OSError:  # unreadable: nothing to point at
+            continue
+    return found
+
+
 def discover(
     folder: str | os.PathLike, out: str | os.PathLike, recursive: bool = False, siblings: Sequence[str] = ()
 ) -> list[Item]:
@@ -78,6 +92,12 @@ def discover(
             hint = "; it has subfolders: add --recursive to search them"
         kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
         raise DataError(f"{folder}: no images found ({kinds}){hint}")
+    if not recursive:
+        below = _subfolders_with_images(folder, out_resolved)
+        if below:
+            shown = ", ".join(f"{d.name}/" for d in below[:3]) + (" ..." if len(below) > 3 else "")
+            log.info("note: %s holds images in subfolders too (%s), left out; add --recursive to include them",
+                     folder, shown)  # fmt: skip
     items: list[Item] = []
     owner: dict[Path, Path] = {}
     for src in sources:

@@ -19,6 +19,7 @@ from unetkit.core.atomic import TEMP_HOST
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
 from unetkit.infer.engines import EngineUnavailable, create_engine
+from unetkit.infer.io import discover
 from unetkit.infer.predictor import Predictor
 from unetkit.infer.record import RECORD_NAME
 from unetkit.infer.rle import rle_encode
@@ -247,6 +248,22 @@ def test_bad_input_gives_one_line(tmp_path, exported_checkpoint, setup, args, me
     assert proc.returncode == 2, proc.stdout + proc.stderr
     [line] = error_lines(proc)
     assert line.startswith("unet-infer: error:") and message in line
+
+
+def test_images_in_subfolders_left_out_are_said(tmp_path, caplog):
+    """Without --recursive only the folder's own images run; ones in subfolders beside them are pointed at."""
+    for rel in ("top.png", "a/x.png", "b/c/y.png"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "in" / rel)
+    with caplog.at_level("INFO", logger="unetkit"):
+        items = discover(tmp_path / "in", tmp_path / "out")
+    assert [it.relative.as_posix() for it in items] == ["top.png"]
+    assert (f"note: {tmp_path / 'in'} holds images in subfolders too (a/), left out; add --recursive to include "
+            "them") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("INFO", logger="unetkit"):
+        assert len(discover(tmp_path / "in", tmp_path / "out", recursive=True)) == 3
+    assert "subfolders too" not in caplog.text
 
 
 def test_missing_artifact_says_to_export(tmp_path, random_checkpoint):
