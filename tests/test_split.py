@@ -158,3 +158,22 @@ def test_per_image_split_is_the_first_releases_split(synth_small):
     first_release = sorted(torch.randperm(48, generator=torch.Generator().manual_seed(3)).tolist()[:10])
     assert [pairs.index(p) for p in split.val] == first_release
     assert make_split(index_dataset(synth_small), "none", 0.2, seed=4).val != split.val
+
+
+def test_a_split_far_from_the_fraction_asked_says_so(tmp_path, caplog):
+    """Two groups of 10 and 6 images cannot give 20 % validation: whichever goes there, the share is said."""
+    for name in [f"img0_{i}" for i in range(10)] + [f"img1_{i}" for i in range(6)]:
+        for folder in ("images", "masks"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.new("L" if folder == "masks" else "RGB", (8, 8)).save(tmp_path / folder / f"{name}.png")
+    index = index_dataset(tmp_path)
+    with caplog.at_level("WARNING"):
+        split = make_split(index, r"^img(\d)", 0.2, seed=0)
+    share = round(100 * len(split.val) / 16)
+    said = (f"warning: the split puts {len(split.val)} of 16 images ({share}%) in validation, not the 20% asked: "
+            "groups go whole to one side, and there are 2; --group-by none splits per image")  # fmt: skip
+    assert said in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        make_split(index, "none", 0.2, seed=0)
+    assert "in validation, not" not in caplog.text

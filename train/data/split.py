@@ -150,6 +150,11 @@ def make_split(index: DatasetIndex, group_by: str, val_fraction: float, seed: in
         is_val = assign_groups([keys[p.image] for p in pairs], val_fraction, seed)
     train = [p for p, v in zip(pairs, is_val, strict=True) if not v]
     val = [p for p, v in zip(pairs, is_val, strict=True) if v]
+    share = len(val) / len(pairs)
+    if group_by != "none" and abs(share - val_fraction) > max(0.1, val_fraction / 2):
+        log.warning("warning: the split puts %d of %d images (%.0f%%) in validation, not the %.0f%% asked: groups "
+                    "go whole to one side, and there are %d; --group-by none splits per image", len(val), len(pairs),
+                    100 * share, 100 * val_fraction, len(set(keys.values())))  # fmt: skip
     return Split(train, val, rule, keys)
 
 
