@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
     with predictor:
         pipeline = predictor.pipeline(outputs)  # settings the engine cannot take are refused here, before any write
         identity = model_identity(predictor.engine)
-        claim_out_dir(out, identity)  # before any output: one model per folder
+        claim_out_dir(out, identity, pipeline.settings, outputs, mine)  # before any output: one model per folder
         summary = pipeline.run(mine)
         detail = predictor.engine.detail  # what the engine ran (OpenVINO: its precisions, threads, streams)
         if part is not None and args.rle:

@@ -148,7 +148,7 @@ class Predictor:
         target = Path(out) if out is not None else default_out_dir(folder)
         items = discover(folder, target, recursive, options.siblings())
         output_paths(target, options.rle)
-        claim_out_dir(target, model_identity(self.engine))
+        claim_out_dir(target, model_identity(self.engine), pipeline.settings, options, items)
         return pipeline.run(items)
 
     def close(self) -> None:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.atomic import temp_path
+from unetkit.core.atomic import temp_path, write_text_atomic
 from unetkit.core.errors import OutputError
 
 from .artifacts import sha256_file
 from .engines import Engine
+from .io import Item
+from .settings import SIBLINGS, InferSettings, OutputOptions
 
 RECORD_NAME = "unetkit-infer.json"
 
@@ -39,14 +42,39 @@ def model_identity(engine: Engine) -> dict[str, Any]:
     return {"model": model, "checkpoint_sha256": digest}
 
 
-def claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
-    """Record `identity` in `out`, or OutputError when `out` already holds another checkpoint's outputs."""
+def mask_settings(settings: InferSettings) -> dict[str, Any]:
+    """What decides a mask besides the model and its precision: whole images, or the tiling (edge, overlap,
+    blend). A --resume with other ones would leave the folder's masks half one way, half the other."""
+    if not settings.tile:
+        return {"tile": 0}
+    overlap = settings.overlap if settings.overlap is not None else settings.tile // 4
+    return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend}
+
+
+def stale_siblings(items: Sequence[Item], outputs: OutputOptions) -> list[Path]:
+    """Probability maps and overlays an earlier run wrote beside masks this run rewrites without them: they
+    would no longer match the masks beside them."""
+    unwritten = [suffix for suffix in SIBLINGS if suffix not in outputs.siblings()]
+    return [it.sibling(suffix) for it in items for suffix in unwritten if it.sibling(suffix).exists()]
+
+
+def claim_out_dir(
+    out: Path,
+    identity: dict[str, Any],
+    settings: InferSettings | None = None,
+    outputs: OutputOptions | None = None,
+    items: Sequence[Item] = (),
+) -> None:
+    """Record `identity` (and the mask settings) in `out`, or OutputError when `out` already holds another
+    checkpoint's outputs, a --resume would use other mask settings than its masks were made with, or the run
+    would leave an earlier run's probability maps or overlays beside masks it rewrites."""
     path = out / RECORD_NAME
+    wanted = mask_settings(settings) if settings is not None else None
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
         try:
-            tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps({**identity, "settings": wanted}, indent=1, sort_keys=True) + "\n")
             os.link(tmp, path)  # creates `path` only where none exists, atomically
         except FileExistsError:
             pass  # another part (or another model) was first: compared below
@@ -66,6 +94,26 @@ def claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
             f"--out {out}: holds the outputs of another model ({_describe(earlier)}); this run is "
             f"{_describe(identity)}, and one folder must not mix two models: give another --out, or empty it"
         )
+    if outputs is None or wanted is None:
+        return
+    before = earlier.get("settings")
+    if outputs.resume and isinstance(before, dict) and before != wanted:
+        raise OutputError(f"--out {out}: its masks were made with {_settings(before)}, this run uses "
+                          f"{_settings(wanted)}; --resume with the same, or give another --out")  # fmt: skip
+    stale = stale_siblings(items, outputs)
+    if stale:
+        flag = "--save-prob" if stale[0].name.endswith(".prob.png") else "--overlay"
+        raise OutputError(f"--out {out}: holds {len(stale)} file(s) of an earlier run that this run would not "
+                          f"replace (e.g. {stale[0].name}), which would no longer match its masks; add {flag}, or "
+                          "give another --out")  # fmt: skip
+    if before != wanted:
+        write_text_atomic(path, json.dumps({**earlier, "settings": wanted}, indent=1, sort_keys=True) + "\n")
+
+
+def _settings(values: dict[str, Any]) -> str:
+    if not values.get("tile"):
+        return "whole images"
+    return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}"
 
 
 def _describe(identity: dict[str, Any]) -> str:

@@ -20,6 +20,10 @@ DECODERS = ("auto", "cpu", "nvjpeg")
 DEFAULT_BATCH = {"cuda": 8, "cpu": 2}
 
 
+#: The files a run may write beside each mask: probability maps (save_prob) and overlays (overlay).
+SIBLINGS = (".prob.png", ".overlay.jpg")
+
+
 @dataclass(frozen=True)
 class InferSettings:
     """How images go through the engine."""
@@ -83,4 +87,4 @@ class OutputOptions:
 
     def siblings(self) -> list[str]:
         """The endings of the files written beside each mask, as asked for: '.prob.png', '.overlay.jpg'."""
-        return [suffix for wanted, suffix in ((self.save_prob, ".prob.png"), (self.overlay, ".overlay.jpg")) if wanted]
+        return [suffix for wanted, suffix in zip((self.save_prob, self.overlay), SIBLINGS, strict=True) if wanted]

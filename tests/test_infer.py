@@ -500,3 +500,28 @@ def test_an_artifact_exported_without_verification_is_said(random_checkpoint, tm
                    "--no-progress", check=True)  # fmt: skip
     assert (f"warning: {tmp_path / 'best.onnx'} was exported with --no-verify: its agreement with the checkpoint "
             "was never checked") in proc.stdout  # fmt: skip
+
+
+def test_one_output_folder_never_mixes_settings_or_stale_sidecars(exported_checkpoint, images, tmp_path):
+    """A rewrite without --save-prob would leave the earlier probability maps beside new masks, and a --resume
+    with another tiling would leave the masks half one way: both refused before anything is written."""
+    out = tmp_path / "out"
+    common = [images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out, "--device", "cpu",
+              "--no-progress"]  # fmt: skip
+    run_cli("unet-infer", *common, "--tile", "32", "--save-prob", check=True)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["settings"] == {"tile": 32, "overlap": 8, "blend": "gaussian"}
+    stale = run_cli("unet-infer", *common, "--tile", "32")
+    assert stale.returncode == 2
+    (line,) = error_lines(stale)
+    assert f"--out {out}: holds 4 file(s) of an earlier run that this run would not replace" in line
+    assert "add --save-prob, or give another --out" in line
+    other = run_cli("unet-infer", *common, "--save-prob", "--resume")
+    assert error_lines(other) == [
+        f"unet-infer: error: --out {out}: its masks were made with --tile 32 --overlap 8 --blend gaussian, this run "
+        "uses whole images; --resume with the same, or give another --out"
+    ]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing was written
+    run_cli("unet-infer", *common, "--save-prob", check=True)  # a whole rewrite with other settings is fine
+    assert json.loads((out / RECORD_NAME).read_text())["settings"] == {"tile": 0}
