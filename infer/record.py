@@ -53,9 +53,11 @@ def mask_settings(settings: InferSettings) -> dict[str, Any]:
 
 def stale_siblings(items: Sequence[Item], outputs: OutputOptions) -> list[Path]:
     """Probability maps and overlays an earlier run wrote beside masks this run rewrites without them: they
-    would no longer match the masks beside them."""
+    would no longer match the masks beside them. With --resume only images without a mask are rewritten (the
+    others keep their mask and its files, made with the same settings)."""
     unwritten = [suffix for suffix in SIBLINGS if suffix not in outputs.siblings()]
-    return [it.sibling(suffix) for it in items for suffix in unwritten if it.sibling(suffix).exists()]
+    redone = [it for it in items if not (outputs.resume and it.mask.exists())]
+    return [it.sibling(suffix) for it in redone for suffix in unwritten if it.sibling(suffix).exists()]
 
 
 def claim_out_dir(

@@ -523,5 +523,9 @@ def test_one_output_folder_never_mixes_settings_or_stale_sidecars(exported_check
         "uses whole images; --resume with the same, or give another --out"
     ]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing was written
+    run_cli("unet-infer", *common, "--tile", "32", "--resume", check=True)  # every mask is kept, with its map
+    (out / "a_full.png").unlink()  # a mask to redo, beside the earlier run's map of it
+    redo = run_cli("unet-infer", *common, "--tile", "32", "--resume")
+    assert "holds 1 file(s) of an earlier run that this run would not replace" in error_lines(redo)[0]
     run_cli("unet-infer", *common, "--save-prob", check=True)  # a whole rewrite with other settings is fine
     assert json.loads((out / RECORD_NAME).read_text())["settings"] == {"tile": 0}
