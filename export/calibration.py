@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unetkit.core.checkpoint import read_checkpoint
 from unetkit.core.errors import UnetkitError
 from unetkit.core.imageio import IMAGE_EXTENSIONS, image_size, read_image
 from unetkit.core.meta import ModelMeta
@@ -99,6 +100,31 @@ def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource
     else:
         why = "the checkpoint records no training data"
     return CalibrationSource((), f"synthetic cars ({why}; pass --calib DIR for real images)")
+
+
+#: The train_args keys that say where a run's data is; `unet-train --resume --data NEW` may change them.
+DATA_KEYS = ("data", "images", "masks", "cache")
+
+
+def followed_data(checkpoint: Path, meta: ModelMeta) -> tuple[ModelMeta, str | None]:
+    """`meta` with its data paths taken from the run's last.pth when the recorded data is gone and last.pth
+    (same run folder, so the same run, resumed on the moved data) records where it went; with a line saying
+    so. best.pth is not rewritten on resume (its digest names the artifacts exported from it), so until the
+    next improvement it holds the old paths."""
+    args = meta.extra.get("train_args")
+    data = args.get("images") or args.get("data") if isinstance(args, dict) else None
+    last = checkpoint.parent / "last.pth"
+    if not data or Path(data).is_dir() or checkpoint.name == last.name or not last.is_file():
+        return meta, None
+    try:
+        newer = read_checkpoint(last).meta.extra.get("train_args")
+    except UnetkitError:
+        return meta, None  # a damaged last.pth only loses the hint; the checkpoint itself is fine
+    moved = newer.get("images") or newer.get("data") if isinstance(newer, dict) else None
+    if not moved or not Path(moved).is_dir() or moved == data:
+        return meta, None
+    changed = {**args, **{k: newer.get(k) for k in DATA_KEYS}}
+    return meta.replace(train_args=changed), f"the run's data moved from {data} to {moved} (as {last} records)"
 
 
 def readable(images: list[Path]) -> tuple[list[Path], list[str]]:

@@ -24,6 +24,7 @@ from unetkit.infer.engines import ShapeRange
 from unetkit.infer.engines.ort import OnnxEngine, onnxruntime_missing
 from unetkit.infer.engines.trt import TrtEngine, gpu_identity
 
+from .calibration import followed_data
 from .int8 import add_int8_arguments, calibration_line, int8_source, produce_int8
 from .onnx_export import EXPORTERS, export_onnx, opset_range, resolve_exporter
 from .produce import Artifact, produce
@@ -104,6 +105,9 @@ def _export(args: argparse.Namespace) -> int:
     exporter = resolve_exporter(args.exporter, args.opset)  # an opset it cannot write: one line, before any work
     _check_args(args)
     model, meta = load_checkpoint(args.checkpoint)  # bad input fails here, before anything is written
+    meta, moved = followed_data(args.checkpoint, meta)
+    if moved:
+        print(moved, flush=True)
     out_dir = args.out_dir or args.checkpoint.parent
     check_outputs([("--out-dir", out_dir, FOLDER), ("--timing-cache", args.timing_cache, FILE),
                    ("--triton", args.triton, FOLDER)])  # fmt: skip

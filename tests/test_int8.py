@@ -11,15 +11,18 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, make_meta, run_cli
+from unetkit.core.checkpoint import read_checkpoint, save_checkpoint
 from unetkit.core.errors import UnetkitError
 from unetkit.core.metrics import class_scores, confusion_counts
+from unetkit.core.model import UNet, UNetConfig
 from unetkit.export.calibration import (
     CalibrationItem,
     CalibrationSource,
     calibration_source,
     describe_plan,
     find_images,
+    followed_data,
     plan,
     samples,
     whole_inputs,
@@ -115,6 +118,24 @@ def test_symmetric_file_is_what_tensorrt_takes_and_cpu_is_not(work, meta, calib_
     problems = qdq_problems_for_tensorrt(cpu)
     assert problems and any("uint8 zero point" in p for p in problems)
     assert decode_metadata(props(work / "cpu.onnx"), "x").extra["int8_scheme"] == "cpu"
+
+
+def test_export_follows_a_run_resumed_on_moved_data(tmp_path, calib_images):
+    """best.pth keeps the old data path until the next improvement after `--resume --data NEW`; the run's
+    last.pth records the new one, so export still verifies on the training data."""
+    model = UNet(UNetConfig(base_channels=2))
+    args = {"data": str(tmp_path / "gone"), "seed": 3}
+    save_checkpoint(tmp_path / "best.pth", model, make_meta(train_args=args))
+    assert followed_data(tmp_path / "best.pth", make_meta(train_args=args)) == (make_meta(train_args=args), None)
+    save_checkpoint(tmp_path / "last.pth", model, make_meta(train_args={**args, "data": str(calib_images)}))
+    meta, line = followed_data(tmp_path / "best.pth", read_checkpoint(tmp_path / "best.pth").meta)
+    assert meta.extra["train_args"] == {"data": str(calib_images), "seed": 3, "images": None, "masks": None,
+                                        "cache": None}  # fmt: skip
+    last = tmp_path / "last.pth"
+    assert line == f"the run's data moved from {tmp_path / 'gone'} to {calib_images} (as {last} records)"
+    assert "the checkpoint's training data: 8 images" in calibration_source(None, meta).description
+    (tmp_path / "last.pth").write_bytes(b"damaged")  # only the hint is lost
+    assert followed_data(tmp_path / "best.pth", make_meta(train_args=args))[1] is None
 
 
 def test_calibration_sources(tmp_path, meta, calib_images):
