@@ -2,6 +2,7 @@
 logs, evaluates."""
 
 import json
+import math
 import os
 import shutil
 
@@ -10,7 +11,9 @@ import torch
 
 from conftest import error_lines, run_cli
 from unetkit.core import load_checkpoint
+from unetkit.core.metrics import class_scores, confusion_counts
 from unetkit.train.data.synth import write_synthetic
+from unetkit.train.loop import EvalResult, monitored, stalled_note
 
 FAST = ["--base-channels", "8", "--workers", "0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
 
@@ -127,6 +130,9 @@ def test_last_pth_holds_what_resume_needs(tmp_path, synth_small):
         (["--scale", "1.5"], "--scale must be in (0, 1]"),
         (["--loss", "ce"], "--loss: loss 'ce' is not available for a binary model"),
         (["--device", "cuda:7"], "--device cuda:7"),
+        (["--std", "0,1,1"], "--std must be positive"),
+        (["--mean", "0.5,0.5"], "'0.5,0.5' is not three numbers R,G,B"),
+        (["--lr-patience", "-1"], "--lr-patience must be 0 or more"),
     ],
 )
 def test_bad_arguments_give_one_line(tmp_path, synth_small, args, message):
@@ -134,9 +140,36 @@ def test_bad_arguments_give_one_line(tmp_path, synth_small, args, message):
         pytest.skip("this machine has a cuda:7")
     proc = run_cli("unet-train", "--data", synth_small, "--out", tmp_path, "--workers", "0", *args)
     assert proc.returncode == 2
-    lines = error_lines(proc)
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    lines = [line for line in error_lines(proc) if "error:" in line]  # argparse's own errors follow its usage
+    assert len(lines) == 1 and message in lines[0] and lines[0] == error_lines(proc)[-1], proc.stderr
     assert not (tmp_path / "best.pth").exists()
+
+
+def test_monitor_loss_and_the_seed_tutorials_normalization(tmp_path, synth_small):
+    """--monitor loss picks best.pth by the validation loss (the seed tutorial's rule), and --mean/--std are the
+    model's normalization, stored in the checkpoint for every engine."""
+    run_cli("unet-train", "--data", synth_small, "--out", tmp_path / "run", "--epochs", "3", "--monitor", "loss",
+            "--lr-patience", "0", "--mean", "0,0,0", "--std", "1,1,1", "--base-channels", "2", "--workers", "0",
+            "--device", "cpu", "--no-progress", "--no-augment", check=True)  # fmt: skip
+    history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
+    best = min(history, key=lambda h: h["Loss/val"])
+    _, meta = load_checkpoint(tmp_path / "run/best.pth")
+    assert meta.epoch == best["epoch"] and meta.val_dice == pytest.approx(best["Dice/val"])
+    assert meta.mean == (0.0, 0.0, 0.0) and meta.std == (1.0, 1.0, 1.0)
+    training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
+    assert training["config"]["monitor"] == "loss" and training["scheduler"]["patience"] == 0
+    assert training["best_loss"] == pytest.approx(best["Loss/val"])
+
+
+def test_the_monitored_figure_and_the_early_stopping_note():
+    ones = torch.ones(1, 4, 4, dtype=torch.long)
+    result = EvalResult(loss=0.5, scores=class_scores(confusion_counts(ones, ones, 1), 1))
+    assert monitored(result, "dice") == result.mean_dice == 1.0 and monitored(result, "loss") == -0.5
+    assert stalled_note("dice", 0.6839, 0.6585) == (
+        "; the validation loss still fell (0.6839 -> 0.6585): --monitor loss follows it"
+    )
+    assert stalled_note("dice", 0.6839, 0.6830) == ""  # under 1 %: noise
+    assert stalled_note("loss", 0.6839, 0.6585) == stalled_note("dice", math.nan, 0.5) == ""
 
 
 def test_a_diverged_run_stops_with_one_line_and_no_checkpoint(tmp_path, synth_small):

@@ -13,9 +13,9 @@ from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
-from .config import SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
+from .config import MONITORS, SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
-from .data.options import absolute, add_data_arguments, parse_hw, resolve_folders
+from .data.options import absolute, add_data_arguments, parse_hw, parse_rgb, resolve_folders
 from .data.split import SPLIT_FILE
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="FP32 training on CUDA")
     p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
+    p.add_argument("--lr-patience", type=int, help="epochs without a better validation figure before the learning "
+                   f"rate drops tenfold (default {d.lr_patience})")  # fmt: skip
+    p.add_argument("--monitor", choices=MONITORS, help="the validation figure that picks best.pth, lowers the "
+                   "learning rate and stops early: dice (default; the figure reported) or loss (the seed tutorial's "
+                   "choice; it keeps improving while the Dice of small or rare objects is still 0)")  # fmt: skip
+    p.add_argument("--mean", type=parse_rgb, metavar="R,G,B", help="per-channel input mean in [0, 1] units "
+                   f"(default ImageNet's {_rgb(d.mean)}); stored in the checkpoint for every engine")  # fmt: skip
+    p.add_argument("--std", type=parse_rgb, metavar="R,G,B", help="per-channel input standard deviation "
+                   f"(default ImageNet's {_rgb(d.std)}); 1,1,1 with --mean 0,0,0 is the seed tutorial's "
+                   "pixel/255")  # fmt: skip
     p.add_argument("--threshold", type=float, help=f"binary decision threshold stored for inference (default "
                    f"{d.threshold})")  # fmt: skip
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes: the epoch in "
@@ -89,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "per class) to FILE")  # fmt: skip
     add_progress_argument(p, default=None)
     return p
+
+
+def _rgb(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -150,8 +164,10 @@ def _train(args: argparse.Namespace) -> int:
         result = fit(cfg, checkpoint, ddp)
     if dist is not None and not dist.is_main:
         return EXIT_OK
+    best = (f"best validation Dice {result.best_dice:.4f}" if cfg.monitor == "dice" else
+            f"best validation loss {result.best_loss:.4f} (Dice {result.best_dice:.4f})")  # fmt: skip
     print(
-        f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
+        f"{best} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"
         f"{', time limit reached' if result.out_of_time else ''}); "
         f"checkpoint: {result.run_dir / 'best.pth'}"

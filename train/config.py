@@ -23,6 +23,9 @@ MOVABLE = ("data", "images", "masks")
 #: Flags whose presence sets a setting to a fixed value (store_true / store_false).
 SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
 
+#: --monitor: the validation figure that picks best.pth, lowers the learning rate and stops the run early.
+MONITORS = ("dice", "loss")
+
 #: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
 SYNC_BN_CHOICES = ("auto", "on", "off")
 
@@ -46,8 +49,9 @@ class TrainConfig:
     augment: bool = True
     cache: Path | None = None
     amp: bool = True
-    patience: int = 5  # early stopping, in epochs without a better validation Dice
-    lr_patience: int = 3  # ReduceLROnPlateau
+    patience: int = 5  # early stopping, in epochs without a better monitored validation figure
+    lr_patience: int = 3  # ReduceLROnPlateau: epochs without a better one before the learning rate drops 10x
+    monitor: str = "dice"  # MONITORS
     threshold: float = 0.5
     max_minutes: float | None = None  # stop once this much time has passed: the epoch in progress is cut short
     mean: tuple[float, float, float] = DEFAULT_MEAN
@@ -75,6 +79,9 @@ class TrainConfig:
             "--workers must be 0 or more": self.workers >= 0,
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
             "--patience must be at least 1": self.patience >= 1,
+            "--lr-patience must be 0 or more": self.lr_patience >= 0,
+            "--monitor must be dice or loss": self.monitor in MONITORS,
+            "--std must be positive": all(v > 0 for v in self.std),
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
             "--max-minutes must be positive": self.max_minutes is None or self.max_minutes > 0,
             "--size and --max-side are two rules: give one": self.size is None or self.max_side is None,

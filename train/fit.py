@@ -1,8 +1,8 @@
 """A whole training run: data checked, model built or resumed, epochs run, checkpoints and logs written.
 
-Writes into the run folder: split.json (which pairs train and which validate), best.pth (when validation Dice
-improves), last.pth (every epoch, with what --resume needs), history.jsonl (one line per epoch) and tb/
-(TensorBoard event files).
+Writes into the run folder: split.json (which pairs train and which validate), best.pth (when the validation
+figure `--monitor` names improves: Dice, or the loss), last.pth (every epoch, with what --resume needs),
+history.jsonl (one line per epoch) and tb/ (TensorBoard event files).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_coll
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
 from .distributed import Distributed
-from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, train_one_epoch
+from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, monitored, stalled_note, train_one_epoch
 from .losses import LossFn, make_loss
 from .tblog import TensorBoardLog
 
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    best_dice: float
+    best_dice: float  # validation Dice of best.pth's epoch
+    best_loss: float  # validation loss of that epoch (nan for runs saved before it was kept)
     best_epoch: int
     epochs_run: int
     stopped_early: bool
@@ -65,12 +66,16 @@ class _Run:
     sampler_rng: torch.Generator
     epoch: int = 0
     best_epoch: int = 0
+    best_dice: float = 0.0  # the validation figures of best_epoch (what --monitor picked it by, and the other)
+    best_loss: float = math.nan
     saved_epoch: int = 0  # the epoch last.pth holds on disk (0: none yet)
 
     def training_state(self, cfg: TrainConfig) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "best_epoch": self.best_epoch,
+            "best_dice": self.best_dice,
+            "best_loss": self.best_loss,
             "config": cfg.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -94,6 +99,9 @@ class _Run:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(visible_rng_states(state["rng"]["cuda"], torch.cuda.device_count()))
         self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        # runs saved before these were kept monitored Dice, so the stopper's best is its Dice
+        self.best_dice = float(state.get("best_dice", self.stopper.best))
+        self.best_loss = float(state.get("best_loss", math.nan))
         self.saved_epoch = self.epoch
 
 
@@ -269,7 +277,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
         run.restore(resume.training)
-        log.info("resumed after epoch %d (best Dice %.4f at epoch %d) in %s", run.epoch, run.stopper.best,
+        log.info("resumed after epoch %d (best Dice %.4f at epoch %d) in %s", run.epoch, run.best_dice,
                  run.best_epoch, cfg.out)  # fmt: skip
 
     split, new_split = resolve_split(cfg, index, resuming=resume is not None)
@@ -299,7 +307,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     finally:
         if tb is not None:
             tb.close()
-    return FitResult(run.stopper.best, run.best_epoch, run.epoch, run.stopper.stop, cfg.out, out_of_time)
+    return FitResult(run.best_dice, run.best_loss, run.best_epoch, run.epoch, run.stopper.stop, cfg.out, out_of_time)
 
 
 def _epochs(
@@ -321,6 +329,7 @@ def _epochs(
     """
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     first = run.epoch + 1
+    last_loss = math.nan  # the latest epoch's validation loss, for the early-stopping note
 
     def time_up() -> bool:
         return deadline is not None and ddp.any(time.monotonic() > deadline)
@@ -357,11 +366,12 @@ def _epochs(
         if result.absent and epoch == first:
             names = ", ".join(index.class_names[i] for i in result.absent)
             log.info("validation truth lacks %d class(es), left out of the mean Dice: %s", len(result.absent), names)
-        improved = run.stopper.step(result.mean_dice)
-        run.scheduler.step(result.mean_dice)
-        run.epoch = epoch
+        score = monitored(result, cfg.monitor)
+        improved = run.stopper.step(score)
+        run.scheduler.step(score)
+        run.epoch, last_loss = epoch, result.loss
         if improved:
-            run.best_epoch = epoch
+            run.best_epoch, run.best_dice, run.best_loss = epoch, result.mean_dice, result.loss
         scalars = {
             "Loss/train": train_loss, "Loss/val": result.loss, "Dice/val": result.mean_dice,
             "IoU/val": result.mean_iou, "LR": lr, "Throughput/train_images_per_s": img_s,
@@ -387,7 +397,9 @@ def _epochs(
             log.info("time limit: %g minutes of training reached", cfg.max_minutes)
             return True
     if run.stopper.stop:
-        log.info("early stopping: no better validation Dice for %d epochs", cfg.patience)
+        figure = "Dice" if cfg.monitor == "dice" else "loss"
+        note = stalled_note(cfg.monitor, run.best_loss, last_loss)
+        log.info("early stopping: no better validation %s for %d epochs%s", figure, cfg.patience, note)
     return False
 
 

@@ -70,6 +70,20 @@ class EvalResult:
         return self.scores.mean_iou
 
 
+def monitored(result: EvalResult, monitor: str) -> float:
+    """The validation figure `--monitor` names, higher is better (the loss negated): what picks best.pth,
+    lowers the learning rate (ReduceLROnPlateau in "max" mode) and stops the run early."""
+    return result.mean_dice if monitor == "dice" else -result.loss
+
+
+def stalled_note(monitor: str, best_loss: float, last_loss: float) -> str:
+    """Said with early stopping on Dice when the validation loss still fell since the best epoch: the model was
+    learning (on small or rare objects Dice can stay 0 for epochs), and `--monitor loss` would follow it."""
+    if monitor != "dice" or not (last_loss < 0.99 * best_loss):
+        return ""
+    return f"; the validation loss still fell ({best_loss:.4f} -> {last_loss:.4f}): --monitor loss follows it"
+
+
 class EarlyStopping:
     """Tracks the best validation score; `stop` once `patience` epochs pass without a better one."""
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +20,17 @@ def parse_hw(text: str) -> tuple[int, int]:
         return parse_pair(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not HEIGHTxWIDTH, e.g. 640x960") from None
+
+
+def parse_rgb(text: str) -> tuple[float, float, float]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5): a per-channel value in [0, 1] units (pixel / 255), R, G, B."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not three numbers R,G,B, e.g. 0.5,0.5,0.5")
+    return values  # type: ignore[return-value]  # three, checked above
 
 
 def parse_exts(text: str) -> tuple[str, ...]:
