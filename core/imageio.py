@@ -38,6 +38,10 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageErr
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 #: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
 MASK_THRESHOLD_HINT = "--mask-threshold 128"
+#: Masks whose values other than 0 and 255 are all below this look like class ids, not stray greys.
+CLASS_ID_LIMIT = 64
+#: Finds the class count in `_remedy`'s advice for such a mask (for the data check's summary).
+CLASS_IDS_HINT = re.compile(r"class ids\? --classes (\d+)")
 log = logging.getLogger(__name__)
 
 
@@ -156,9 +160,30 @@ def binary_mask(raw: np.ndarray, path: str | os.PathLike, threshold: int | None 
     raise DataError(f"{path}: binary mask has values {{{shown}}}; expected 0/1 or 0/255 ({_remedy(values)})")
 
 
+def class_id_mask(raw: np.ndarray, path: str | os.PathLike, n_classes: int) -> np.ndarray:
+    """A mask of class ids 0..n_classes-1 (IGNORE_INDEX: no label), checked: a value beyond them, or a lossy
+    file (JPEG changes the ids at every edge), is a DataError naming the file."""
+    path = Path(path)
+    if path.suffix.lower() in LOSSY_EXTENSIONS:
+        raise DataError(f"{path}: class ids in a lossy (JPEG) file are changed at every edge; use PNG masks")
+    values = np.unique(raw)
+    beyond = values[(values >= n_classes) & (values != IGNORE_INDEX)]
+    if len(beyond):
+        shown = ", ".join(str(v) for v in beyond[:6]) + (", ..." if len(beyond) > 6 else "")
+        raise DataError(f"{path}: values {shown} are no class ids of --classes {n_classes} (0-{n_classes - 1}; "
+                        f"{IGNORE_INDEX} is ignored)")  # fmt: skip
+    return raw.astype(np.uint8, copy=False)
+
+
 def _remedy(values: np.ndarray) -> str:
-    """What to do about a binary mask's other values: the threshold that keeps its labelled pixels."""
+    """What to do about a binary mask's other values: the threshold that keeps its labelled pixels, or
+    --classes where they look like class ids (binarising would merge the classes into one)."""
     found = set(values.tolist())
+    labels = found - {0, IGNORE_INDEX}
+    if len(labels) > 1 and max(labels) < CLASS_ID_LIMIT:
+        n = max(labels) + 1
+        return (f"class ids? --classes {n} reads 0-{n - 1} as {n} classes; --mask-threshold would merge them "
+                "into one foreground")  # fmt: skip
     if len(found) == 2 and 0 in found:  # 0 and one label, e.g. a Pascal VOC class index
         return f"--mask-threshold {max(found)} makes {max(found)} foreground"
     if IGNORE_INDEX in found and found - {IGNORE_INDEX} <= {0, 1}:  # 255: void, as Pascal VOC marks it

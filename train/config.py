@@ -66,6 +66,7 @@ class TrainConfig:
     image_suffix: str = ""
     mask_suffix: str = ""
     mask_ext: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # class names of class-id masks in named folders (--classes); empty: binary
     sync_bn: str = "auto"  # under torchrun: SyncBatchNorm on CUDA with several processes (auto), on, off
     dist_timeout: float = DEFAULT_TIMEOUT_MINUTES  # under torchrun: minutes a process waits for the others
 
@@ -89,8 +90,8 @@ class TrainConfig:
             "--max-side must be at least 1": self.max_side is None or self.max_side >= 1,
             "--mask-threshold must be in 1..255": self.mask_threshold is None or 1 <= self.mask_threshold <= 255,
             "--images and --masks go together": (self.images is None) == (self.masks is None),
-            "--image-suffix, --mask-suffix and --mask-ext need --images and --masks": self.images is not None
-            or not (self.image_suffix or self.mask_suffix or self.mask_ext),
+            "--image-suffix, --mask-suffix, --mask-ext and --classes need --images and --masks": self.images is not None
+            or not (self.image_suffix or self.mask_suffix or self.mask_ext or self.classes),
             "--sync-bn must be auto, on or off": self.sync_bn in SYNC_BN_CHOICES,
             "--dist-timeout must be positive": self.dist_timeout > 0,
         }
@@ -112,7 +113,7 @@ class TrainConfig:
         """The two named folders of a data set given by --images and --masks, else None."""
         if self.images is None or self.masks is None:
             return None
-        return FolderSpec(self.images, self.masks, self.image_suffix, self.mask_suffix, self.mask_ext)
+        return FolderSpec(self.images, self.masks, self.image_suffix, self.mask_suffix, self.mask_ext, self.classes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the dict can live in a weights_only checkpoint."""
@@ -132,7 +133,7 @@ class TrainConfig:
         for key in ("data", "out", "cache", "images", "masks"):
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
-        for key in ("mean", "std", "size", "mask_ext"):
+        for key in ("mean", "std", "size", "mask_ext", "classes"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,10 @@ def evaluate_checkpoint(
     use_device(dev)
     model, meta = load_checkpoint(checkpoint, dev)
     args = dict(meta.extra.get("train_args", {}))
-    index = index_dataset(data, settings.layout, settings.folders)
+    folders = settings.folders
+    if folders is not None and not folders.classes and meta.mask_kind == "multiclass":
+        folders = replace(folders, classes=meta.class_names)  # class-id masks, as the model was trained on
+    index = index_dataset(data, settings.layout, folders)
     if index.n_classes != meta.n_classes:
         raise UnetkitError(
             f"{checkpoint}: predicts {meta.n_classes} class channel(s) but {data} is a "
@@ -138,7 +141,7 @@ def evaluate_checkpoint(
         )
     pairs, keys, grouping = _pairs(checkpoint, index, settings, args)
     threshold = settings.mask_threshold if settings.mask_threshold is not None else args.get("mask_threshold")
-    rule = SampleRule(meta.resize_rule, index.mask_kind, threshold)
+    rule = SampleRule(meta.resize_rule, index.mask_kind, threshold, index.n_classes)
     sizes = {p.image: _input_size(p, rule) for p in pairs}
     pairs = by_input_size(pairs, sizes)
     batch_size = settings.batch_size or int(args.get("batch_size", 8))

@@ -180,7 +180,7 @@ def _loaders(
             f"{len(split.val)} validation image(s) for {ddp.world} processes: each needs at least one "
             "(start fewer processes or raise --val-fraction)"
         )
-    rule = SampleRule(cfg.resize_rule, index.mask_kind, cfg.mask_threshold)
+    rule = SampleRule(cfg.resize_rule, index.mask_kind, cfg.mask_threshold, index.n_classes)
     cache = SampleCache(cfg.cache, rule) if cfg.cache else None
     input_sizes: list[tuple[int, int]] = []  # (height, width) per pair after the rule, from rank 0
     if ddp.is_main:  # under torchrun rank 0 checks (and fills the cache) while the others wait for its sizes
@@ -253,6 +253,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     index = index_dataset(cfg.data, cfg.layout, cfg.folders)
     for line in describe_unmatched(index):
         log.warning("warning: %s", line)
+    if index.n_classes > 1 and cfg.threshold != TrainConfig.threshold:
+        raise UnetkitError(f"--threshold {cfg.threshold:g}: a {index.n_classes}-class model takes each pixel's most "
+                           "probable class; the threshold is for binary models")  # fmt: skip
     loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
     try:
         loss_fn = make_loss(loss_name, index.n_classes)

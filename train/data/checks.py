@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import MASK_THRESHOLD_HINT, image_size
+from unetkit.core.imageio import CLASS_IDS_HINT, MASK_THRESHOLD_HINT, image_size
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 
@@ -54,7 +54,10 @@ class DataReport:
             if len(shown) < len(self.problems):
                 listing += f"\n  ... and {len(self.problems) - len(shown)} more (`unet-data check` lists them all)"
             stray = sum(MASK_THRESHOLD_HINT in p for p in self.problems)
+            ids = [m.group(1) for p in self.problems if (m := CLASS_IDS_HINT.search(p))]
             remedy = f" ({stray} mask(s) with stray grey values: {MASK_THRESHOLD_HINT} binarises them)" if stray else ""
+            if ids:
+                remedy += f" ({len(ids)} mask(s) of class ids: --classes {max(map(int, ids))} reads them as classes)"
             raise DataError(
                 f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them{remedy}:\n{listing}"
             )
@@ -104,7 +107,7 @@ def check_dataset(
 ) -> DataReport:
     """Decode every pair once (in threads) and collect sizes, class balance and problems; `rule` defaults to
     the images' own size and the layout's mask meaning."""
-    rule = rule or SampleRule(ResizeRule(), index.mask_kind)
+    rule = rule or SampleRule(ResizeRule(), index.mask_kind, n_classes=index.n_classes)
     dataset = SegmentationDataset(index.pairs, rule, cache=cache)
     report = DataReport(index, rule)
 
@@ -129,6 +132,11 @@ def check_dataset(
     if rule.mask_kind == "binary" and report.sizes and report.label_counts[1] == 0:
         report.problems.append(f"{index.root}: no mask has a foreground pixel, so there is nothing to learn (check "
                                "the masks' values, or the --mask-threshold given)")  # fmt: skip
+    present = np.flatnonzero(report.label_counts[: index.n_classes])
+    if rule.mask_kind == "multiclass" and report.sizes and len(present) < 2:
+        only = f"only class {present[0]} ({index.class_names[present[0]]})" if len(present) else "no class"
+        report.problems.append(f"{index.root}: the masks hold {only}, so there is nothing to tell apart (check "
+                               "the masks' values and --classes)")  # fmt: skip
     if rule.mask_kind == "cityscapes" and report.sizes and not report.label_counts[list(BEYOND_TRAIN_ID_RANGE)].any():
         report.problems.append(f"{index.root}: no mask holds any of the labelIds 19-33 (traffic light to bicycle), "
                                "as masks of trainIds (0-18) do not; use the *_gtFine_labelIds.png files")  # fmt: skip

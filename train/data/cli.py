@@ -120,7 +120,7 @@ def _check(args: argparse.Namespace) -> int:
         resize = ResizeRule("scale", scale=args.scale if args.scale is not None else 1.0)
     index = index_dataset(data, args.layout, folders)
     split = make_split(index, args.group_by or "auto", args.val_fraction, args.seed) if len(index.pairs) > 1 else None
-    rule = SampleRule(resize, index.mask_kind, args.mask_threshold)
+    rule = SampleRule(resize, index.mask_kind, args.mask_threshold, index.n_classes)
     report = check_dataset(index, rule, workers=args.workers, progress=args.progress)
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")
     for line in describe_unmatched(index):

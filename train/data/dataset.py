@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from unetkit.core.atomic import atomic_path
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import binary_mask, read_image, read_mask
+from unetkit.core.imageio import binary_mask, class_id_mask, read_image, read_mask
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 from unetkit.core.preprocess import resize_masks, resize_pixels
@@ -31,15 +31,17 @@ Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class SampleRule:
-    """How a pair on disk becomes a sample: the model's resize rule, what mask values mean, and the
-    threshold that binarises lossless masks with stray grey values (None: such masks are an error)."""
+    """How a pair on disk becomes a sample: the model's resize rule, what mask values mean (with the class
+    count of class-id masks), and the threshold that binarises lossless masks with stray grey values (None:
+    such masks are an error)."""
 
     resize: ResizeRule
     mask_kind: str
     mask_threshold: int | None = None
+    n_classes: int = 1
 
     def key(self) -> str:
-        return f"{self.resize!r}|{self.mask_kind}|{self.mask_threshold}"
+        return f"{self.resize!r}|{self.mask_kind}|{self.mask_threshold}|{self.n_classes}"
 
 
 def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +55,8 @@ def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
         )
     if rule.mask_kind == "binary":
         return image, binary_mask(raw, pair.mask, rule.mask_threshold)
+    if rule.mask_kind == "multiclass":
+        return image, class_id_mask(raw, pair.mask, rule.n_classes)
     return image, cityscapes_train_ids(raw, pair.mask)
 
 

@@ -9,9 +9,9 @@
 The first three are binary (one foreground class); Cityscapes is multi-class with 255 ignored and keeps its
 official train/val split.
 
-Any other binary data set is read from two named folders (`FolderSpec`: `--images DIR --masks DIR`), paired
-by file stem after removing an optional image suffix and mask suffix (DRIVE: `21_training.tif` +
-`21_manual1.gif` is `--image-suffix _training --mask-suffix _manual1`).
+Any other data set is read from two named folders (`FolderSpec`: `--images DIR --masks DIR`), paired by file
+stem after removing an optional image suffix and mask suffix (DRIVE: `21_training.tif` + `21_manual1.gif` is
+`--image-suffix _training --mask-suffix _manual1`): binary, or with `--classes` masks of class ids.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class DatasetIndex:
     layout: str
     pairs: list[Pair]
     class_names: list[str]
-    mask_kind: str  # "binary" or "cityscapes"
+    mask_kind: str  # "binary", "multiclass" (class-id masks) or "cityscapes" (labelIds)
     unmatched_images: list[Path] = field(default_factory=list)
     unmatched_masks: list[Path] = field(default_factory=list)
 
@@ -204,14 +204,19 @@ LAYOUTS: dict[str, tuple[tuple[str, str], Callable[[Path], DatasetIndex]]] = {
 
 @dataclass(frozen=True)
 class FolderSpec:
-    """A binary data set in two folders of any name: images/<key><image_suffix>.* and
-    masks/<key><mask_suffix>.<mask_ext>."""
+    """A data set in two folders of any name: images/<key><image_suffix>.* and masks/<key><mask_suffix>.<mask_ext>;
+    binary masks, or with `classes` masks of class ids (0..N-1, 255 ignored)."""
 
     images: Path
     masks: Path
     image_suffix: str = ""
     mask_suffix: str = ""
     mask_exts: tuple[str, ...] = ()  # e.g. (".png", ".gif"); empty: every mask format
+    classes: tuple[str, ...] = ()  # class names in id order (--classes); empty: binary
+
+    @property
+    def mask_kind(self) -> str:
+        return "multiclass" if self.classes else "binary"
 
     def extensions(self) -> frozenset[str]:
         if not self.mask_exts:
@@ -290,7 +295,8 @@ def _folders(spec: FolderSpec, root: Path) -> DatasetIndex:
             f"{root}: no image in {spec.images} pairs with a mask in {spec.masks} "
             f"(e.g. image {images[0].name}, mask {masks[0].name}){advice}"
         )
-    return DatasetIndex(root, "folders", pairs, ["foreground"], "binary", ui, sorted(um + strays))
+    names = list(spec.classes) or ["foreground"]
+    return DatasetIndex(root, "folders", pairs, names, spec.mask_kind, ui, sorted(um + strays))
 
 
 def detect_layout(root: str | os.PathLike) -> str:

@@ -13,6 +13,9 @@ from unetkit.core.errors import UnetkitError
 
 from .layouts import FolderSpec, folder_root
 
+#: Class ids run 0..N-1 below IGNORE_INDEX (255), which marks pixels without a label.
+MAX_CLASSES = 255
+
 
 def parse_hw(text: str) -> tuple[int, int]:
     """'256x384' -> (256, 384): height then width, as export's and the benchmark's --shape."""
@@ -33,6 +36,19 @@ def parse_rgb(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]  # three, checked above
 
 
+def parse_classes(text: str) -> tuple[str, ...]:
+    """'4' -> ('class 0', ..., 'class 3'); 'background,road,car' -> those names, in class-id order."""
+    text = text.strip()
+    if text.isdigit():
+        names = tuple(f"class {i}" for i in range(int(text)))
+    else:
+        names = tuple(n.strip() for n in text.split(","))
+    if len(names) < 2 or len(names) > MAX_CLASSES or not all(names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a class count N (2-{MAX_CLASSES}) nor two or more "
+                                         "distinct comma-separated class names, e.g. background,polyp")  # fmt: skip
+    return names
+
+
 def parse_exts(text: str) -> tuple[str, ...]:
     """'png,gif' -> ('.png', '.gif')."""
     return tuple("." + e.strip().lstrip(".").lower() for e in text.split(",") if e.strip())
@@ -49,6 +65,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    "the image's name)")  # fmt: skip
     p.add_argument("--mask-ext", type=parse_exts, metavar="EXT[,EXT]", help="mask formats to read from --masks, "
                    "e.g. png,gif (default: every mask format)")  # fmt: skip
+    p.add_argument("--classes", type=parse_classes, metavar="N|NAMES", help="masks hold class ids: N classes "
+                   "(0..N-1, 255 ignored), or their names in id order, e.g. background,polyp,instrument; for "
+                   "--images/--masks data sets (default: binary masks)")  # fmt: skip
     p.add_argument("--mask-threshold", type=int, metavar="T", help="binarise lossless masks that hold other values "
                    "than 0/1 and 0/255 (stray grey values): T and above is foreground (default: such masks are an "
                    "error); lossy (JPEG) masks use T instead of 128")  # fmt: skip
@@ -69,11 +88,11 @@ def resolve_folders(args: argparse.Namespace) -> tuple[Path | None, FolderSpec |
     if (args.images is None) != (args.masks is None):
         raise UnetkitError("--images and --masks go together (an image folder and a mask folder)")
     if args.images is None:
-        if args.image_suffix or args.mask_suffix or args.mask_ext:
-            raise UnetkitError("--image-suffix, --mask-suffix and --mask-ext need --images and --masks")
+        if args.image_suffix or args.mask_suffix or args.mask_ext or args.classes:
+            raise UnetkitError("--image-suffix, --mask-suffix, --mask-ext and --classes need --images and --masks "
+                               "(the built-in layouts define their masks)")  # fmt: skip
         return (None if args.data is None else absolute(args.data)), None
     base = absolute(args.data if args.data is not None else Path())
-    spec = FolderSpec(
-        base / args.images, base / args.masks, args.image_suffix or "", args.mask_suffix or "", args.mask_ext or ()
-    )
+    spec = FolderSpec(base / args.images, base / args.masks, args.image_suffix or "", args.mask_suffix or "",
+                      args.mask_ext or (), args.classes or ())  # fmt: skip
     return (base if args.data is not None else folder_root(spec)), spec

@@ -1,0 +1,109 @@
+"""Your own multi-class data: masks of class ids in two named folders (`--classes`), from the data check to
+training, evaluation and the masks unet-infer writes."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import error_lines, run_cli
+from unetkit.core import load_checkpoint
+from unetkit.core.errors import DataError
+from unetkit.core.imageio import binary_mask, class_id_mask
+from unetkit.train.data.options import parse_classes
+
+NAMES = "background,red,green,blue"
+COLOURS = {1: (200, 40, 40), 2: (40, 200, 40), 3: (40, 40, 200)}
+
+
+def write_squares(root, count=12):
+    """`count` images of coloured squares on grey (two sizes), masks of class ids 0-3 as 'L' PNGs, the first
+    four with a void (255) band."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(count):
+        h, w = (48, 64) if i % 2 else (60, 80)
+        labels = np.zeros((h, w), np.uint8)
+        pixels = np.full((h, w, 3), 30, np.uint8)
+        for c, colour in COLOURS.items():
+            y, x = rng.integers(0, h - 14), rng.integers(0, w - 14)
+            labels[y : y + 12, x : x + 12], pixels[y : y + 12, x : x + 12] = c, colour
+        if i < 4:
+            labels[:2] = 255
+        Image.fromarray(pixels).save(root / "images" / f"s{i:02d}.png")
+        Image.fromarray(labels).save(root / "labels" / f"s{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    return write_squares(tmp_path_factory.mktemp("squares"))
+
+
+@pytest.fixture(scope="module")
+def trained(squares, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    proc = run_cli("unet-train", "--images", squares / "images", "--masks", squares / "labels", "--classes", NAMES,
+                   "--out", run, "--epochs", "2", "--base-channels", "4", "--workers", "0", "--device", "cpu",
+                   "--no-progress", "--lr", "3e-3", check=True)  # fmt: skip
+    return run, proc
+
+
+def test_class_id_masks_are_checked_per_file(tmp_path):
+    raw = np.array([[0, 1], [3, 255]], np.uint8)
+    assert class_id_mask(raw, "m.png", 4).tolist() == raw.tolist()
+    with pytest.raises(DataError, match=r"^m.png: values 3 are no class ids of --classes 3 \(0-2; 255 is ignored\)"):
+        class_id_mask(raw, "m.png", 3)
+    with pytest.raises(DataError, match=r"m\.jpg: class ids in a lossy"):
+        class_id_mask(raw, "m.jpg", 4)
+    # read as binary, such a mask says how to read it as classes, not only how to merge them
+    with pytest.raises(DataError, match=r"class ids\? --classes 4 reads 0-3 as 4 classes; --mask-threshold would"):
+        binary_mask(raw, "m.png")
+    assert parse_classes("3") == ("class 0", "class 1", "class 2")
+    assert parse_classes(" background, polyp ") == ("background", "polyp")
+
+
+def test_the_data_check_reads_class_ids_with_classes_and_says_so_without(squares):
+    folders = ["--images", "images", "--masks", "labels", "--no-progress"]
+    binary = run_cli("unet-data", "check", squares, *folders)
+    assert binary.returncode == 2
+    assert "(12 mask(s) of class ids: --classes 4 reads them as classes)" in error_lines(binary)[0]
+    ok = run_cli("unet-data", "check", squares, *folders, "--classes", NAMES, check=True)
+    assert f"{squares}: folders layout, 12 pairs, 4 output channel(s)" in ok.stdout
+    assert "class balance (share of labelled pixels): background" in ok.stdout and "blue" in ok.stdout
+    assert "ignored pixels:" in ok.stdout
+    few = run_cli("unet-data", "check", squares, *folders, "--classes", "3")
+    assert few.returncode == 2 and "values 3 are no class ids of --classes 3" in few.stderr
+    alone = run_cli("unet-data", "check", squares, "--classes", "3")
+    assert error_lines(alone) == ["unet-data: error: --image-suffix, --mask-suffix, --mask-ext and --classes need "
+                                  "--images and --masks (the built-in layouts define their masks)"]  # fmt: skip
+
+
+def test_training_on_class_ids_makes_a_multi_class_model(trained, squares, tmp_path):
+    run, proc = trained
+    _, meta = load_checkpoint(run / "best.pth")
+    assert meta.n_classes == 4 and meta.class_names == tuple(NAMES.split(",")) and meta.mask_kind == "multiclass"
+    assert "loss ce+dice" in proc.stdout
+    assert meta.extra["train_args"]["classes"] == NAMES.split(",")
+    # --eval on the same folders needs no --classes: the checkpoint names them
+    out = tmp_path / "eval.json"
+    run_cli("unet-train", "--eval", run / "best.pth", "--images", squares / "images", "--masks", squares / "labels",
+            "--device", "cpu", "--no-progress", "--json", out, check=True)  # fmt: skip
+    numbers = json.loads(out.read_text())
+    assert [c["name"] for c in numbers["per_class"]] == NAMES.split(",") and numbers["images"] == 12
+    # the masks unet-infer writes hold class ids, at each image's size
+    run_cli("unet-infer", squares / "images", "--checkpoint", run / "best.pth", "--out", tmp_path / "pred",
+            "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    written = np.array(Image.open(tmp_path / "pred/s01.png"))
+    assert written.shape == (48, 64) and set(np.unique(written).tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_threshold_for_a_multi_class_model_is_refused(squares, tmp_path):
+    proc = run_cli("unet-train", "--images", squares / "images", "--masks", squares / "labels", "--classes", "4",
+                   "--threshold", "0.7", "--out", tmp_path / "run", "--epochs", "1", "--workers", "0",
+                   "--device", "cpu", "--no-progress")  # fmt: skip
+    assert error_lines(proc) == ["unet-train: error: --threshold 0.7: a 4-class model takes each pixel's most "
+                                 "probable class; the threshold is for binary models"]  # fmt: skip
+    assert not (tmp_path / "run").exists()
