@@ -112,16 +112,18 @@ def followed_data(checkpoint: Path, meta: ModelMeta) -> tuple[ModelMeta, str | N
     so. best.pth is not rewritten on resume (its digest names the artifacts exported from it), so until the
     next improvement it holds the old paths."""
     args = meta.extra.get("train_args")
-    data = args.get("images") or args.get("data") if isinstance(args, dict) else None
     last = checkpoint.parent / "last.pth"
-    if not data or Path(data).is_dir() or checkpoint.name == last.name or not last.is_file():
+    if not isinstance(args, dict) or checkpoint.name == last.name or not last.is_file():
+        return meta, None
+    data = args.get("images") or args.get("data")
+    if not data or Path(data).is_dir():
         return meta, None
     try:
         newer = read_checkpoint(last).meta.extra.get("train_args")
     except UnetkitError:
         return meta, None  # a damaged last.pth only loses the hint; the checkpoint itself is fine
-    moved = newer.get("images") or newer.get("data") if isinstance(newer, dict) else None
-    if not moved or not Path(moved).is_dir() or moved == data:
+    moved = (newer.get("images") or newer.get("data")) if isinstance(newer, dict) else None
+    if not isinstance(newer, dict) or not moved or not Path(moved).is_dir() or moved == data:
         return meta, None
     changed = {**args, **{k: newer.get(k) for k in DATA_KEYS}}
     return meta.replace(train_args=changed), f"the run's data moved from {data} to {moved} (as {last} records)"

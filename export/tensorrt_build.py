@@ -122,7 +122,7 @@ def tensor_precision(tensor: dict[str, Any]) -> str:
     return "unknown"
 
 
-def layer_precisions(engine_info: str | dict[str, Any], side: str = "Outputs") -> tuple[Counter, str]:
+def layer_precisions(engine_info: str | dict[str, Any] | list[Any], side: str = "Outputs") -> tuple[Counter, str]:
     """Precisions of the convolution layers in engine-inspector JSON (DETAILED verbosity), read from each
     layer's first tensor on `side`: "Outputs" for FP16, "Inputs" for INT8. An INT8 convolution reads INT8,
     but writes INT8 only when the next layer is quantized too (NVIDIA's QAT ResNet dump: 21 of 21
@@ -136,7 +136,8 @@ def layer_precisions(engine_info: str | dict[str, Any], side: str = "Outputs") -
     says which were counted.
     """
     data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
-    layers = [layer for layer in data.get("Layers", []) if isinstance(layer, dict) and not _is_io(layer)]
+    found = data if isinstance(data, list) else data.get("Layers", [])  # NVIDIA's own tools accept both shapes
+    layers = [layer for layer in found if isinstance(layer, dict) and not _is_io(layer)]
 
     def count(selected: list[dict[str, Any]]) -> Counter:
         counts: Counter = Counter()

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -110,5 +109,17 @@ def test_an_unexpected_error_fails_its_step_and_the_next_steps_still_run(tmp_pat
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [s["status"] for s in summary["steps"]] == ["failed", "passed", "not run", "not run"]
     assert not summary["passed"] and "| bench | failed |" in (tmp_path / "summary.md").read_text()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        assert not gpu_check.onnx_on_cuda()
+
+
+def test_the_gpu_tests_get_at_least_half_the_budget_left():
+    assert gpu_check.suite_timeout(570, 600) == 285  # the default budget: the reserve cannot take it all
+    assert gpu_check.suite_timeout(1800, 600) == 1200 and gpu_check.suite_timeout(90, 0) == 90
+    assert gpu_check.suite_timeout(30, 600) == 60
+
+
+def test_onnx_on_cuda_is_decided_by_the_engine(exported_checkpoint, tmp_path):
+    """onnxruntime-gpu lists its CUDA provider even when it cannot load: the onnx step asks the engine where it
+    runs, and says why not CUDA (here, a CPU engine's own description)."""
+    folder, _ = exported_checkpoint
+    assert gpu_check.onnx_cuda_problem(folder / "best.fp16.onnx", "cpu") == "CPUExecutionProvider"
+    assert "ONNX file not found" in gpu_check.onnx_cuda_problem(tmp_path / "gone.onnx", "cpu")

@@ -121,6 +121,7 @@ def test_inspector_json_of_tensorrt_10_and_11_reads_the_same():
     expected = ({"fp16": 3, "fp32": 1}, "convolution layers")
     assert layer_precisions(json.dumps(TRT10)) == expected
     assert layer_precisions(_as_trt11(TRT10)) == expected
+    assert layer_precisions(_as_trt11(TRT10)["Layers"]) == expected  # a bare list of layers too
     assert tensor_precision({"DataType": "Half", "Format": "Row major linear FP32 format (kLINEAR)"}) == "fp16"
     assert tensor_precision({"Datatype": "BFloat16"}) == "bf16"  # the spelling of NVIDIA's 11.x tooling
     assert tensor_precision({"Format": "Row major linear FP16 format"}) == "fp16"
@@ -433,3 +434,12 @@ def test_one_tensorrt_logger_per_process():
     from unetkit.infer.engines.trt import trt_logger
 
     assert trt_logger() is trt_logger()
+
+
+def test_an_engine_without_an_execution_context_is_one_line_naming_the_remedy():
+    """TensorRT returns no context when the profile's activation memory cannot be had on the device."""
+    from unetkit.infer.engines.trt import context_failure
+
+    line = context_failure(Path("best.fp16.engine"), torch.device("cuda", 1))
+    assert line.startswith("best.fp16.engine: TensorRT could not create an execution context on cuda:1 ")
+    assert line.endswith("re-export with a smaller --batch or --shape") and "\n" not in line

@@ -49,13 +49,27 @@ GRACE_S = 20  # seconds a timed-out step gets after Ctrl-C before it is killed (
 GPU_TESTS, CPU_TESTS = "gpu or trt", "not gpu and not trt"
 
 
-def onnx_on_cuda() -> bool:
-    """Whether onnxruntime-gpu is installed (the CPU build would time the CPU in a GPU check)."""
+def onnx_cuda_problem(onnx: Path, device: str = "cuda") -> str | None:
+    """Why the onnx engine would not run `onnx` on CUDA here (None: it does), decided by the engine itself:
+    onnxruntime-gpu lists its CUDA provider even when the provider cannot load (a build for another CUDA
+    major), and the CPU fallback would spend the step's time timing the CPU in a GPU check."""
+    import torch
+
+    from unetkit.core.errors import UnetkitError
+    from unetkit.infer.engines.ort import OnnxEngine
+
     try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        with OnnxEngine(onnx, torch.device(device)) as engine:
+            return None if engine.device.type == "cuda" else engine.detail
+    except UnetkitError as exc:
+        return str(exc)
+
+
+def suite_timeout(remaining_s: float, reserve_s: float) -> float:
+    """Seconds a test step may run: what the budget has left after `reserve_s` for the steps after it, but
+    never under half of what is left (a reserve as large as the budget would leave the tests nothing) nor
+    under a minute."""
+    return max(60.0, remaining_s - min(reserve_s, remaining_s / 2))
 
 
 @dataclass
@@ -211,7 +225,7 @@ class Checker:
         junit = self.scratch / f"junit-{len(self.steps)}.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", markers,
                f"--junitxml={junit}", "tests"]  # fmt: skip
-        proc = run_bounded(cmd, max(60.0, self.remaining() - reserve_s), ROOT)
+        proc = run_bounded(cmd, suite_timeout(self.remaining(), reserve_s), ROOT)
         code = proc.returncode
         with open(self.out / "tests.txt", "a") as text:
             text.write(f"$ pytest -m '{markers}'  (exit {code})\n{(proc.stdout + proc.stderr)[-100_000:]}\n")
@@ -238,6 +252,8 @@ class Checker:
             raise StepFailed(f"unet-export exited {proc.returncode}; see log.txt")
 
     def infer(self, step: Step, images: Path) -> None:
+        from unetkit.infer.artifacts import artifact_path
+
         ckpt = self.scratch / "run" / "best.pth"
         failures = []
         specs = ",".join(f"{e}:{p}" for e, p in INFER_ENGINES)
@@ -248,8 +264,9 @@ class Checker:
             failures.append(f"model-only unet-bench exited {measured.returncode}")
         model = json.loads(bench.read_text()) if bench.exists() else {}
         for engine, precision in INFER_ENGINES:
-            if engine == "onnx" and not onnx_on_cuda():
-                step.figures[f"{engine} {precision}"] = {"skipped": "onnxruntime-gpu is not installed here"}
+            problem = onnx_cuda_problem(artifact_path(ckpt, "onnx-fp16")) if engine == "onnx" else None
+            if problem:
+                step.figures[f"{engine} {precision}"] = {"skipped": f"not on CUDA here: {problem}"}
                 continue
             out = self.scratch / f"masks-{engine}"
             proc = self.cli("unetkit.infer.cli", images, "--checkpoint", ckpt, "--engine", engine, "--precision",

@@ -3,6 +3,7 @@ else the CPU provider (then the engine's device is the CPU, whatever was asked f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -187,8 +188,11 @@ class OnnxEngine(Engine):
         self.run_options.add_run_config_entry(*NO_SYNC_RUN_OPTION)
 
     def close(self) -> None:
-        self.__dict__.pop("session", None)
-        self.stream = None
+        # ORT's CUDA allocator calls cudaSetDevice on every free and never restores it (cuda_allocator.cc):
+        # dropping the session inside this block keeps the caller's current device.
+        with torch.cuda.device(self.device) if self.use_cuda else contextlib.nullcontext():
+            self.__dict__.pop("session", None)
+            self.stream = None
         super().close()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,14 @@ def trt_logger() -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
+def context_failure(path: Path, device: torch.device) -> str:
+    """The line for an engine TensorRT loaded but could not give an execution context: it allocates the
+    activation memory of the profile's largest shape up front, and returns None when the device lacks it."""
+    return (f"{path}: TensorRT could not create an execution context on {device} (too little free device memory "
+            "for the engine's largest input shape); free device memory, or re-export with a smaller --batch or "
+            "--shape")  # fmt: skip
+
+
 def gpu_identity(device: torch.device) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(device)
     return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
@@ -89,6 +97,8 @@ class TrtEngine(Engine):
                     "version or for another GPU, or damaged); re-export it here with unet-export"
                 )
             self.context = self.engine.create_execution_context()
+            if self.context is None:  # TensorRT returns None when the profile's activation memory cannot be had
+                raise EngineUnavailable(context_failure(path, device))
             self.stream = torch.cuda.Stream(device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -110,9 +120,10 @@ class TrtEngine(Engine):
         self._out_stream = 0  # the stream the output buffer was allocated on
 
     def close(self) -> None:
-        for name in ("context", "engine", "runtime"):  # the context before the engine before the runtime
-            self.__dict__.pop(name, None)
-        self._out = None
+        with torch.cuda.device(self.device):  # frees happen on the engine's device, whatever the current one is
+            for name in ("context", "engine", "runtime"):  # the context before the engine before the runtime
+                self.__dict__.pop(name, None)
+            self._out = None
         super().close()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:

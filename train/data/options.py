@@ -33,7 +33,7 @@ def parse_rgb(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"'{text}' is not three numbers R,G,B, e.g. 0.5,0.5,0.5")
-    return values  # type: ignore[return-value]  # three, checked above
+    return values[0], values[1], values[2]
 
 
 def parse_classes(text: str) -> tuple[str, ...]:
