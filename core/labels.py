@@ -13,6 +13,9 @@ import torch.nn.functional as F
 #: Label of pixels that count for nothing (padding, rotation borders, Cityscapes' void classes).
 IGNORE_INDEX = 255
 
+#: Colour of IGNORE_INDEX in multi-class pictures: no class takes it.
+IGNORED_COLOR = (255, 255, 255)
+
 #: Cityscapes' own colours for its 19 train classes (cityscapesScripts' labels.py).
 CITYSCAPES_COLORS = (
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
@@ -50,12 +53,16 @@ def predict_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
 
 def palette(n_classes: int, mask_kind: str = "binary") -> np.ndarray:
     """(256, 3) uint8 colours for label pictures: black/white for binary, Cityscapes' colours for its
-    classes, fixed pseudo-random colours otherwise; IGNORE_INDEX and unused entries are mid-grey."""
+    classes, fixed pseudo-random colours (none white) otherwise. Unused entries are mid-grey; IGNORE_INDEX is
+    mid-grey for binary and IGNORED_COLOR (white) for multi-class, where grey is a class colour (Cityscapes'
+    pole, and its building and wall are near it)."""
     table = np.full((256, 3), 128, dtype=np.uint8)
     if n_classes == 1:
         table[:2] = ((0, 0, 0), (255, 255, 255))
-    elif mask_kind == "cityscapes":
+        return table
+    if mask_kind == "cityscapes":
         table[: len(CITYSCAPES_COLORS)] = CITYSCAPES_COLORS
     else:
-        table[:n_classes] = np.random.default_rng(0).integers(40, 256, (n_classes, 3), dtype=np.uint8)
+        table[:n_classes] = np.random.default_rng(0).integers(40, 231, (n_classes, 3), dtype=np.uint8)
+    table[IGNORE_INDEX] = IGNORED_COLOR
     return table

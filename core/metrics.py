@@ -93,8 +93,16 @@ def class_scores(counts: torch.Tensor, n_classes: int) -> ClassScores:
     )
 
 
+def agreement_counts(labels: torch.Tensor, reference: torch.Tensor, n_classes: int) -> list[int]:
+    """[tp, fp, fn] of `labels` against the reference labels: of the foreground for a binary model, summed
+    over the classes for a multi-class one (so their Dice is the share of pixels whose class agrees, and a
+    class covering a few pixels cannot decide it alone)."""
+    counts = confusion_counts(labels, reference, n_classes, ignore_index=-1)
+    return [int(v) for v in counts.sum(dim=0)]
+
+
 def mask_agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, n_classes: int) -> float:
-    """Dice of label map `a` against the reference `b` (for multi-class, the mean over the classes `b`
-    contains): how far engines agree."""
-    counts = confusion_counts(torch.as_tensor(a), torch.as_tensor(b), n_classes, ignore_index=-1)
-    return class_scores(counts, n_classes).mean_dice
+    """How far two engines' label maps agree, `b` the reference: the Dice of `agreement_counts` (the figure
+    export's verification gates on and the benchmark reports)."""
+    counts = torch.tensor([agreement_counts(torch.as_tensor(a), torch.as_tensor(b), n_classes)])
+    return dice_from_counts(counts)[0]

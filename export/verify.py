@@ -32,7 +32,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.imageio import read_image
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.meta import ModelMeta
-from unetkit.core.metrics import confusion_counts
+from unetkit.core.metrics import agreement_counts
 from unetkit.core.preprocess import input_size, normalize, resize_pixels
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
@@ -154,13 +154,6 @@ def sample_inputs(
     odd = _fit((hw[0] * 3 // 4 + 1, hw[1] * 3 // 4 + 3), shapes)
     noise = torch.randn(batch, 3, *odd, generator=torch.Generator().manual_seed(seed))
     return [*samples, Sample(f"random {batch}x{odd[1]}x{odd[0]}", noise, realistic=False)]
-
-
-def agreement_counts(labels: torch.Tensor, reference: torch.Tensor, n_classes: int) -> list[int]:
-    """[tp, fp, fn] of `labels` against the reference labels: of the foreground for a binary model, summed
-    over the classes for a multi-class one (so their Dice is the share of pixels whose class agrees)."""
-    counts = confusion_counts(labels, reference, n_classes, ignore_index=-1)
-    return [int(v) for v in counts.sum(dim=0)]
 
 
 def verification_images(source: CalibrationSource, count: int = VERIFY_IMAGES, seed: int = 0) -> list[

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
+from unetkit.core.labels import IGNORE_INDEX, IGNORED_COLOR, palette
 from unetkit.core.metrics import class_scores
 from unetkit.train.report import EvalReport, ImageScore
-from unetkit.train.worst import PRED_ONLY, TRUTH_ONLY, difference
+from unetkit.train.worst import PRED_ONLY, TRUTH_ONLY, WRONG, difference
 
 
 def counts(*rows):
@@ -62,6 +63,16 @@ def test_difference_colours_false_positives_and_misses_apart():
     out = difference(truth, pred, np.zeros((1, 4, 3), np.uint8), 1)
     assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[0, 1]) == TRUTH_ONLY and tuple(out[0, 2]) == PRED_ONLY
     assert tuple(out[0, 3]) == (0, 0, 0)
+
+
+def test_ignored_pixels_of_multi_class_pictures_take_a_colour_no_class_has():
+    for kind, n in (("cityscapes", 19), ("multiclass", 200)):
+        colours = palette(n, kind)
+        assert tuple(colours[IGNORE_INDEX]) == IGNORED_COLOR
+        assert IGNORED_COLOR not in {tuple(c) for c in colours[:n]}  # Cityscapes' greys included
+    truth = np.array([[0, 1, IGNORE_INDEX]], np.uint8)
+    out = difference(truth, np.array([[0, 2, 1]], np.uint8), np.zeros((1, 3, 3), np.uint8), 3)
+    assert [tuple(c) for c in out[0]] == [(0, 0, 0), WRONG, IGNORED_COLOR]
 
 
 def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_run, tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import error_lines, make_meta, run_cli
 from unetkit.core.checkpoint import read_checkpoint, save_checkpoint
 from unetkit.core.errors import UnetkitError
-from unetkit.core.metrics import class_scores, confusion_counts
+from unetkit.core.metrics import agreement_counts, class_scores, confusion_counts, mask_agreement
 from unetkit.core.model import UNet, UNetConfig
 from unetkit.export.calibration import (
     CalibrationItem,
@@ -31,7 +31,6 @@ from unetkit.export.calibration import (
 from unetkit.export.quantize import float_convs, qdq_problems_for_tensorrt, quantize_onnx
 from unetkit.export.verify import (
     Verification,
-    agreement_counts,
     sample_inputs,
     verification_images,
     verification_line,
@@ -266,6 +265,7 @@ def test_agreement_pools_pixels_so_a_tiny_class_cannot_decide_alone():
     candidate = torch.zeros(10, 10, dtype=torch.uint8)
     assert agreement_counts(candidate, reference, 3) == [98, 2, 2]
     assert class_scores(confusion_counts(candidate, reference, 3, ignore_index=-1), 3).mean_dice < 0.6
+    assert mask_agreement(candidate, reference, 3) == 0.98  # the benchmark's Dice column: the same figure
     binary = agreement_counts(torch.tensor([[1, 1, 0, 0]]), torch.tensor([[1, 0, 1, 0]]), 1)
     assert binary == [1, 1, 1]  # the foreground only: background pixels agreeing say nothing
     result = Verification(exact=False, int8=True)

@@ -138,12 +138,14 @@ def test_multiclass_means_count_only_classes_in_the_truth():
     assert math.isnan(class_scores(confusion_counts(labels([1]), labels([255]), 3), 3).mean_dice)
 
 
-def test_mask_agreement_is_over_the_reference_classes():
+def test_mask_agreement_pools_the_pixels_of_every_class():
     reference = torch.tensor([[0, 0, 1, 1]])
-    assert mask_agreement(reference, reference, 3) == 1.0  # class 2 in neither: not a free 1.0, just absent
+    assert mask_agreement(reference, reference, 3) == 1.0
     stray = torch.tensor([[0, 2, 1, 1]])  # one pixel of a class the reference lacks
-    # class 0: tp 1, fn 1 -> 2/3; class 1: 1.0; class 2 left out
-    assert mask_agreement(stray, reference, 3) == pytest.approx((2 / 3 + 1) / 2)
+    assert mask_agreement(stray, reference, 3) == pytest.approx(3 / 4)  # 3 of 4 pixels agree
+    binary = torch.tensor([[1, 0, 0, 0]])  # binary: the foreground's Dice; agreeing background says nothing
+    assert mask_agreement(binary, torch.tensor([[1, 1, 0, 0]]), 1) == pytest.approx(2 / 3)
+    assert mask_agreement(torch.zeros(1, 4), torch.zeros(1, 4), 1) == 1.0  # nothing to find, none found
 
 
 class _Fixed(torch.nn.Module):

@@ -3,7 +3,7 @@
 One row per image, four panels at the same scale: the image, the truth, the prediction, and the differences
 (binary: white where both say foreground, orange where only the prediction does, blue where only the truth
 does; multi-class: the image dimmed where the class is right, magenta where it is wrong; ignored pixels are
-grey). Orange and blue stay apart for colour-blind readers.
+white, a colour no class takes). Orange and blue stay apart for colour-blind readers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from unetkit.core.atomic import atomic_path
-from unetkit.core.labels import IGNORE_INDEX, palette
+from unetkit.core.labels import IGNORE_INDEX, IGNORED_COLOR, palette
 
 PANEL_WIDTH = 320
 HEADER = 16
@@ -28,7 +28,7 @@ BOTH, PRED_ONLY, TRUTH_ONLY, WRONG, IGNORED = (
 )
 LEGEND = {
     "binary": "image | truth | prediction | white: both, orange: predicted only (FP), blue: missed (FN)",
-    "multiclass": "image | truth | prediction | magenta: wrong class, grey: ignored",
+    "multiclass": "image | truth | prediction | magenta: wrong class, white: ignored",
 }
 
 
@@ -52,7 +52,7 @@ def difference(truth: np.ndarray, pred: np.ndarray, image: np.ndarray, n_classes
     else:
         out = (image.astype(np.float32) * 0.4).astype(np.uint8)
         out[(truth != pred) & ~ignored] = WRONG
-    out[ignored] = IGNORED
+    out[ignored] = IGNORED if n_classes == 1 else IGNORED_COLOR
     return out
 
 
