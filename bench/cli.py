@@ -16,6 +16,7 @@ from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_wo
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
+from unetkit.core.meta import RECIPE_SCALE
 from unetkit.core.outputs import FILE, check_outputs
 from unetkit.core.preprocess import input_size
 from unetkit.infer.engines import DTYPES
@@ -104,11 +105,12 @@ def _checkpoint(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
         return DEFAULT_CHECKPOINT, str(DEFAULT_CHECKPOINT)
     torch.manual_seed(0)
     config = UNetConfig(base_channels=args.base_channels)
-    meta = ModelMeta(n_classes=1, scale=1.0, class_names=("foreground",))
+    meta = ModelMeta(n_classes=1, scale=RECIPE_SCALE, class_names=("foreground",))  # as unet-train makes it
     path = scratch / "random.pth"
     save_checkpoint(path, UNet(config).eval(), meta)
-    log.info("no best.pth here: benchmarking the default U-Net (base %d) with random weights", args.base_channels)
-    return path, f"default U-Net (base {args.base_channels}), random weights"
+    log.info("no best.pth here: benchmarking the default U-Net (base %d) with random weights, at unet-train's "
+             "default input scale %g", args.base_channels, RECIPE_SCALE)  # fmt: skip
+    return path, f"default U-Net (base {args.base_channels}), random weights, scale {RECIPE_SCALE:g}"
 
 
 def _specs(args: argparse.Namespace, device: torch.device) -> list[tuple[EngineSpec, str | None]]:

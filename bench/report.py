@@ -40,12 +40,15 @@ class Report:
                 "target_ms": target,
                 "meets_target": False if judged else None,
             }
+        alone = best_row(self.model, batch=1)  # one image's latency, which a per-image share of a batch is not
         return {
             "engine": best.label,
             "batch": best.batch,
             "per_image_ms": best.per_image_ms["p50"],
             "target_ms": target,
             "meets_target": bool(best.meets_target),
+            "batch1_engine": alone.label if alone else None,
+            "batch1_ms": alone.per_image_ms["p50"] if alone else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,16 +160,24 @@ def render_text(report: Report) -> str:
         lines += ["", "end to end (JPEG files in, masks written; busy ms per image by stage):"]
         lines += _table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])
         lines += _e2e_notes(report.settings)
+    lines += ["", *verdict_lines(report)]
+    return "\n".join(lines)
+
+
+def verdict_lines(report: Report) -> list[str]:
+    """The verdict against the target, and for a batch's per-image share the batch-1 latency beside it."""
     v = report.verdict()
     if v["meets_target"] is None:
-        lines += ["", "verdict: none (the target is judged on model-only rows; --scope e2e times none)"]
-    elif v["engine"] is None:
-        lines += ["", f"verdict: no engine ran; target {v['target_ms']:g} ms/image not met"]
-    else:
-        word = "meets" if v["meets_target"] else "MISSES"
-        lines += ["", f"verdict: fastest is {v['engine']} at batch {v['batch']}: {v['per_image_ms']:.2f} ms/image, "
-                  f"{word} the {v['target_ms']:g} ms/image target"]  # fmt: skip
-    return "\n".join(lines)
+        return ["verdict: none (the target is judged on model-only rows; --scope e2e times none)"]
+    if v["engine"] is None:
+        return [f"verdict: no engine ran; target {v['target_ms']:g} ms/image not met"]
+    word = "meets" if v["meets_target"] else "MISSES"
+    lines = [f"verdict: fastest is {v['engine']} at batch {v['batch']}: {v['per_image_ms']:.2f} ms/image, {word} "
+             f"the {v['target_ms']:g} ms/image target"]  # fmt: skip
+    if v["batch"] != 1 and v["batch1_ms"] is not None:
+        lines.append(f"  (ms/image at batch {v['batch']} is its batch's time / {v['batch']}; one image alone, "
+                     f"batch 1: {v['batch1_ms']:.2f} ms with {v['batch1_engine']})")  # fmt: skip
+    return lines
 
 
 def render_markdown(report: Report) -> str:
@@ -184,7 +195,7 @@ def render_markdown(report: Report) -> str:
         lines += ["", "**End to end**", "", *table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])]
         for note in _e2e_notes(report.settings):
             lines += ["", note.strip()]
-    lines += ["", render_text(report).splitlines()[-1]]
+    lines += ["", *verdict_lines(report)]
     return "\n".join(lines) + "\n"
 
 

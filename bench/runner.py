@@ -265,8 +265,9 @@ def finish_rows(rows: list[Row], flops_per_image: int, peaks: dict[str, float], 
         row.meets_target = row.per_image_ms["p50"] <= target_ms
 
 
-def best_row(rows: list[Row]) -> Row | None:
-    ok = [r for r in rows if r.status == "ok"]
+def best_row(rows: list[Row], batch: int | None = None) -> Row | None:
+    """The fastest row per image (p50) that ran, over every batch size or only `batch`'s."""
+    ok = [r for r in rows if r.status == "ok" and batch in (None, r.batch)]
     return min(ok, key=lambda r: r.per_image_ms["p50"]) if ok else None
 
 

@@ -19,6 +19,9 @@ from .labels import IGNORE_INDEX
 #: ImageNet statistics, in [0, 1] units; stored in every model so inference never guesses.
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
+#: The seed's input scale (1918x1280 Carvana images -> 959x640 inputs): unet-train's default, and the rule of
+#: the random-weight model unet-bench measures when it has no checkpoint.
+RECIPE_SCALE = 0.5
 MASK_KINDS = ("binary", "multiclass", "cityscapes")
 RESIZE_MODES = ("scale", "size", "max_side")
 

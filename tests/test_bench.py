@@ -120,6 +120,15 @@ def test_peak_is_the_best_probe_and_a_share_over_100_percent_is_flagged():
     assert "model input 1x1 (scale 1)" in text  # a report from before the resize rules
     report.settings.update(resize="size 256x384 (HxW)", model_hw=[256, 384])
     assert "model input 384x256 (size 256x384 (HxW))" in render_text(report)
+    # a batch's per-image share is not one image's latency: the verdict gives that too, in text and Markdown
+    batched = [_row("torch", "fp32", 1, 120.0), _row("onnx", "fp32", 1, 100.0), _row("onnx", "fp32", 8, 480.0)]
+    finish_rows(batched, flops_per_image=10**12, peaks={}, target_ms=150.0)
+    report.model = batched
+    verdict = report.verdict()
+    assert (verdict["batch"], verdict["per_image_ms"], verdict["batch1_ms"]) == (8, 60.0, 100.0)
+    note = "  (ms/image at batch 8 is its batch's time / 8; one image alone, batch 1: 100.00 ms with onnx fp32)"
+    assert render_text(report).endswith(f"the 150 ms/image target\n{note}")
+    assert render_markdown(report).endswith(f"the 150 ms/image target\n{note}\n")
     report.model, report.settings["scope"] = [], "e2e"  # end to end only: no row the target is judged on
     assert report.verdict()["meets_target"] is None
     assert render_text(report).endswith(
@@ -250,7 +259,8 @@ def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):
                    "torch:fp32", "--batch", "1", "--scope", "model", "--min-iters", "2", "--min-time", "0",
                    cwd=tmp_path, check=True)  # fmt: skip
     assert "no best.pth here: benchmarking the default U-Net (base 4) with random weights" in proc.stdout
-    assert "model: default U-Net (base 4), random weights" in proc.stdout
+    assert "model: default U-Net (base 4), random weights, scale 0.5" in proc.stdout
+    assert "at unet-train's default input scale 0.5" in proc.stdout
 
 
 def test_bad_arguments_give_one_line(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES
 from unetkit.core.errors import UnetkitError
-from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD, ResizeRule
+from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD, RECIPE_SCALE, ResizeRule
 
 from .data.layouts import FolderSpec
 
@@ -38,7 +38,7 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8
     lr: float = 1e-4
-    scale: float = 0.5
+    scale: float = RECIPE_SCALE
     base_channels: int = 64
     bilinear: bool = False
     loss: str | None = None  # None: bce+dice for binary, ce+dice for multi-class
