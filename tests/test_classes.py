@@ -47,7 +47,7 @@ def trained(squares, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
     proc = run_cli("unet-train", "--images", squares / "images", "--masks", squares / "labels", "--classes", NAMES,
                    "--out", run, "--epochs", "2", "--base-channels", "4", "--workers", "0", "--device", "cpu",
-                   "--no-progress", "--lr", "3e-3", check=True)  # fmt: skip
+                   "--no-progress", "--lr", "3e-3", "--class-weights", "0.5,2,2,2", check=True)  # fmt: skip
     return run, proc
 
 
@@ -87,6 +87,10 @@ def test_training_on_class_ids_makes_a_multi_class_model(trained, squares, tmp_p
     assert meta.n_classes == 4 and meta.class_names == tuple(NAMES.split(",")) and meta.mask_kind == "multiclass"
     assert "loss ce+dice" in proc.stdout
     assert meta.extra["train_args"]["classes"] == NAMES.split(",")
+    # the final evaluation scores with the run's own weighted loss: the same figure its validation reported
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    val_loss = next(h["Loss/val"] for h in history if h["epoch"] == meta.epoch)
+    assert f"Dice {meta.val_dice:.4f}  IoU {meta.val_iou:.4f}  loss {val_loss:.4f}" in proc.stdout
     # --eval on the same folders needs no --classes: the checkpoint names them
     out = tmp_path / "eval.json"
     run_cli("unet-train", "--eval", run / "best.pth", "--images", squares / "images", "--masks", squares / "labels",
@@ -98,6 +102,13 @@ def test_training_on_class_ids_makes_a_multi_class_model(trained, squares, tmp_p
             "--device", "cpu", "--no-progress", check=True)  # fmt: skip
     written = np.array(Image.open(tmp_path / "pred/s01.png"))
     assert written.shape == (48, 64) and set(np.unique(written).tolist()) <= {0, 1, 2, 3}
+
+
+def test_class_weights_that_do_not_fit_the_classes_are_one_line(squares, tmp_path):
+    proc = run_cli("unet-train", "--images", squares / "images", "--masks", squares / "labels", "--classes", "4",
+                   "--class-weights", "1,2", "--out", tmp_path / "run", "--epochs", "1", "--workers", "0",
+                   "--device", "cpu", "--no-progress")  # fmt: skip
+    assert error_lines(proc) == ["unet-train: error: --class-weights has 2 value(s) for 4 classes"]
 
 
 def test_a_threshold_for_a_multi_class_model_is_refused(squares, tmp_path):

@@ -81,6 +81,32 @@ def test_make_loss_combines_half_and_half():
         make_loss("bce", 19)
 
 
+def test_weighted_cross_entropy_terms():
+    """--pos-weight weighs a foreground pixel's BCE term; --class-weights is PyTorch's weighted mean of CE."""
+    logits, target = torch.tensor([0.5, -0.2, -1.0, 0.3]).view(1, 1, 1, 4), labels([1, 0, 1, 0])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], (target == 1).float(), reduction="none")
+    per = per.flatten()
+    weighted = (3 * per[0] + per[1] + 3 * per[2] + per[3]) / 4  # pixels 0 and 2 are foreground
+    assert bce_loss(logits, target, pos_weight=3.0).item() == pytest.approx(weighted.item(), rel=1e-6)
+    multi = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    truth = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(1))
+    truth[0, 0, :2] = 255
+    weight = torch.tensor([1.0, 4.0, 2.0])
+    expected = torch.nn.functional.cross_entropy(multi, truth, weight=weight, ignore_index=255)
+    assert ce_loss(multi, truth, class_weights=(1.0, 4.0, 2.0)).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert make_loss("ce+dice", 3, class_weights=(1.0, 1.0, 1.0))(multi, truth).item() == pytest.approx(
+        make_loss("ce+dice", 3)(multi, truth).item(), rel=1e-6
+    )
+    for args, message in (
+        (("bce", 1, 1.0, (1.0, 2.0)), "--class-weights is for multi-class models"),
+        (("ce", 3, 2.0), "--pos-weight is for binary models"),
+        (("ce", 3, 1.0, (1.0, 2.0)), "--class-weights has 2 value\\(s\\) for 3 classes"),
+        (("dice", 1, 2.0), "weigh the cross-entropy term, which --loss dice has not"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make_loss(*args)
+
+
 def test_dice_and_iou_hand_values():
     counts = confusion_counts(labels([1, 1, 0, 0]), labels([1, 0, 1, 0]), n_classes=1)
     assert counts.tolist() == [[1, 1, 1]]

@@ -15,7 +15,7 @@ from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 from .config import MONITORS, SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
 from .data.layouts import LAYOUTS
-from .data.options import absolute, add_data_arguments, parse_hw, parse_rgb, resolve_folders
+from .data.options import absolute, add_data_arguments, parse_floats, parse_hw, parse_rgb, resolve_folders
 from .data.split import SPLIT_FILE
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "transposed convolutions")  # fmt: skip
     p.add_argument("--loss", choices=sorted({*BINARY_LOSSES, *MULTICLASS_LOSSES}),
                    help="loss (default bce+dice for binary, ce+dice for multi-class)")  # fmt: skip
+    p.add_argument("--pos-weight", type=float, metavar="W", help="binary: weight of the foreground pixels in the "
+                   "cross-entropy term, e.g. 3 for small objects that are easily missed (default 1)")  # fmt: skip
+    p.add_argument("--class-weights", type=parse_floats, metavar="W0,W1,...", help="multi-class: one "
+                   "cross-entropy weight per class, in class-id order, so rare classes count for more (default all "
+                   "1)")  # fmt: skip
     add_device_argument(p, default=None)
     add_workers_argument(p, "DataLoader worker processes", default=None)
     p.add_argument("--seed", type=int, help=f"seed for initialization, split and augmentation (default {d.seed})")

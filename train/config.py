@@ -42,6 +42,8 @@ class TrainConfig:
     base_channels: int = 64
     bilinear: bool = False
     loss: str | None = None  # None: bce+dice for binary, ce+dice for multi-class
+    pos_weight: float = 1.0  # binary: weight of the foreground pixels' cross-entropy term
+    class_weights: tuple[float, ...] = ()  # multi-class: cross-entropy weight per class (empty: all 1)
     device: str = "auto"
     workers: int = DEFAULT_WORKERS
     seed: int = 0
@@ -81,6 +83,8 @@ class TrainConfig:
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
             "--patience must be at least 1": self.patience >= 1,
             "--lr-patience must be 0 or more": self.lr_patience >= 0,
+            "--pos-weight must be positive": math.isfinite(self.pos_weight) and self.pos_weight > 0,
+            "--class-weights must be positive": all(math.isfinite(w) and w > 0 for w in self.class_weights),
             "--monitor must be dice or loss": self.monitor in MONITORS,
             "--std must be positive": all(v > 0 for v in self.std),
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
@@ -133,7 +137,7 @@ class TrainConfig:
         for key in ("data", "out", "cache", "images", "masks"):
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
-        for key in ("mean", "std", "size", "mask_ext", "classes"):
+        for key in ("mean", "std", "size", "mask_ext", "classes", "class_weights"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -36,7 +36,7 @@ from .data.dataset import SampleRule, read_pair, resize_image
 from .data.layouts import DatasetIndex, FolderSpec, Pair, index_dataset
 from .data.split import SPLIT_FILE, Split, group_key_fn, make_split, read_split
 from .loop import BatchSetup
-from .losses import make_loss
+from .losses import LossFn, make_loss
 from .report import EvalReport, ImageScore
 from .worst import WorstRow, write_worst
 
@@ -155,7 +155,9 @@ def evaluate_checkpoint(
     setup = BatchSetup(dev, autocast_dtype(dev), meta.mean, meta.std)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks memory_format
-    images, model_counts, loss = _score(model, loader, pairs, sizes, keys, meta, setup, index.root, settings.progress)
+    loss_fn = run_loss(args, meta.n_classes)
+    images, model_counts, loss = _score(model, loader, pairs, sizes, keys, meta, setup, index.root, loss_fn,
+                                        settings.progress)  # fmt: skip
     report = EvalReport(
         checkpoint=str(checkpoint),
         data=str(data),
@@ -191,6 +193,14 @@ def _input_size(pair: Pair, rule: SampleRule) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def run_loss(train_args: dict[str, Any], n_classes: int) -> LossFn:
+    """The loss the run validated with (its --loss and weights, as recorded), so the loss --eval reports is
+    the one its validation reported; the default for checkpoints that record none."""
+    name = train_args.get("loss") or ("bce+dice" if n_classes == 1 else "ce+dice")
+    weights = tuple(train_args.get("class_weights") or ())
+    return make_loss(name, n_classes, float(train_args.get("pos_weight", 1.0)), weights)
+
+
 def _score(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -200,10 +210,10 @@ def _score(
     meta: ModelMeta,
     setup: BatchSetup,
     root: Path,
+    loss_fn: LossFn,
     progress: bool,
 ) -> tuple[list[ImageScore], torch.Tensor, float]:
     """Per-image counts at the original size, pooled counts at the model's size, and the mean loss."""
-    loss_fn = make_loss("bce+dice" if meta.n_classes == 1 else "ce+dice", meta.n_classes)
     model.eval()
     images: list[ImageScore] = []
     model_counts = None

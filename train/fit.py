@@ -258,9 +258,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
                            "probable class; the threshold is for binary models")  # fmt: skip
     loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
     try:
-        loss_fn = make_loss(loss_name, index.n_classes)
+        loss_fn = make_loss(loss_name, index.n_classes, cfg.pos_weight, cfg.class_weights)
     except ValueError as exc:
-        raise UnetkitError(f"--loss: {exc}") from None
+        raise UnetkitError(str(exc)) from None
 
     torch.manual_seed(cfg.seed)
     model = UNet(UNetConfig(n_classes=index.n_classes, base_channels=cfg.base_channels, bilinear=cfg.bilinear))

@@ -20,10 +20,16 @@ MULTICLASS_LOSSES = ("ce", "dice", "ce+dice")
 SMOOTH = 1.0
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Mean binary cross-entropy with logits over valid pixels (log-sum-exp form, no sigmoid overflow)."""
+def bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, pos_weight: float = 1.0
+) -> torch.Tensor:
+    """Mean binary cross-entropy with logits over valid pixels (log-sum-exp form, no sigmoid overflow);
+    `pos_weight` weighs the foreground pixels' term (> 1: missing small objects costs more)."""
     valid = target != ignore_index
-    per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0].float(), (target == 1).float(), reduction="none")
+    weight = torch.tensor([pos_weight], device=logits.device) if pos_weight != 1.0 else None
+    per_pixel = F.binary_cross_entropy_with_logits(
+        logits[:, 0].float(), (target == 1).float(), reduction="none", pos_weight=weight
+    )
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
@@ -36,11 +42,22 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: i
     return 1.0 - (2.0 * inter + SMOOTH) / (prob.sum() + truth.sum() + SMOOTH)
 
 
-def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy (log-softmax inside) averaged over valid pixels; 0 when none is valid."""
-    valid = (target != ignore_index).sum()
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return total / valid.clamp(min=1)
+def ce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    class_weights: tuple[float, ...] = (),
+) -> torch.Tensor:
+    """Cross-entropy (log-softmax inside) averaged over valid pixels; 0 when none is valid. With
+    `class_weights` each pixel's term is weighted by its class and the mean is over the weights (PyTorch's
+    weighted mean), so rare classes can count for more."""
+    valid = target != ignore_index
+    if not class_weights:
+        total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+        return total / valid.sum().clamp(min=1)
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=logits.device)
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    return total / weight[target[valid]].sum().clamp(min=1e-12)
 
 
 def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -55,14 +72,30 @@ def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     return 1.0 - dice.mean()
 
 
-def make_loss(name: str, n_classes: int) -> LossFn:
-    """The named loss for a binary (n_classes == 1) or multi-class model; combinations weigh 0.5/0.5."""
+def make_loss(name: str, n_classes: int, pos_weight: float = 1.0, class_weights: tuple[float, ...] = ()) -> LossFn:
+    """The named loss for a binary (n_classes == 1) or multi-class model; combinations weigh 0.5/0.5.
+    `pos_weight` (binary) and `class_weights` (multi-class, one per class) weigh the cross-entropy term only:
+    the Dice term already weighs each class by its own size."""
     binary = n_classes == 1
     choices = BINARY_LOSSES if binary else MULTICLASS_LOSSES
     if name not in choices:
         kind = "binary" if binary else "multi-class"
-        raise ValueError(f"loss '{name}' is not available for a {kind} model; choose one of: {', '.join(choices)}")
-    pixel = bce_loss if binary else ce_loss
+        raise ValueError(f"--loss: loss '{name}' is not available for a {kind} model; choose one of: "
+                         f"{', '.join(choices)}")  # fmt: skip
+    if pos_weight != 1.0 and not binary:
+        raise ValueError("--pos-weight is for binary models; a multi-class one takes --class-weights")
+    if class_weights and binary:
+        raise ValueError("--class-weights is for multi-class models; a binary one takes --pos-weight")
+    if class_weights and len(class_weights) != n_classes:
+        raise ValueError(f"--class-weights has {len(class_weights)} value(s) for {n_classes} classes")
+    if (pos_weight != 1.0 or class_weights) and name == "dice":
+        raise ValueError("--pos-weight and --class-weights weigh the cross-entropy term, which --loss dice has not")
+
+    def pixel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if binary:
+            return bce_loss(logits, target, pos_weight=pos_weight)
+        return ce_loss(logits, target, class_weights=class_weights)
+
     dice = binary_dice_loss if binary else multiclass_dice_loss
     if name == "dice":
         return dice

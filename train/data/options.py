@@ -36,6 +36,17 @@ def parse_rgb(text: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    """'1,2.5,4' -> (1.0, 2.5, 4.0)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated numbers, e.g. 1,3,3") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated finite numbers")
+    return values
+
+
 def parse_classes(text: str) -> tuple[str, ...]:
     """'4' -> ('class 0', ..., 'class 3'); 'background,road,car' -> those names, in class-id order."""
     text = text.strip()
