@@ -3,11 +3,13 @@
 import hashlib
 import os
 import subprocess
+import zipfile
 
 import numpy as np
 
 from conftest import cli_command, error_lines, run_cli
 from unetkit.core.imageio import binary_mask, read_image, read_mask
+from unetkit.train.data.kaggle import _unpack, carvana_files
 from unetkit.train.data.layouts import index_dataset
 
 
@@ -109,3 +111,16 @@ def test_check_warns_when_size_would_turn_every_image_on_its_side(tmp_path):
             "stretched on its side; --size 64x96 keeps their shape") in proc.stdout  # fmt: skip
     proc = run_cli("unet-data", "check", tmp_path, "--size", "64x96", "--no-progress", check=True)
     assert "stretched on its side" not in proc.stdout
+
+
+def test_carvana_archives_and_where_they_unpack(tmp_path):
+    """--test adds the test images; the high-quality archives unpack into the plain folder names."""
+    assert carvana_files() == ["train.zip", "train_masks.zip"]
+    assert carvana_files(hq=True, test=True) == ["train_hq.zip", "train_masks.zip", "test_hq.zip"]
+    archive = tmp_path / "test_hq.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("test_hq/0004d4463b50_01.jpg", b"jpeg bytes")
+    (tmp_path / "out").mkdir()
+    _unpack(archive, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["test"]
+    assert (tmp_path / "out/test/0004d4463b50_01.jpg").read_bytes() == b"jpeg bytes"

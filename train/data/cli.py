@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("carvana", help="download Kaggle's Carvana competition data (needs a Kaggle API token)")
     c.add_argument("--out", type=Path, required=True, help="folder to write train/ and train_masks/ into")
     c.add_argument("--hq", action="store_true", help="the high-quality JPEGs (train_hq.zip, larger)")
+    c.add_argument("--test", action="store_true", help="also the 100,064 test images into OUT/test (about 14 GB), "
+                   "which a Kaggle submission (unet-infer --rle) is scored on")  # fmt: skip
 
     k = sub.add_parser("check", help="validate a data set and summarize it, with the split training would make")
     k.add_argument("data", type=Path, nargs="?", help="data set folder (or give --images and --masks)")
@@ -92,8 +94,9 @@ def _carvana(args: argparse.Namespace) -> int:
     from .kaggle import download_carvana
 
     check_outputs([("--out", args.out, FOLDER)])
-    out = download_carvana(args.out, hq=args.hq, quiet=not args.progress)
-    print(f"Carvana training data is in {out}/train and {out}/train_masks")
+    out = download_carvana(args.out, hq=args.hq, quiet=not args.progress, test=args.test)
+    print(f"Carvana training data is in {out}/train and {out}/train_masks"
+          + (f"; the test images in {out}/test" if args.test else ""))  # fmt: skip
     return EXIT_OK
 
 

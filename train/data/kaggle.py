@@ -29,8 +29,22 @@ def credentials_source() -> str | None:
     return None
 
 
-def download_carvana(out: str | os.PathLike, hq: bool = False, quiet: bool = False) -> Path:
-    """Download and unpack train(_hq).zip and train_masks.zip into OUT/train and OUT/train_masks."""
+def carvana_files(hq: bool = False, test: bool = False) -> list[str]:
+    """The competition's archives to fetch: the training images and masks, and with `test` the 100,064 test
+    images (about 14 GB; 'test_hq.zip' larger still) that a Kaggle submission is scored on."""
+    files = ["train_hq.zip" if hq else "train.zip", "train_masks.zip"]
+    return [*files, "test_hq.zip" if hq else "test.zip"] if test else files
+
+
+def unpacked_name(folder: str) -> str:
+    """The folder an archive's top folder becomes: the high-quality sets take the plain names, so the layout
+    (train/ + train_masks/, and test/) is the same either way."""
+    return {"train_hq": "train", "test_hq": "test"}.get(folder, folder)
+
+
+def download_carvana(out: str | os.PathLike, hq: bool = False, quiet: bool = False, test: bool = False) -> Path:
+    """Download and unpack train(_hq).zip and train_masks.zip into OUT/train and OUT/train_masks (and with
+    `test`, test(_hq).zip into OUT/test)."""
     out = Path(out)
     if credentials_source() is None:
         raise UnetkitError(
@@ -46,7 +60,7 @@ def download_carvana(out: str | os.PathLike, hq: bool = False, quiet: bool = Fal
         api.authenticate()
     except Exception as exc:  # the client raises bare Exceptions for bad tokens
         raise UnetkitError(f"Kaggle rejected the credentials ({exc})") from None
-    files = ["train_hq.zip" if hq else "train.zip", "train_masks.zip"]
+    files = carvana_files(hq, test)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".download-") as tmp:
         for name in files:
@@ -70,7 +84,7 @@ def _unpack(archive: Path, out: Path) -> None:
         with zipfile.ZipFile(archive) as z:
             z.extractall(staging)
         for folder in staging.iterdir():
-            target = out / ("train" if folder.name == "train_hq" else folder.name)
+            target = out / unpacked_name(folder.name)
             if target.exists():
                 shutil.rmtree(target)
             folder.rename(target)
