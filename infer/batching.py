@@ -4,6 +4,8 @@ Whole-image mode batches consecutive images of the same model-input size. Tiled 
 fixed-size tiles and fills each batch with tiles from as many images as it takes, so the GPU stays full
 whatever the image sizes; each tile's probabilities are blended into its image's buffers, and an image is
 finished when its last tile is. For engines that recompile per shape the last batch is padded to full size.
+With test-time augmentation (`tta`) every batch also runs mirrored left-right, and the two probability maps
+are averaged.
 Everything runs on the current CUDA stream of the caller; results come back in the order images went in.
 """
 
@@ -54,6 +56,7 @@ class BatchRunner:
         blend: str = "gaussian",
         static_shapes: bool = False,
         check: Check | None = None,
+        tta: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -63,6 +66,7 @@ class BatchRunner:
         self.blend = blend
         self.static_shapes = static_shapes
         self.check = check  # raises for an input shape the engine cannot take (a TensorRT profile's limits)
+        self.tta = tta
         self._queue: deque[Job] = deque()  # jobs not yet handed back, in order
         self._pending: list[Any] = []  # whole mode: jobs; tiled mode: (job, y, x)
         if tile:
@@ -74,7 +78,7 @@ class BatchRunner:
         """The runner for `engine` with these settings (the batch already resolved for its device)."""
         return cls(
             engine, engine.n_classes, settings.batch_size, settings.tile, settings.tile_overlap, settings.blend,
-            engine.static_shapes, check=engine.check,
+            engine.static_shapes, check=engine.check, tta=settings.tta,
         )  # fmt: skip
 
     def push(self, job: Job) -> list[Job]:
@@ -110,7 +114,10 @@ class BatchRunner:
         n = x.shape[0]
         if self.static_shapes and n < self.batch:  # one shape for engines that recompile per shape
             x = torch.cat([x, x.new_zeros((self.batch - n, *x.shape[1:]))])
-        return probabilities(self.infer(x)[:n])
+        prob = probabilities(self.infer(x)[:n])
+        if self.tta:  # the mirrored image's probabilities, mirrored back, averaged in (same shape: same engine call)
+            prob = (prob + probabilities(self.infer(x.flip(-1))[:n]).flip(-1)) / 2
+        return prob
 
     def _run_whole(self) -> None:
         jobs, self._pending = self._pending, []

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"predicts whole images (try {DEFAULT_TILE})")  # fmt: skip
     p.add_argument("--overlap", type=int, metavar="M", help="minimum tile overlap in pixels (default N/4)")
     p.add_argument("--blend", choices=BLEND_MODES, default="gaussian", help="tile blending weights (default gaussian)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict each image mirrored "
+                   "left-right (the flip training augments with) and average; twice the compute")  # fmt: skip
     p.add_argument("--batch", type=int, help="images (or tiles) per engine call (default 8 on CUDA, 2 on the CPU)")
     p.add_argument("--out", type=Path, help=f"output folder (default <folder>{DEFAULT_OUT_SUFFIX} beside the input "
                    "folder)")  # fmt: skip
@@ -113,7 +115,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, part: Part | None, device: str, progress: bool) -> int:
     """The folder, or this part of it, through one Predictor; a part with --rle also writes its manifest."""
-    settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder)
+    settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder, args.tta)
     out = args.out or default_out_dir(args.folder)
     siblings = OutputOptions(args.save_prob, args.overlay).siblings()
     items = discover(args.folder, out, args.recursive, siblings)  # a missing or empty folder fails before loading

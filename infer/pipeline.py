@@ -58,6 +58,7 @@ class RunSummary:
     def lines(self) -> list[str]:
         s = self.settings
         mode = f"tile {s['tile']} overlap {s['overlap']} ({s['blend']})" if s.get("tile") else "whole images"
+        mode += ", mirrored TTA" if s.get("tta") else ""
         out = [
             f"{self.images} images: {self.written} written, {self.skipped} skipped (--resume), "
             f"{len(self.failures)} failed; {self.seconds:.1f} s, {self.images_per_s:.2f} images/s",
@@ -122,6 +123,7 @@ class _FolderRun:
             "tile": s.tile,
             "overlap": s.tile_overlap,
             "blend": s.blend,
+            "tta": s.tta,
             "batch": s.batch,
             "decoder": "nvjpeg" if self.jpeg is not None else "cpu (PIL)",
             "workers": s.workers,

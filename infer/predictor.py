@@ -59,8 +59,9 @@ class Predictor:
         compile_mode: str | None = None,
         workers: int = DEFAULT_WORKERS,
         decoder: str = "auto",
+        tta: bool = False,
     ) -> None:
-        settings = InferSettings(tile, overlap, blend, batch, workers, decoder)  # bad values fail before loading
+        settings = InferSettings(tile, overlap, blend, batch, workers, decoder, tta)  # bad values fail before loading
         source = Path(source)
         is_checkpoint = source.suffix.lower() not in (".onnx", ".engine", ".plan")
         built = create_engine(

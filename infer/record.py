@@ -44,11 +44,13 @@ def model_identity(engine: Engine) -> dict[str, Any]:
 
 def mask_settings(settings: InferSettings) -> dict[str, Any]:
     """What decides a mask besides the model and its precision: whole images, or the tiling (edge, overlap,
-    blend). A --resume with other ones would leave the folder's masks half one way, half the other."""
+    blend), and test-time augmentation. A --resume with other ones would leave the folder's masks half one
+    way, half the other."""
+    tta = {"tta": True} if settings.tta else {}  # absent when off, as folders written before it record
     if not settings.tile:
-        return {"tile": 0}
+        return {"tile": 0, **tta}
     overlap = settings.overlap if settings.overlap is not None else settings.tile // 4
-    return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend}
+    return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend, **tta}
 
 
 def stale_siblings(items: Sequence[Item], outputs: OutputOptions) -> list[Path]:
@@ -113,9 +115,10 @@ def claim_out_dir(
 
 
 def _settings(values: dict[str, Any]) -> str:
+    tta = " with --tta" if values.get("tta") else " without --tta"
     if not values.get("tile"):
-        return "whole images"
-    return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}"
+        return "whole images" + tta
+    return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}{tta}"
 
 
 def _describe(identity: dict[str, Any]) -> str:

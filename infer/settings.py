@@ -34,6 +34,7 @@ class InferSettings:
     batch: int | None = None  # None: DEFAULT_BATCH for the engine's device
     workers: int = DEFAULT_WORKERS  # decoding and encoding threads
     decoder: str = "auto"  # JPEG decoding: auto (nvJPEG where usable), cpu, nvjpeg
+    tta: bool = False  # also predict the mirrored image and average: the flip training augments with
 
     def __post_init__(self) -> None:
         problems = [

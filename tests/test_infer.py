@@ -519,8 +519,8 @@ def test_one_output_folder_never_mixes_settings_or_stale_sidecars(exported_check
     assert "add --save-prob, or give another --out" in line
     other = run_cli("unet-infer", *common, "--save-prob", "--resume")
     assert error_lines(other) == [
-        f"unet-infer: error: --out {out}: its masks were made with --tile 32 --overlap 8 --blend gaussian, this run "
-        "uses whole images; --resume with the same, or give another --out"
+        f"unet-infer: error: --out {out}: its masks were made with --tile 32 --overlap 8 --blend gaussian without "
+        "--tta, this run uses whole images without --tta; --resume with the same, or give another --out"
     ]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing was written
     run_cli("unet-infer", *common, "--tile", "32", "--resume", check=True)  # every mask is kept, with its map
@@ -529,3 +529,8 @@ def test_one_output_folder_never_mixes_settings_or_stale_sidecars(exported_check
     assert "holds 1 file(s) of an earlier run that this run would not replace" in error_lines(redo)[0]
     run_cli("unet-infer", *common, "--save-prob", check=True)  # a whole rewrite with other settings is fine
     assert json.loads((out / RECORD_NAME).read_text())["settings"] == {"tile": 0}
+    mirrored = run_cli("unet-infer", *common, "--save-prob", "--tta", "--resume")  # TTA changes masks too
+    assert "made with whole images without --tta, this run uses whole images with --tta;" in error_lines(mirrored)[0]
+    proc = run_cli("unet-infer", *common, "--save-prob", "--tta", check=True)
+    assert json.loads((out / RECORD_NAME).read_text())["settings"] == {"tile": 0, "tta": True}
+    assert "whole images, mirrored TTA, batch" in proc.stdout

@@ -101,3 +101,30 @@ def test_static_engines_get_full_batches_and_whole_mode_groups_sizes():
     assert [j.key for j in done] == [0, 1, 2, 3]
     assert shapes == [(4, 3, 32, 48), (4, 3, 16, 16), (4, 3, 32, 48)]  # padded to 4, same sizes together
     assert [tuple(j.prob.shape) for j in done] == [(1, *s) for s in sizes]
+
+
+def test_tta_averages_the_mirrored_prediction_mirrored_back():
+    """A 'model' that sees its neighbour to the left is not mirror-symmetric: TTA averages its prediction with
+    that of the mirrored image, mirrored back, whole or tiled, and a mirror-symmetric model is unchanged."""
+
+    def leftward(x: torch.Tensor) -> torch.Tensor:
+        return pointwise(x) + 0.5 * pointwise(torch.roll(x, 1, dims=-1))
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, 40, 70, generator=g), torch.randn(3, 40, 70, generator=g)]
+    plain = run_all(BatchRunner(leftward, 1, batch=2), [Job(i, x) for i, x in enumerate(images)])
+    tta = run_all(BatchRunner(leftward, 1, batch=2, tta=True), [Job(i, x) for i, x in enumerate(images)])
+    for job, base, x in zip(tta, plain, images, strict=True):
+        mirrored = torch.sigmoid(leftward(x.flip(-1)[None])[0]).flip(-1)
+        torch.testing.assert_close(job.prob, (base.prob + mirrored) / 2, rtol=0, atol=1e-6)
+        assert not torch.allclose(job.prob, base.prob)
+    calls = []
+
+    def symmetric(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return pointwise(x)
+
+    tiled = run_all(BatchRunner(symmetric, 1, batch=4, tile=32, overlap=8, tta=True), [Job(0, images[0])])
+    whole = run_all(BatchRunner(pointwise, 1, batch=1), [Job(0, images[0])])
+    torch.testing.assert_close(tiled[0].prob, whole[0].prob, rtol=0, atol=1e-6)
+    assert len(calls) == 4 and calls[0] == calls[1] == (4, 3, 32, 32)  # each batch twice, at the same shape
