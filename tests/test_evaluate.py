@@ -83,7 +83,8 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     numbers = json.loads(out.read_text())
     assert {"schema", "checkpoint", "data", "split", "images", "groups", "grouping", "resize", "scored_at", "dice",
             "iou", "mean_image_dice", "mean_image_iou", "model_size", "recorded_val_dice", "recorded_epoch",
-            "per_class", "absent_classes", "per_image", "per_group", "worst", "picture"} == set(numbers)  # fmt: skip
+            "per_class", "absent_classes", "per_image", "per_group", "worst", "picture",
+            "tta"} == set(numbers)  # fmt: skip
     assert numbers["images"] == 24 and numbers["groups"] == 6 and numbers["scored_at"] == "original image size"
     assert {row["group"] for row in numbers["per_group"]} == {row["group"] for row in numbers["per_image"]}
     assert all(row["height"] == 64 and row["width"] == 96 for row in numbers["per_image"])
@@ -96,10 +97,16 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
         assert img.width == 4 * 320 + 6 and img.height > 4 * 200  # four rows of four panels
     # another evaluation into the same name (the same data again, or another folder of that name) keeps it
     stamp = picture.stat().st_mtime_ns
+    mirrored = tmp_path / "tta.json"
     again = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--device", "cpu", "--no-progress",
-                    check=True)  # fmt: skip
+                    "--tta", "--json", mirrored, check=True)  # fmt: skip
     second = run / "best-eval-grouped_data0-all-worst-2.png"
     assert f"picture of the worst 4: {second}" in again.stdout and picture.stat().st_mtime_ns == stamp
+    # --tta scores the mirrored-averaged predictions; the loss stays that of the plain logits
+    tta = json.loads(mirrored.read_text())
+    assert not numbers["tta"] and tta["tta"] and "; mirrored TTA):" in again.stdout
+    assert tta["model_size"]["loss"] == pytest.approx(numbers["model_size"]["loss"], rel=1e-5)
+    assert tta["dice"] != numbers["dice"]
     # the end of training reported the validation side the same way, and wrote its numbers beside best.pth
     val = json.loads((run / "best-eval-grouped_data0-val.json").read_text())
     assert val["split"] == "val" and f"numbers: {run / 'best-eval-grouped_data0-val.json'}" in train_proc.stdout

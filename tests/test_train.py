@@ -133,6 +133,7 @@ def test_last_pth_holds_what_resume_needs(tmp_path, synth_small):
         (["--std", "0,1,1"], "--std must be positive"),
         (["--mean", "0.5,0.5"], "'0.5,0.5' is not three numbers R,G,B"),
         (["--lr-patience", "-1"], "--lr-patience must be 0 or more"),
+        (["--tta"], "--tta scores a checkpoint with test-time augmentation: give it with --eval"),
     ],
 )
 def test_bad_arguments_give_one_line(tmp_path, synth_small, args, message):

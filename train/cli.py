@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --eval: all pairs, or the train/val part "
         "of the split the checkpoint was trained with, as recorded in split.json beside it (default all)",
     )
+    p.add_argument("--tta", action="store_true", default=None, help="with --eval: average each prediction with the "
+                   "mirrored image's, as unet-infer --tta, to see what it gains")  # fmt: skip
     p.add_argument("--json", type=Path, metavar="FILE", help="with --eval: write the numbers (per image, per group, "
                    "per class) to FILE")  # fmt: skip
     add_progress_argument(p, default=None)
@@ -120,6 +122,7 @@ def _eval(args: argparse.Namespace) -> int:
         split=args.split, layout=args.layout or "auto", folders=folders, group_by=args.group_by,
         mask_threshold=args.mask_threshold, batch_size=args.batch_size, device=args.device or "auto",
         workers=args.workers if args.workers is not None else DEFAULTS.workers, progress=args.progress is not False,
+        tta=bool(args.tta),
     )  # fmt: skip
     check_outputs([("--json", args.json, FILE)])  # looks, creates nothing
     report = evaluate_checkpoint(args.eval, data, settings)
@@ -139,6 +142,9 @@ def _train(args: argparse.Namespace) -> int:
         raise UnetkitError("--size and --max-side replace --scale: give one of the three")
     dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
     data, folders = resolve_folders(args)
+    if args.tta:
+        raise UnetkitError("--tta scores a checkpoint with test-time augmentation: give it with --eval (or to "
+                           "unet-infer)")  # fmt: skip
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "eval", "split", "json")}
     if data is not None and (args.data is not None or not args.resume):  # absolute, so --resume and export's
         given["data"] = data  # calibration find it from any folder; a resume derives it only from moved folders

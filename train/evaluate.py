@@ -10,9 +10,10 @@ checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class EvalSettings:
     workers: int = 2
     progress: bool = True
     replace_picture: bool = False  # the run's own evaluation at the end of training; --eval never replaces one
+    tta: bool = False  # average each prediction with the mirrored image's, as unet-infer --tta does
 
 
 def free_path(path: Path) -> Path:
@@ -156,7 +158,8 @@ def evaluate_checkpoint(
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks memory_format
     loss_fn = run_loss(args, meta.n_classes)
-    images, model_counts, loss = _score(model, loader, pairs, sizes, keys, meta, setup, index.root, loss_fn,
+    predict = functools.partial(_predict, model, setup, settings.tta)
+    images, model_counts, loss = _score(predict, loader, pairs, sizes, keys, meta, setup, index.root, loss_fn,
                                         settings.progress)  # fmt: skip
     report = EvalReport(
         checkpoint=str(checkpoint),
@@ -171,10 +174,11 @@ def evaluate_checkpoint(
         loss=loss,
         recorded_dice=meta.val_dice,
         recorded_epoch=meta.epoch,
+        tta=settings.tta,
     )
     worst = report.worst(WORST_ROWS)
     by_name = {s.name: p for s, p in zip(images, pairs, strict=True)}
-    rows = [_worst_row(model, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
+    rows = [_worst_row(predict, meta, setup, rule, by_name[s.name], s.name, d) for s, d, _ in worst]
     stem = report_stem(checkpoint, data, settings.split)
     picture = stem.with_name(stem.name + "-worst.png")
     picture = picture if settings.replace_picture else free_path(picture)
@@ -192,7 +196,6 @@ def _input_size(pair: Pair, rule: SampleRule) -> tuple[int, int]:
     return rule.resize.output_size(height, width)
 
 
-@torch.no_grad()
 def run_loss(train_args: dict[str, Any], n_classes: int) -> LossFn:
     """The loss the run validated with (its --loss and weights, as recorded), so the loss --eval reports is
     the one its validation reported; the default for checkpoints that record none."""
@@ -201,8 +204,23 @@ def run_loss(train_args: dict[str, Any], n_classes: int) -> LossFn:
     return make_loss(name, n_classes, float(train_args.get("pos_weight", 1.0)), weights)
 
 
+@torch.no_grad()
+def _predict(
+    model: torch.nn.Module, setup: BatchSetup, tta: bool, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, probabilities) of a batch of same-size inputs; with `tta` the probabilities are averaged with
+    those of the mirrored inputs, mirrored back (the loss stays that of the plain logits)."""
+    with setup.autocast():
+        logits = model(x).float()
+        prob = probabilities(logits)
+        if tta:
+            prob = (prob + probabilities(model(x.flip(-1)).float()).flip(-1)) / 2
+    return logits, prob
+
+
+@torch.no_grad()
 def _score(
-    model: torch.nn.Module,
+    predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     loader: DataLoader,
     pairs: list[Pair],
     sizes: dict[Path, tuple[int, int]],
@@ -214,19 +232,16 @@ def _score(
     progress: bool,
 ) -> tuple[list[ImageScore], torch.Tensor, float]:
     """Per-image counts at the original size, pooled counts at the model's size, and the mean loss."""
-    model.eval()
     images: list[ImageScore] = []
     model_counts = None
     total, seen = 0.0, 0
     for batch, labels, positions in tqdm(loader, desc="evaluate", unit="batch", leave=False, disable=not progress):
-        x = setup.inputs(batch)
-        with setup.autocast():
-            logits = model(x).float()
+        logits, probs = predict(setup.inputs(batch))
         small = torch.full((len(labels), *batch.shape[-2:]), IGNORE_INDEX, dtype=torch.long)
         for j, (truth, i) in enumerate(zip(labels, positions, strict=True)):
             h, w = sizes[pairs[i].image]
             small[j, :h, :w] = resize_masks(truth[None], (h, w))[0]
-            prob = probabilities(logits[j, :, :h, :w])
+            prob = probs[j, :, :h, :w]
             full = to_labels(resize_probabilities(prob, tuple(truth.shape)), meta.threshold).cpu()
             counts = confusion_counts(full, truth, meta.n_classes)
             name = Path(os.path.relpath(pairs[i].image, root)).as_posix()
@@ -234,7 +249,7 @@ def _score(
         y = small.to(setup.device)
         total += loss_fn(logits, y).item() * len(labels)
         seen += len(labels)
-        batch_counts = confusion_counts(to_labels(probabilities(logits), meta.threshold), y, meta.n_classes)
+        batch_counts = confusion_counts(to_labels(probs, meta.threshold), y, meta.n_classes)
         model_counts = batch_counts if model_counts is None else model_counts + batch_counts
     if model_counts is None:
         raise UnetkitError("nothing to evaluate: the split is empty")
@@ -243,13 +258,18 @@ def _score(
 
 @torch.no_grad()
 def _worst_row(
-    model: torch.nn.Module, meta: ModelMeta, setup: BatchSetup, rule: SampleRule, pair: Pair, name: str, dice: float
+    predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    meta: ModelMeta,
+    setup: BatchSetup,
+    rule: SampleRule,
+    pair: Pair,
+    name: str,
+    dice: float,
 ) -> WorstRow:
     """One image predicted again, alone, for the picture."""
     image, truth = read_pair(pair, rule)
     small = resize_image(image, rule.resize.output_size(*truth.shape))
     x = setup.inputs(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None])
-    with setup.autocast():
-        prob = probabilities(model(x).float()[0])
+    prob = predict(x)[1][0]
     pred = to_labels(resize_probabilities(prob, truth.shape), meta.threshold).cpu().numpy()
     return WorstRow(name, dice, image, truth, pred)

@@ -59,6 +59,7 @@ class EvalReport:
     recorded_epoch: int | None = None
     picture: Path | None = None
     worst_shown: list[str] = field(default_factory=list)
+    tta: bool = False  # predictions averaged with the mirrored image's (unet-infer --tta)
 
     @property
     def pooled(self) -> ClassScores:
@@ -112,6 +113,7 @@ class EvalReport:
             "grouping": self.grouping,
             "resize": self.resize,
             "scored_at": "original image size",
+            "tta": self.tta,
             "dice": _number(pooled.mean_dice),
             "iou": _number(pooled.mean_iou),
             "mean_image_dice": _number(mean_dice),
@@ -167,7 +169,7 @@ class EvalReport:
             recorded = f"  (the checkpoint's validation Dice: {self.recorded_dice:.4f} at epoch {self.recorded_epoch})"
         out = [
             f"{self.checkpoint} on {self.data} ({self.split}, {len(self.images)} images in {groups} group(s), "
-            f"{self.grouping}; model input by {self.resize}):",
+            f"{self.grouping}; model input by {self.resize}{'; mirrored TTA' if self.tta else ''}):",
             f"  original size:    Dice {pooled.mean_dice:.4f}  IoU {pooled.mean_iou:.4f}  (pixels pooled);  "
             f"per image: mean Dice {mean_dice:.4f}  IoU {mean_iou:.4f}",
             f"  model input size: Dice {self.model_size.mean_dice:.4f}  IoU {self.model_size.mean_iou:.4f}  "
