@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  torchrun --nproc-per-node 8 -m unetkit.infer data/test --rle submission.csv   # 8 GPUs, merged by rank 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("folder", type=Path, help="folder of images (jpg, jpeg, png, bmp, tif, tiff, webp)")
+    p.add_argument("folder", type=Path, help="folder of images (jpg, jpeg, png, bmp, tif, tiff, webp), or one "
+                   "image")  # fmt: skip
     p.add_argument("--engine", choices=[*ENGINE_NAMES, "fastest"], help="inference engine (default: torch for a "
                    "checkpoint, onnx for a .onnx --model, trt for a .engine --model); fastest: time every verified "
                    "CPU engine on the first image and use the fastest")  # fmt: skip

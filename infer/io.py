@@ -37,8 +37,11 @@ class Item:
 
 
 def default_out_dir(folder: str | os.PathLike) -> Path:
-    """`<folder>_predictions` beside the input folder."""
+    """`<folder>_predictions` beside the input folder (for one image, beside the folder it is in: where a run
+    of its whole folder writes its mask)."""
     folder = Path(folder).resolve()
+    if folder.is_file():
+        folder = folder.parent
     if folder == folder.parent:
         raise DataError(f"{folder}: has no parent folder to put {DEFAULT_OUT_SUFFIX[1:]} beside; give --out")
     return folder.with_name(folder.name + DEFAULT_OUT_SUFFIX)
@@ -71,6 +74,8 @@ def discover(
     folder, out = Path(folder), Path(out)
     if not folder.exists():
         raise DataError(f"{folder}: folder not found")
+    if folder.is_file():
+        return _one_image(folder, out, siblings)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     out_resolved = out.resolve()
@@ -109,6 +114,18 @@ def discover(
             owner[path] = src
         items.append(item)
     return items
+
+
+def _one_image(path: Path, out: Path, siblings: Sequence[str]) -> list[Item]:
+    """A single image given instead of a folder: its mask goes under `out` by its name, as a folder run's does."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+        raise DataError(f"{path}: not an image file ({kinds}) nor a folder of them")
+    if out.resolve() == path.parent.resolve():
+        raise DataError(f"--out {out}: is the image's own folder; its mask would land among the images (choose "
+                        "another folder; the default is <folder>_predictions beside it)")  # fmt: skip
+    rel = Path(path.name)
+    return [Item(path, rel, out / rel.with_suffix(".png"))]
 
 
 def output_paths(out: Path, rle: Path | None) -> None:

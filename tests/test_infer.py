@@ -72,6 +72,29 @@ def test_torch_and_onnx_engines_give_the_same_masks_through_the_cli(exported_che
         assert mask_agreement(a > 0, b > 0, 1) >= 0.999
 
 
+def test_one_image_instead_of_a_folder(exported_checkpoint, images, tmp_path):
+    """`unet-infer photo.jpg` writes its mask where a run of its folder would, and a later folder run with
+    --resume keeps it; the image's own folder as --out, or a file that is no image, is one line."""
+    folder, _ = exported_checkpoint
+    work = tmp_path / "shots"
+    shutil.copytree(images, work)
+    common = ["--checkpoint", folder / "best.pth", "--device", "cpu", "--no-progress"]
+    proc = run_cli("unet-infer", work / "c_small.jpg", *common, check=True)
+    assert "1 images: 1 written" in proc.stdout
+    out = tmp_path / "shots_predictions"
+    assert sorted(p.name for p in out.iterdir()) == ["c_small.png", RECORD_NAME]
+    assert read_mask(out / "c_small.png").shape == Image.open(work / "c_small.jpg").size[::-1]
+    resumed = run_cli("unet-infer", work, *common, "--resume", check=True)
+    assert "4 images: 3 written, 1 skipped (--resume)" in resumed.stdout
+    same = run_cli("unet-infer", work / "c_small.jpg", *common, "--out", work)
+    assert error_lines(same) == [f"unet-infer: error: --out {work}: is the image's own folder; its mask would land "
+                                 "among the images (choose another folder; the default is <folder>_predictions "
+                                 "beside it)"]  # fmt: skip
+    (work / "notes.txt").write_text("x")
+    text = run_cli("unet-infer", work / "notes.txt", *common)
+    assert text.returncode == 2 and f"{work / 'notes.txt'}: not an image file (" in error_lines(text)[0]
+
+
 def test_fp16_onnx_agrees_with_torch_whole_and_tiled(exported_checkpoint, images):
     ckpt, files = exported_checkpoint[0] / "best.pth", sorted(images.iterdir())
     for tile in (0, 48):
