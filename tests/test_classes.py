@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import error_lines, run_cli
@@ -118,3 +119,25 @@ def test_a_threshold_for_a_multi_class_model_is_refused(squares, tmp_path):
     assert error_lines(proc) == ["unet-train: error: --threshold 0.7: a 4-class model takes each pixel's most "
                                  "probable class; the threshold is for binary models"]  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_from_a_binary_checkpoint_keeps_its_weights_and_gives_a_new_head(
+    squares, random_checkpoint, tmp_path
+):
+    """--init: the checkpoint's width and weights, a new head for 4 classes; a flag that disagrees is one line."""
+    folders = ["--images", squares / "images", "--masks", squares / "labels", "--classes", "4"]
+    common = ["--epochs", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--no-augment"]
+    clash = run_cli("unet-train", *folders, "--init", random_checkpoint, "--base-channels", "8", "--out",
+                    tmp_path / "clash", *common)  # fmt: skip
+    assert error_lines(clash) == [f"unet-train: error: --init {random_checkpoint}: --base-channels 8 (the checkpoint "
+                                  "has 4); its weights need its own network and inputs"]  # fmt: skip
+    proc = run_cli("unet-train", *folders, "--init", random_checkpoint, "--lr", "1e-12", "--out", tmp_path / "run",
+                   *common, check=True)  # fmt: skip
+    assert (f"initialized from {random_checkpoint}; its 1-channel head replaced by a new 4-channel one"
+            in proc.stdout)  # fmt: skip
+    tuned = torch.load(tmp_path / "run/best.pth", weights_only=True)
+    start = torch.load(random_checkpoint, weights_only=True)["state_dict"]
+    assert tuned["model"]["base_channels"] == 4 and tuned["state_dict"]["head.weight"].shape[0] == 4
+    convs = [k for k, v in start.items() if k.endswith("weight") and v.dim() == 4 and not k.startswith("head.")]
+    assert convs and all(torch.allclose(tuned["state_dict"][k], start[k], atol=1e-6) for k in convs)
+    assert load_checkpoint(tmp_path / "run/best.pth")[1].extra["train_args"]["init"] == str(random_checkpoint)

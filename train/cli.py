@@ -19,6 +19,7 @@ from .data.options import absolute, add_data_arguments, parse_floats, parse_hw, 
 from .data.split import SPLIT_FILE
 from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
+from .finetune import inherited_settings
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
 
 PROG = "unet-train"
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of scaling it")  # fmt: skip
     p.add_argument("--max-side", type=int, metavar="N", help="resize every image so its longer side is N, keeping "
                    "its aspect, instead of scaling it (for data sets of mixed sizes)")  # fmt: skip
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT", help="start from this checkpoint's weights "
+                   "(fine-tuning); its width, up-sampling and normalization are taken, and a data set with another "
+                   "class count gets a new head")  # fmt: skip
     p.add_argument("--base-channels", type=int, help=f"width of the first level (default {d.base_channels})")
     p.add_argument("--bilinear", action="store_true", default=None, help="bilinear up-sampling instead of "
                    "transposed convolutions")  # fmt: skip
@@ -152,6 +156,10 @@ def _train(args: argparse.Namespace) -> int:
         given.update(images=folders.images, masks=folders.masks)
     if args.cache is not None:
         given["cache"] = absolute(args.cache)
+    if args.init is not None:
+        given["init"] = absolute(args.init)
+        if not args.resume:  # a resumed run's weights come from its last.pth; its settings are recorded there
+            given = inherited_settings(given["init"], given)
     if args.resume:
         path, out = _resume_paths(args)
         if not path.exists() and out.is_dir() and not run_files(out) and (out / SPLIT_FILE).exists():

@@ -69,6 +69,7 @@ class TrainConfig:
     mask_suffix: str = ""
     mask_ext: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # class names of class-id masks in named folders (--classes); empty: binary
+    init: Path | None = None  # a checkpoint whose weights the run starts from (--init; fine-tuning)
     sync_bn: str = "auto"  # under torchrun: SyncBatchNorm on CUDA with several processes (auto), on, off
     dist_timeout: float = DEFAULT_TIMEOUT_MINUTES  # under torchrun: minutes a process waits for the others
 
@@ -134,7 +135,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs.setdefault("group_by", "none")  # runs recorded before group-aware splits split per image
-        for key in ("data", "out", "cache", "images", "masks"):
+        for key in ("data", "out", "cache", "images", "masks", "init"):
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
         for key in ("mean", "std", "size", "mask_ext", "classes", "class_weights"):

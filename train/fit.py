@@ -36,6 +36,7 @@ from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_coll
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
 from .distributed import Distributed
+from .finetune import load_init
 from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, monitored, stalled_note, train_one_epoch
 from .losses import LossFn, make_loss
 from .tblog import TensorBoardLog
@@ -275,6 +276,8 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     )
     if resume is not None:
         model.load_state_dict(resume.state_dict)
+    elif cfg.init is not None:
+        log.info("%s", load_init(model, cfg.init))
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
