@@ -54,7 +54,8 @@ test: lint typecheck
 demo: venv
 	$(BIN)/unet-data synth --out $(DEMO)/data --n 48 --views 2 --size 1918x1280 --seed 0
 	$(BIN)/unet-data synth --out $(DEMO)/heldout --n 16 --views 4 --size 1918x1280 --seed 1
-	rm -rf $(DEMO)/run  # the demo starts its run over; unet-train never writes into a folder holding a run
+	rm -rf $(DEMO)/run $(DEMO)/masks  # the demo starts over: a new run's checkpoint is another model's, and neither
+	# unet-train nor unet-infer writes into a folder holding another run's outputs
 	$(BIN)/unet-train --data $(DEMO)/data --out $(DEMO)/run --epochs 20 --base-channels 16 --lr 2e-3 \
 		--scale 0.125 --batch-size 4 --workers 2 --cache $(DEMO)/cache
 	$(BIN)/unet-train --eval $(DEMO)/run/best.pth --data $(DEMO)/heldout --json $(DEMO)/heldout.json --workers 2

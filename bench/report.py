@@ -11,7 +11,7 @@ from unetkit.core.atomic import atomic_path, write_text_atomic
 from unetkit.core.errors import UnetkitError
 
 from .e2e import E2ERow
-from .runner import OVER_PEAK, Row, best_row
+from .runner import NO_AGREEMENT, OVER_PEAK, Row, best_row
 
 SCHEMA = "unetkit.bench/1"
 MODEL_COLUMNS = ("engine", "batch", "ms/batch p50", "p90", "p99", "ms/img p50", "img/s", "mem MB", "vs fp32",
@@ -76,9 +76,12 @@ def _share(r: Row) -> str:
 
 
 def _footnotes(rows: list[Row]) -> list[str]:
+    notes = []
     if any(r.peak_share_note for r in rows):
-        return [f"* {OVER_PEAK} (other load slowed it); this run's shares of peak are not reliable"]
-    return []
+        notes.append(f"* {OVER_PEAK} (other load slowed it); this run's shares of peak are not reliable")
+    if any(r.status == "ok" and r.dice_vs_eager_fp32 is None for r in rows):
+        notes.append(NO_AGREEMENT)
+    return notes
 
 
 def model_cells(r: Row) -> list[str]:
@@ -190,7 +193,8 @@ def render_markdown(report: Report) -> str:
 
     lines = [f"- {line}" for line in _header(report)]
     lines += ["", "**Model only**", "", *table(MODEL_COLUMNS, [model_cells(r) for r in report.model])]
-    lines += [f"\n\\{note}" for note in _footnotes(report.model)]  # \* : a footnote mark, not a Markdown bullet
+    # \* : a footnote mark, not a Markdown bullet
+    lines += [f"\n\\{note}" if note.startswith("*") else f"\n{note}" for note in _footnotes(report.model)]
     if report.e2e:
         lines += ["", "**End to end**", "", *table(E2E_COLUMNS, [e2e_cells(r) for r in report.e2e])]
         for note in _e2e_notes(report.settings):

@@ -210,6 +210,19 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:300]
 
 
+#: Under the model-only table when a row's agreement could not be measured (`agreement_figure` gave None).
+NO_AGREEMENT = ("Dice -: neither mask has foreground on the car image (random weights put every pixel below the "
+                "threshold), so agreement is not measured")  # fmt: skip
+
+
+def agreement_figure(labels: torch.Tensor, reference: torch.Tensor | None, n_classes: int) -> float | None:
+    """A row's mask agreement with eager FP32 (`reference`; None for the baseline row itself), or None when a
+    binary model finds no foreground in either mask: Dice would be a 1.0 that measured nothing."""
+    if n_classes == 1 and not labels.any() and (reference is None or not reference.any()):
+        return None
+    return mask_agreement(labels, reference, n_classes) if reference is not None else 1.0
+
+
 def _bench_rows(
     engine: Engine,
     rows: list[Row],
@@ -220,7 +233,7 @@ def _bench_rows(
     memory: DeviceMemory,
 ) -> tuple[list[Row], torch.Tensor | None]:
     labels = predict_labels(engine(car.to(engine.device))[0], engine.meta.threshold).cpu()
-    dice = mask_agreement(labels, reference, engine.n_classes) if reference is not None else 1.0
+    dice = agreement_figure(labels, reference, engine.n_classes)
     for row in rows:
         row.detail = engine.detail
         shape = (row.batch, 3, *model_hw)

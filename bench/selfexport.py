@@ -52,4 +52,7 @@ def export_random(checkpoint: Path, device: torch.device) -> str:
             "warning: unet-export of the random-weight U-Net failed: %s", lines[-1] if lines else proc.returncode
         )
         return f"export failed ({lines[-1] if lines else proc.returncode})"
-    return "exported here by unet-bench (random weights: not verified; each row's Dice says how close it is)"
+    return (
+        "exported here by unet-bench (random weights: not verified; each row's Dice says how close it is, "
+        "where the masks have foreground)"
+    )

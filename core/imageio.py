@@ -45,6 +45,12 @@ CLASS_IDS_HINT = re.compile(r"class ids\? --classes (\d+)")
 log = logging.getLogger(__name__)
 
 
+def readable_pixels() -> int | None:
+    """The most pixels an image may have and still be read: Pillow refuses twice its decompression-bomb warning
+    limit (None: the guard is off)."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path` with EXIF orientation applied."""
     try:

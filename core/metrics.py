@@ -93,6 +93,17 @@ def class_scores(counts: torch.Tensor, n_classes: int) -> ClassScores:
     )
 
 
+#: The mask agreement with PyTorch FP32 that an engine of lower precision must reach: export's gates on its
+#: files, and what `unet-infer --engine fastest` asks of each candidate.
+FP16_MIN_DICE = 0.999
+INT8_MIN_DICE = 0.99
+
+
+def agreement_gate(precision: str) -> float:
+    """The least mask agreement with PyTorch FP32 an engine computing in `precision` may show."""
+    return INT8_MIN_DICE if precision == "int8" else FP16_MIN_DICE
+
+
 def agreement_counts(labels: torch.Tensor, reference: torch.Tensor, n_classes: int) -> list[int]:
     """[tp, fp, fn] of `labels` against the reference labels: of the foreground for a binary model, summed
     over the classes for a multi-class one (so their Dice is the share of pixels whose class agrees, and a

@@ -32,7 +32,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.imageio import read_image
 from unetkit.core.labels import probabilities, to_labels
 from unetkit.core.meta import ModelMeta
-from unetkit.core.metrics import agreement_counts
+from unetkit.core.metrics import FP16_MIN_DICE, INT8_MIN_DICE, agreement_counts
 from unetkit.core.preprocess import input_size, normalize, resize_pixels
 from unetkit.infer.engines import Engine, ShapeRange
 from unetkit.infer.engines.eager import EagerEngine
@@ -41,9 +41,7 @@ from unetkit.train.data.synth import random_car, render
 from .calibration import CalibrationSource, calibration_source
 
 FP32_MAX_ABS = 1e-4
-FP16_MIN_DICE = 0.999
 FP16_MAX_ABS = 0.05
-INT8_MIN_DICE = 0.99
 SAMPLE_HW = (1280, 1918)
 VERIFY_IMAGES = 4
 log = logging.getLogger(__name__)

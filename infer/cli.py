@@ -174,8 +174,8 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
                            "fast path)")  # fmt: skip
     meta = read_checkpoint(args.checkpoint).meta
     x = probe_input([item.source for item in items], meta, settings.tile)
-    print(f"--engine fastest: timing each CPU engine at {'x'.join(map(str, x.shape))} (1 warm-up, best of 2 calls)",
-          flush=True)  # fmt: skip
+    print(f"--engine fastest: timing each CPU engine at {'x'.join(map(str, x.shape))} whose mask agrees with eager "
+          "FP32's (1 warm-up, then the best of at least 2 calls and 0.5 s)", flush=True)  # fmt: skip
 
     def show(probe: Probe) -> None:
         result = f"{probe.ms:10.1f} ms/image" if probe.ms is not None else f"  skipped: {probe.note}"

@@ -1,11 +1,14 @@
-"""`unet-infer --engine fastest`: the fastest verified CPU engine for this checkpoint, chosen only when asked.
+"""`unet-infer --engine fastest`: the fastest CPU engine for this checkpoint whose masks agree with eager
+FP32, chosen only when asked.
 
 Each candidate (eager FP32 and BF16, and the ONNX Runtime and OpenVINO engines on every artifact beside the
-checkpoint) runs the first input once to warm up, then timed at least twice and for half a second (its best
-call counts), at that input's model-input size and batch 1; the fastest wins and every time is printed. A
-candidate is left out, with its reason, when its precision is not native on this CPU, or its artifact is
-missing, was exported without verification, or came from another checkpoint (a stale file). Eager FP32 is
-the reference every artifact was verified against, so it is always a candidate.
+checkpoint) predicts the first input, then runs it once to warm up and is timed at least twice and for half a
+second (its best call counts), at that input's model-input size and batch 1; the fastest wins and every time
+is printed. A candidate is left out, with its reason, when its precision is not native on this CPU, its
+artifact is missing, was exported without verification, or came from another checkpoint (a stale file), or
+its mask on that input agrees with eager FP32's less than export's gate for its precision (0.999; 0.99 for
+int8): eager BF16 and OpenVINO BF16 run a precision no export checked, so they are checked here. Eager FP32
+is the reference, so it is always a candidate.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.errors import UnetkitError
 from unetkit.core.imageio import read_image
+from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
+from unetkit.core.metrics import agreement_gate, mask_agreement
 from unetkit.core.preprocess import model_input
 
 from .artifacts import sha256_file
@@ -30,7 +35,7 @@ from .engines import Engine, create_engine
 
 log = logging.getLogger(__name__)
 #: (engine, precision) tried, in this order. No eager fp16: PyTorch's CPU convolutions run it slower than fp32
-#: even on AVX512-FP16 (docs/benchmarks.md: 13.2 s against 6.1 s per Carvana image on a Xeon with AMX).
+#: even on AVX512-FP16 (docs/benchmarks.md: 6138 ms against 5013 ms per Carvana image on a Xeon with AMX).
 CANDIDATES = (
     ("torch", "fp32"),
     ("torch", "bf16"),
@@ -50,6 +55,7 @@ class Probe:
     precision: str
     ms: float | None = None  # best of the timed calls, per image
     note: str = ""  # why it was left out
+    agreement: float | None = None  # its mask's agreement with eager FP32 on the probe input
 
     @property
     def label(self) -> str:
@@ -72,6 +78,15 @@ def artifact_problem(extra: dict[str, Any], checkpoint_sha256: str) -> str | Non
     if extra.get("source_sha256") != checkpoint_sha256:
         return "exported from another checkpoint (stale); re-export it"
     return None
+
+
+def agreement_problem(agreement: float, precision: str) -> str:
+    """Why a candidate is left out for its masks: below the agreement with eager FP32 that export gates its
+    files on (`agreement_gate`), on the probe input; '' when it is close enough."""
+    gate = agreement_gate(precision)
+    if agreement >= gate:
+        return ""
+    return f"its mask agrees {agreement:.4f} with eager FP32 here, under the {gate} {precision} files are held to"
 
 
 def probe_input(images: list[Path], meta: ModelMeta, tile: int) -> torch.Tensor:
@@ -115,6 +130,7 @@ def probe_engines(
     cpu = cpu or cpu_capabilities()
     sha = sha256_file(checkpoint)
     probes: list[Probe] = []
+    reference: torch.Tensor | None = None
     best: Engine | None = None
     best_ms = float("inf")
     for name, precision in CANDIDATES:
@@ -129,6 +145,11 @@ def probe_engines(
                 probe.note = str(exc)
         if engine is not None and name != "torch":
             probe.note = artifact_problem(dict(engine.meta.extra), sha) or ""
+        if engine is not None and not probe.note:
+            labels = predict_labels(engine(x)[0], engine.meta.threshold)
+            reference = labels if reference is None else reference  # eager FP32 comes first
+            probe.agreement = mask_agreement(labels, reference, engine.n_classes)
+            probe.note = agreement_problem(probe.agreement, precision)
         if engine is not None and not probe.note:
             probe.ms = _time(engine, x)
             if probe.ms < best_ms:

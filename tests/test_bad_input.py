@@ -536,6 +536,12 @@ def data_synth_too_large(c: Ctx) -> Spec:
                 "large; each side at most 16384", nothing_written(out))  # fmt: skip
 
 
+def data_synth_unreadably_large(c: Ctx) -> Spec:
+    out = c.tmp / "synth"
+    return Spec(["unet-data", "synth", "--out", out, "--size", "16384x16384"], "--size: size '16384x16384' is 268 "
+                "megapixels, more than the 179 an image may have to be read", nothing_written(out))  # fmt: skip
+
+
 def data_check_scale_zero(c: Ctx) -> Spec:
     return Spec(["unet-data", "check", c.data, "--scale", "0"], "--scale 0: must be in (0, 1]")
 
@@ -593,6 +599,7 @@ CASES = [
     Case("bench: --plot under a file", 2, bench_plot_under_a_file),
     Case("bench: checkpoint with scale 0", 2, bench_scale_zero),
     Case("data: synth --size 60000x60000", 2, data_synth_too_large),
+    Case("data: synth --size 16384x16384 (unreadable)", 2, data_synth_unreadably_large),
     Case("data: check --scale 0", 2, data_check_scale_zero),
 ]
 

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import error_lines, needs_matplotlib, needs_openvino, run_cli
 from unetkit.bench.flops import counted_flops, unet_conv_flops
@@ -77,6 +78,26 @@ def test_speedup_throughput_share_and_verdict():
     assert trt.peak_share == pytest.approx(0.2) and base.peak_share == pytest.approx(10 / 50)
     assert trt.meets_target and not base.meets_target  # 10 ms/image vs 100 ms/image against 15
     assert missing.speedup_vs_eager_fp32 is None and best_row(rows) is trt
+
+
+def test_agreement_is_not_claimed_where_neither_mask_has_foreground():
+    """Random weights put every pixel below the threshold: a Dice of 1.0 there would measure nothing."""
+    from unetkit.bench.report import Report, render_markdown, render_text
+    from unetkit.bench.runner import NO_AGREEMENT, agreement_figure
+
+    empty, car = torch.zeros(4, 4, dtype=torch.uint8), torch.eye(4, dtype=torch.uint8)
+    assert agreement_figure(empty, None, 1) is None and agreement_figure(empty, empty, 1) is None
+    assert agreement_figure(car, None, 1) == 1.0 and agreement_figure(empty, car, 1) == 0.0
+    assert agreement_figure(car, empty, 1) == 0.0  # a mask where the reference has none: disagreement
+    assert agreement_figure(empty, empty, 3) == 1.0  # multi-class: every pixel has a class to agree on
+    rows = [_row("torch", "fp32", 1, 10.0)]
+    finish_rows(rows, flops_per_image=10**12, peaks={}, target_ms=150.0)
+    report = Report({"device": "cpu", "cpu": "test CPU", "date": "today", "torch": "x"},
+                    {"model": "m", "image_hw": [1, 1], "model_hw": [1, 1], "scale": 1.0, "target_ms": 150.0},
+                    10**12, {}, rows)  # fmt: skip
+    assert NO_AGREEMENT in render_text(report) and f"\n{NO_AGREEMENT}\n" in render_markdown(report)
+    rows[0].dice_vs_eager_fp32 = 0.99
+    assert NO_AGREEMENT not in render_text(report)
 
 
 def test_which_peaks_a_cpu_probes_comes_from_its_flags():

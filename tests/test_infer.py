@@ -344,9 +344,11 @@ def test_engine_fastest_times_every_verified_cpu_engine_and_says_which(exported_
     proc = run_cli("unet-infer", images, "--checkpoint", folder / "best.pth", "--engine", "fastest", "--device",
                    "cpu", "--out", tmp_path / "m", "--no-progress", check=True)  # fmt: skip
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("--engine fastest: timing each CPU engine at 1x3x64x96")
+    assert lines[0].startswith("--engine fastest: timing each CPU engine at 1x3x64x96 whose mask agrees")
     timed = {line.split()[0] + " " + line.split()[1]: line for line in lines if "ms/image" in line and "  " in line[:3]}
-    assert {"torch fp32", "onnx fp32", "onnx int8", "openvino fp32"} <= set(timed)
+    assert {"torch fp32", "onnx fp32", "openvino fp32"} <= set(timed)
+    probed = [line for line in lines[1:] if line.startswith("  ")]
+    assert len(probed) == 8 and all("ms/image" in line or "skipped: " in line for line in probed)
     chose = next(line for line in lines if line.startswith("--engine fastest: chose"))
     winner = chose.split("chose ")[1].split(" (")[0]
     assert winner in timed and f"engine {winner} on cpu" in proc.stdout

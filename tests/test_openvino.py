@@ -9,7 +9,7 @@ from unetkit.core.cpu import capabilities_from_flags, parse_cpuinfo, torch_capab
 from unetkit.infer.artifacts import runtime_refusal
 from unetkit.infer.engines import EngineUnavailable, canonical_precision, create_engine
 from unetkit.infer.engines.openvino import choose_precision, compile_config, native_bf16
-from unetkit.infer.fastest import artifact_problem, precision_problem
+from unetkit.infer.fastest import agreement_problem, artifact_problem, precision_problem
 
 # /proc/cpuinfo flags (abridged to what matters) of real CPUs.
 ZEN3 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni vaes vpclmulqdq"  # this machine: EPYC 7xx3
@@ -103,6 +103,11 @@ def test_runtime_verdicts_and_stale_artifacts():
     assert precision_problem("bf16", capabilities_from_flags(ZEN3.split())) is not None
     assert precision_problem("bf16", capabilities_from_flags(ZEN4.split())) is None
     assert precision_problem("int8", capabilities_from_flags(ZEN3.split())) is None
+    # masks are held to export's gates: bf16 runs no exported file, so only this check stands between it and a choice
+    assert agreement_problem(0.9995, "bf16") == "" and agreement_problem(0.991, "int8") == ""
+    assert agreement_problem(0.9973, "bf16") == (
+        "its mask agrees 0.9973 with eager FP32 here, under the 0.999 bf16 files are held to"
+    )
 
 
 def test_openvino_engine_reports_what_it_ran_and_splits_batches_in_order(exported_checkpoint):

@@ -138,7 +138,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    require_training_stack(augment=False)  # what importing the trainer needs; augmentation is checked below
+    # what importing the trainer needs, and augmentation unless --no-augment (a resumed run: checked below, as recorded)
+    require_training_stack(augment=args.augment is not False and not args.resume)
     from .distributed import training_processes
     from .fit import fit, resume_config  # TensorBoard is imported only when training, albumentations when augmenting
 

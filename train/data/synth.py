@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from unetkit.core.cli import parse_pair
 from unetkit.core.errors import DataError
-from unetkit.core.imageio import save_image
+from unetkit.core.imageio import readable_pixels, save_image
 
 VIEWS_PER_CAR = 16
 # Common car paints: white, silver, black, grey, red, blue; every other car has any colour at all.
@@ -206,6 +206,10 @@ def parse_size(text: str) -> tuple[int, int]:
     if max(w, h) > MAX_SIDE:
         raise ValueError(f"size '{text}' is too large; each side at most {MAX_SIDE} (drawing a {w}x{h} image "
                          f"takes about {drawing_bytes(w, h) / 1e9:.0f} GB of memory)")  # fmt: skip
+    most = readable_pixels()
+    if most is not None and w * h > most:
+        raise ValueError(f"size '{text}' is {w * h / 1e6:.0f} megapixels, more than the {most / 1e6:.0f} an image may "
+                         "have to be read (Pillow's decompression-bomb limit)")  # fmt: skip
     return w, h
 
 
