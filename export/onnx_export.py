@@ -135,6 +135,7 @@ def export_onnx(
         except Exception as exc:  # the exporters raise many types; the message is what matters
             raise ExportError(f"torch.onnx ({exporter}) failed: {str(exc).strip().splitlines()[0]}") from None
     proto = onnx.load(str(path))
+    name_output_dims(proto)
     written = written_opset(proto)
     if opset is not None and written != opset:
         raise ExportError(f"torch.onnx ({exporter}) wrote opset {written} when asked for {opset}")
@@ -144,6 +145,17 @@ def export_onnx(
     )  # fmt: skip
     save_checked(proto, path, props, "the export")
     return path
+
+
+def name_output_dims(proto: Any) -> None:
+    """Name the logits' dynamic dims as the image's: `batch`, `height`, `width`. The network crops its output
+    back to its input's size, but the dynamo exporter names those dims by the symbolic expression of that crop
+    ('Min(height, 16*(...))'), which tools matching dims by name (serving configs, shape checks) cannot tie to
+    the input."""
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for index, name in ((0, "batch"), (2, "height"), (3, "width")):
+        if index < len(dims) and not dims[index].dim_value:
+            dims[index].dim_param = name
 
 
 def save_checked(proto: Any, path: Path, props: dict[str, str], what: str) -> None:
