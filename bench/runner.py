@@ -211,8 +211,8 @@ def failure_reason(exc: BaseException) -> str:
 
 
 #: Under the model-only table when a row's agreement could not be measured (`agreement_figure` gave None).
-NO_AGREEMENT = ("Dice -: neither mask has foreground on the car image (random weights put every pixel below the "
-                "threshold), so agreement is not measured")  # fmt: skip
+NO_AGREEMENT = ("Dice -: neither mask has a foreground pixel on the synthetic car (random weights, or a model of "
+                "other objects), so agreement is not measured")  # fmt: skip
 
 
 def agreement_figure(labels: torch.Tensor, reference: torch.Tensor | None, n_classes: int) -> float | None:

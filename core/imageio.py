@@ -171,7 +171,8 @@ def class_id_mask(raw: np.ndarray, path: str | os.PathLike, n_classes: int) -> n
     file (JPEG changes the ids at every edge), is a DataError naming the file."""
     path = Path(path)
     if path.suffix.lower() in LOSSY_EXTENSIONS:
-        raise DataError(f"{path}: class ids in a lossy (JPEG) file are changed at every edge; use PNG masks")
+        raise DataError(f"{path}: class ids in a {path.suffix.lstrip('.').upper()} file are changed at every edge by "
+                        "lossy compression; use PNG masks")  # fmt: skip
     values = np.unique(raw)
     beyond = values[(values >= n_classes) & (values != IGNORE_INDEX)]
     if len(beyond):

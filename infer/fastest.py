@@ -6,9 +6,10 @@ checkpoint) predicts the first input, then runs it once to warm up and is timed 
 second (its best call counts), at that input's model-input size and batch 1; the fastest wins and every time
 is printed. A candidate is left out, with its reason, when its precision is not native on this CPU, its
 artifact is missing, was exported without verification, or came from another checkpoint (a stale file), or
-its mask on that input agrees with eager FP32's less than export's gate for its precision (0.999; 0.99 for
-int8): eager BF16 and OpenVINO BF16 run a precision no export checked, so they are checked here. Eager FP32
-is the reference, so it is always a candidate.
+its mask on that input agrees with eager FP32's less than export's mask gate (0.999, its FP16 gate; 0.99
+for int8; export holds FP32 files to max |dp| <= 1e-4, which is stricter): eager BF16 and OpenVINO BF16 run
+a precision no export checked, so they are checked here. Eager FP32 is the reference, so it is always a
+candidate.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def discover(
     """
     folder, out = Path(folder), Path(out)
     if not folder.exists():
-        raise DataError(f"{folder}: folder not found")
+        what = "file" if folder.suffix.lower() in IMAGE_EXTENSIONS else "folder"
+        raise DataError(f"{folder}: {what} not found")
     if folder.is_file():
         return _one_image(folder, out, siblings)
     if not folder.is_dir():

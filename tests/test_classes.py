@@ -2,6 +2,7 @@
 training, evaluation and the masks unet-infer writes."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_class_id_masks_are_checked_per_file(tmp_path):
     assert class_id_mask(raw, "m.png", 4).tolist() == raw.tolist()
     with pytest.raises(DataError, match=r"^m.png: values 3 are no class ids of --classes 3 \(0-2; 255 is ignored\)"):
         class_id_mask(raw, "m.png", 3)
-    with pytest.raises(DataError, match=r"m\.jpg: class ids in a lossy"):
+    with pytest.raises(DataError, match=r"m\.jpg: class ids in a JPG file are changed at every edge by lossy"):
         class_id_mask(raw, "m.jpg", 4)
     # read as binary, such a mask says how to read it as classes, not only how to merge them
     with pytest.raises(DataError, match=r"class ids\? --classes 4 reads 0-3 as 4 classes; --mask-threshold would"):
@@ -77,6 +78,9 @@ def test_the_data_check_reads_class_ids_with_classes_and_says_so_without(squares
     assert "ignored pixels:" in ok.stdout
     few = run_cli("unet-data", "check", squares, *folders, "--classes", "3")
     assert few.returncode == 2 and "values 3 are no class ids of --classes 3" in few.stderr
+    both = run_cli("unet-data", "check", squares, *folders, "--classes", "4", "--mask-threshold", "128")
+    assert error_lines(both) == ["unet-data: error: --mask-threshold binarises masks; masks of --classes hold class "
+                                 "ids: give one of the two"]  # fmt: skip
     alone = run_cli("unet-data", "check", squares, "--classes", "3")
     assert error_lines(alone) == ["unet-data: error: --image-suffix, --mask-suffix, --mask-ext and --classes need "
                                   "--images and --masks (the built-in layouts define their masks)"]  # fmt: skip
@@ -127,6 +131,13 @@ def test_fine_tuning_from_a_binary_checkpoint_keeps_its_weights_and_gives_a_new_
     """--init: the checkpoint's width and weights, a new head for 4 classes; a flag that disagrees is one line."""
     folders = ["--images", squares / "images", "--masks", squares / "labels", "--classes", "4"]
     common = ["--epochs", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--no-augment"]
+    bad = tmp_path / "bad.pth"  # a description that does not fit its own weights
+    payload = torch.load(random_checkpoint, weights_only=True)
+    payload["model"]["base_channels"] = 8
+    torch.save(payload, bad)
+    broken = run_cli("unet-train", *folders, "--init", bad, "--out", tmp_path / "broken", *common)
+    (line,) = error_lines(broken)
+    assert line.startswith(f"unet-train: error: {bad}: weights do not match the stored model config")
     clash = run_cli("unet-train", *folders, "--init", random_checkpoint, "--base-channels", "8", "--out",
                     tmp_path / "clash", *common)  # fmt: skip
     assert error_lines(clash) == [f"unet-train: error: --init {random_checkpoint}: --base-channels 8 (the checkpoint "
@@ -141,3 +152,27 @@ def test_fine_tuning_from_a_binary_checkpoint_keeps_its_weights_and_gives_a_new_
     convs = [k for k, v in start.items() if k.endswith("weight") and v.dim() == 4 and not k.startswith("head.")]
     assert convs and all(torch.allclose(tuned["state_dict"][k], start[k], atol=1e-6) for k in convs)
     assert load_checkpoint(tmp_path / "run/best.pth")[1].extra["train_args"]["init"] == str(random_checkpoint)
+
+
+def test_a_multi_class_run_that_recorded_a_threshold_still_resumes(trained, tmp_path):
+    """Runs from before the refusal could record --threshold for a multi-class model: they resume as they were."""
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    payload = torch.load(copy / "last.pth", weights_only=True)
+    payload["training"]["config"]["threshold"] = 0.6
+    torch.save(payload, copy / "last.pth")
+    proc = run_cli("unet-train", "--out", copy, "--resume", "--epochs", "3", "--device", "cpu", "--workers", "0",
+                   "--no-progress", check=True)  # fmt: skip
+    assert "resumed after epoch 2 (best Dice" in proc.stdout and "epoch 3/3" in proc.stdout
+
+
+def test_cache_keys_of_binary_and_cityscapes_masks_are_as_before():
+    """A new field in the sample rule must not orphan earlier --cache entries."""
+    from unetkit.core.meta import ResizeRule
+    from unetkit.train.data.dataset import SampleRule
+
+    rule = ResizeRule("scale", scale=0.5)
+    assert SampleRule(rule, "binary").key() == f"{rule!r}|binary|None"
+    assert SampleRule(rule, "cityscapes", None, 19).key() == f"{rule!r}|cityscapes|None"
+    assert SampleRule(rule, "multiclass", None, 4).key() == f"{rule!r}|multiclass|None|4"

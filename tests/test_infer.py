@@ -90,6 +90,8 @@ def test_one_image_instead_of_a_folder(exported_checkpoint, images, tmp_path):
     assert error_lines(same) == [f"unet-infer: error: --out {work}: is the image's own folder; its mask would land "
                                  "among the images (choose another folder; the default is <folder>_predictions "
                                  "beside it)"]  # fmt: skip
+    gone = run_cli("unet-infer", work / "nothere.jpg", *common)
+    assert error_lines(gone) == [f"unet-infer: error: {work / 'nothere.jpg'}: file not found"]
     (work / "notes.txt").write_text("x")
     text = run_cli("unet-infer", work / "notes.txt", *common)
     assert text.returncode == 2 and f"{work / 'notes.txt'}: not an image file (" in error_lines(text)[0]

@@ -159,6 +159,7 @@ def test_monitor_loss_and_the_seed_tutorials_normalization(tmp_path, synth_small
     assert meta.mean == (0.0, 0.0, 0.0) and meta.std == (1.0, 1.0, 1.0)
     training = torch.load(tmp_path / "run/last.pth", weights_only=True)["training"]
     assert training["config"]["monitor"] == "loss" and training["scheduler"]["patience"] == 0
+    assert training["scheduler"]["mode"] == "min"  # the loss itself: "max" on its negation inverts the threshold
     assert training["best_loss"] == pytest.approx(best["Loss/val"])
 
 

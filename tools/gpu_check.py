@@ -264,7 +264,11 @@ class Checker:
             failures.append(f"model-only unet-bench exited {measured.returncode}")
         model = json.loads(bench.read_text()) if bench.exists() else {}
         for engine, precision in INFER_ENGINES:
-            problem = onnx_cuda_problem(artifact_path(ckpt, "onnx-fp16")) if engine == "onnx" else None
+            onnx = artifact_path(ckpt, "onnx-fp16")
+            if engine == "onnx" and not onnx.is_file():  # the export step failed: that is a failure, not a skip
+                failures.append(f"{engine} {precision}: {onnx.name} was not exported")
+                continue
+            problem = onnx_cuda_problem(onnx) if engine == "onnx" else None
             if problem:
                 step.figures[f"{engine} {precision}"] = {"skipped": f"not on CUDA here: {problem}"}
                 continue

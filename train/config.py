@@ -84,6 +84,9 @@ class TrainConfig:
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
             "--patience must be at least 1": self.patience >= 1,
             "--lr-patience must be 0 or more": self.lr_patience >= 0,
+            "--mask-threshold binarises masks; masks of --classes hold class ids: give one of the two": not (
+                self.classes and self.mask_threshold is not None
+            ),
             "--pos-weight must be positive": math.isfinite(self.pos_weight) and self.pos_weight > 0,
             "--class-weights must be positive": all(math.isfinite(w) and w > 0 for w in self.class_weights),
             "--monitor must be dice or loss": self.monitor in MONITORS,

@@ -37,7 +37,7 @@ from .data.dataset import SampleRule, read_pair, resize_image
 from .data.layouts import DatasetIndex, FolderSpec, Pair, index_dataset
 from .data.split import SPLIT_FILE, Split, group_key_fn, make_split, read_split
 from .loop import BatchSetup
-from .losses import LossFn, make_loss
+from .losses import LossFn, default_loss, make_loss
 from .report import EvalReport, ImageScore
 from .worst import WorstRow, write_worst
 
@@ -199,7 +199,7 @@ def _input_size(pair: Pair, rule: SampleRule) -> tuple[int, int]:
 def run_loss(train_args: dict[str, Any], n_classes: int) -> LossFn:
     """The loss the run validated with (its --loss and weights, as recorded), so the loss --eval reports is
     the one its validation reported; the default for checkpoints that record none."""
-    name = train_args.get("loss") or ("bce+dice" if n_classes == 1 else "ce+dice")
+    name = train_args.get("loss") or default_loss(n_classes)
     weights = tuple(train_args.get("class_weights") or ())
     return make_loss(name, n_classes, float(train_args.get("pos_weight", 1.0)), weights)
 

@@ -23,6 +23,7 @@ HEAD = "head."
 def inherited_settings(init: Path, given: dict[str, Any]) -> dict[str, Any]:
     """`given` with the settings `init` decides filled in; a given one that differs is an error."""
     checkpoint = read_checkpoint(init)  # a missing or damaged file is one line naming it
+    checkpoint.build_model()  # and so are weights that do not fit its own network
     theirs = {
         "base_channels": checkpoint.config.base_channels,
         "bilinear": checkpoint.config.bilinear,

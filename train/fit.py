@@ -38,7 +38,7 @@ from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record,
 from .distributed import Distributed
 from .finetune import load_init
 from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, monitored, stalled_note, train_one_epoch
-from .losses import LossFn, make_loss
+from .losses import LossFn, default_loss, make_loss
 from .tblog import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -254,10 +254,10 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     index = index_dataset(cfg.data, cfg.layout, cfg.folders)
     for line in describe_unmatched(index):
         log.warning("warning: %s", line)
-    if index.n_classes > 1 and cfg.threshold != TrainConfig.threshold:
+    if resume is None and index.n_classes > 1 and cfg.threshold != TrainConfig.threshold:  # earlier runs kept it
         raise UnetkitError(f"--threshold {cfg.threshold:g}: a {index.n_classes}-class model takes each pixel's most "
                            "probable class; the threshold is for binary models")  # fmt: skip
-    loss_name = cfg.loss or ("bce+dice" if index.n_classes == 1 else "ce+dice")
+    loss_name = cfg.loss or default_loss(index.n_classes)
     try:
         loss_fn = make_loss(loss_name, index.n_classes, cfg.pos_weight, cfg.class_weights)
     except ValueError as exc:
@@ -269,7 +269,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     run = _Run(
         model=model,
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", patience=cfg.lr_patience),
+        scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, "max" if cfg.monitor == "dice" else "min", patience=cfg.lr_patience
+        ),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         stopper=EarlyStopping(cfg.patience),
         sampler_rng=torch.Generator().manual_seed(cfg.seed),
@@ -283,8 +285,8 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
         run.restore(resume.training)
-        log.info("resumed after epoch %d (best Dice %.4f at epoch %d) in %s", run.epoch, run.best_dice,
-                 run.best_epoch, cfg.out)  # fmt: skip
+        best = f"Dice {run.best_dice:.4f}" if cfg.monitor == "dice" else f"loss {run.best_loss:.4f}"
+        log.info("resumed after epoch %d (best %s at epoch %d) in %s", run.epoch, best, run.best_epoch, cfg.out)
 
     split, new_split = resolve_split(cfg, index, resuming=resume is not None)
     train_loader, val_loader = _loaders(cfg, index, split, ddp, run.sampler_rng)
@@ -372,9 +374,9 @@ def _epochs(
         if result.absent and epoch == first:
             names = ", ".join(index.class_names[i] for i in result.absent)
             log.info("validation truth lacks %d class(es), left out of the mean Dice: %s", len(result.absent), names)
-        score = monitored(result, cfg.monitor)
-        improved = run.stopper.step(score)
-        run.scheduler.step(score)
+        improved = run.stopper.step(monitored(result, cfg.monitor))
+        # the figure itself: the scheduler's relative threshold assumes positive values in "max" mode
+        run.scheduler.step(result.mean_dice if cfg.monitor == "dice" else result.loss)
         run.epoch, last_loss = epoch, result.loss
         if improved:
             run.best_epoch, run.best_dice, run.best_loss = epoch, result.mean_dice, result.loss

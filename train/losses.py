@@ -72,6 +72,11 @@ def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     return 1.0 - dice.mean()
 
 
+def default_loss(n_classes: int) -> str:
+    """The loss a run uses without --loss: the seed's BCE+Dice, or its multi-class counterpart."""
+    return "bce+dice" if n_classes == 1 else "ce+dice"
+
+
 def make_loss(name: str, n_classes: int, pos_weight: float = 1.0, class_weights: tuple[float, ...] = ()) -> LossFn:
     """The named loss for a binary (n_classes == 1) or multi-class model; combinations weigh 0.5/0.5.
     `pos_weight` (binary) and `class_weights` (multi-class, one per class) weigh the cross-entropy term only:

@@ -41,7 +41,8 @@ class SampleRule:
     n_classes: int = 1
 
     def key(self) -> str:
-        return f"{self.resize!r}|{self.mask_kind}|{self.mask_threshold}|{self.n_classes}"
+        classes = f"|{self.n_classes}" if self.mask_kind == "multiclass" else ""  # earlier keys stay valid
+        return f"{self.resize!r}|{self.mask_kind}|{self.mask_threshold}{classes}"
 
 
 def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:

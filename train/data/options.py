@@ -103,6 +103,8 @@ def resolve_folders(args: argparse.Namespace) -> tuple[Path | None, FolderSpec |
             raise UnetkitError("--image-suffix, --mask-suffix, --mask-ext and --classes need --images and --masks "
                                "(the built-in layouts define their masks)")  # fmt: skip
         return (None if args.data is None else absolute(args.data)), None
+    if args.classes and args.mask_threshold is not None:
+        raise UnetkitError("--mask-threshold binarises masks; masks of --classes hold class ids: give one of the two")
     base = absolute(args.data if args.data is not None else Path())
     spec = FolderSpec(base / args.images, base / args.masks, args.image_suffix or "", args.mask_suffix or "",
                       args.mask_ext or (), args.classes or ())  # fmt: skip
