@@ -105,8 +105,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(_to_rgb(_open(path), path))
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, class_ids: bool = False) -> np.ndarray:
     """Decode a mask file into an (H, W) uint8 array of raw values.
+
+    With `class_ids` (masks declared to hold class ids, `--classes`) a palette image always reads as its
+    indices: deciding grey-or-colour per image would read an image whose used entries happen to be black and
+    white as 0/255 and another of the same data set as 0/1/2.
 
     A value is a class (or 0/255 foreground), so colours are never turned into luminance where that would
     change the classes: a palette image whose palette is grey up to its highest index (Carvana's GIFs) reads
@@ -125,6 +129,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         return arr.astype(np.uint8)
     if img.mode == "P":
         indices = np.array(img, dtype=np.uint8)
+        if class_ids:
+            return indices
         colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
         top = int(indices.max(initial=0))
         # The palette up to the highest index used, not only the used entries: a VOC mask of background and

@@ -13,6 +13,9 @@ from conftest import error_lines, run_cli
 from unetkit.core import load_checkpoint
 from unetkit.core.errors import DataError
 from unetkit.core.imageio import binary_mask, class_id_mask
+from unetkit.core.meta import ResizeRule
+from unetkit.train.data.dataset import SampleRule, read_pair
+from unetkit.train.data.layouts import Pair
 from unetkit.train.data.options import parse_classes
 
 NAMES = "background,red,green,blue"
@@ -63,6 +66,13 @@ def test_class_id_masks_are_checked_per_file(tmp_path):
     # read as binary, such a mask says how to read it as classes, not only how to merge them
     with pytest.raises(DataError, match=r"class ids\? --classes 4 reads 0-3 as 4 classes; --mask-threshold would"):
         binary_mask(raw, "m.png")
+    # a palette mask whose used entries happen to be black and white is still class ids, not 0/255 greys
+    Image.new("RGB", (2, 2)).save(tmp_path / "i.png")
+    bw = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    bw.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0] + [0] * 759)
+    bw.save(tmp_path / "m.png")
+    _, labels = read_pair(Pair(tmp_path / "i.png", tmp_path / "m.png"), SampleRule(ResizeRule(), "multiclass", None, 3))
+    assert labels.tolist() == [[0, 1], [1, 0]]
     assert parse_classes("3") == ("class 0", "class 1", "class 2")
     assert parse_classes(" background, polyp ") == ("background", "polyp")
 

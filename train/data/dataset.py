@@ -48,7 +48,7 @@ class SampleRule:
 def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair at its own size: image (H, W, 3) uint8 and labels (H, W) uint8."""
     image = read_image(pair.image)
-    raw = read_mask(pair.mask)
+    raw = read_mask(pair.mask, class_ids=rule.mask_kind == "multiclass")
     if raw.shape != image.shape[:2]:
         raise DataError(
             f"{pair.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but its image {pair.image.name} is "
