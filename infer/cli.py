@@ -28,7 +28,7 @@ from .engines.compiled import COMPILE_MODES
 from .fastest import Probe, probe_engines, probe_input
 from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_paths
 from .predictor import Predictor
-from .record import claim_out_dir, model_identity
+from .record import claim_out_dir, mask_settings, model_identity
 from .settings import DECODERS, InferSettings, OutputOptions
 from .shard import Part, check_no_other_split, choose_part, merge_parts, write_manifest
 from .tiling import BLEND_MODES, DEFAULT_TILE
@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
             relative = {str(it.source): it.relative.as_posix() for it in mine}
             failed = [relative[source] for source, _ in summary.failures]
             write_manifest(part, args.rle, items, failed, predictor.meta, predictor.engine.label,
-                           identity["checkpoint_sha256"])  # fmt: skip
+                           identity["checkpoint_sha256"], mask_settings(pipeline.settings))  # fmt: skip
     tag = f"part {part.index} of {part.count}: " if part is not None else ""
     for line in summary.lines():
         print(tag + line)

@@ -53,6 +53,14 @@ def mask_settings(settings: InferSettings) -> dict[str, Any]:
     return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend, **tta}
 
 
+def kept_masks(out: Path, items: Sequence[Item]) -> list[Path]:
+    """The masks in `out` that a run over `items` does not rewrite (another part's, the rest of a folder when
+    one image is run): they stay as they were made."""
+    rewritten = {it.mask for it in items}
+    found = (p for p in out.rglob("*.png") if not any(p.name.endswith(s) for s in SIBLINGS))
+    return sorted(p for p in found if p not in rewritten)
+
+
 def stale_siblings(items: Sequence[Item], outputs: OutputOptions) -> list[Path]:
     """Probability maps and overlays an earlier run wrote beside masks this run rewrites without them: they
     would no longer match the masks beside them. With --resume only images without a mask are rewritten (the
@@ -104,6 +112,11 @@ def claim_out_dir(
     if outputs.resume and isinstance(before, dict) and before != wanted:
         raise OutputError(f"--out {out}: its masks were made with {_settings(before)}, this run uses "
                           f"{_settings(wanted)}; --resume with the same, or give another --out")  # fmt: skip
+    kept = kept_masks(out, items) if isinstance(before, dict) and before != wanted else []
+    if kept:  # a run of part of the folder (one image, one part) with other settings would leave it mixed
+        raise OutputError(f"--out {out}: holds {len(kept)} mask(s) made with {_settings(before)} (e.g. "
+                          f"{kept[0].name}) that this run, with {_settings(wanted)}, would not rewrite; use the "
+                          "same settings, or another --out")  # fmt: skip
     stale = stale_siblings(items, outputs)
     if stale:
         flag = "--save-prob" if stale[0].name.endswith(".prob.png") else "--overlay"

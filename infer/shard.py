@@ -111,6 +111,7 @@ def write_manifest(
     meta: ModelMeta,
     engine: str,
     checkpoint_sha256: str,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """Record a finished part beside its CSV (atomically, after the CSV); returns the manifest's path.
     `checkpoint_sha256` names the weights (an exported file's is its checkpoint's: `record.model_identity`)."""
@@ -132,6 +133,7 @@ def write_manifest(
         "model": model_identity(meta),
         "checkpoint_sha256": checkpoint_sha256,
         "engine": engine,
+        "settings": settings,  # tiling and TTA (record.mask_settings): they decide the masks too
     }
     path = part.path(csv_path, ".json")
     write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
@@ -241,7 +243,8 @@ def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
         )
     for path, manifest in out[1:]:
         for key, how in (("folder_sha256", "on another folder"), ("checkpoint_sha256", "with another checkpoint"),
-                         ("model", "with other model settings (resize, normalization, threshold)")):  # fmt: skip
+                         ("model", "with other model settings (resize, normalization, threshold)"),
+                         ("settings", "with other tiling or TTA")):  # fmt: skip
             if manifest.get(key) != reference.get(key):
                 raise UnetkitError(
                     f"{path}: part {manifest['part']} ran {how} than part 0 ({out[0][0].name}); "

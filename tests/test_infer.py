@@ -86,6 +86,10 @@ def test_one_image_instead_of_a_folder(exported_checkpoint, images, tmp_path):
     assert read_mask(out / "c_small.png").shape == Image.open(work / "c_small.jpg").size[::-1]
     resumed = run_cli("unet-infer", work, *common, "--resume", check=True)
     assert "4 images: 3 written, 1 skipped (--resume)" in resumed.stdout
+    mixed = run_cli("unet-infer", work / "c_small.jpg", *common, "--tta")  # would leave 3 masks made without
+    assert error_lines(mixed) == [f"unet-infer: error: --out {out}: holds 3 mask(s) made with whole images without "
+                                  "--tta (e.g. a_full.png) that this run, with whole images with --tta, would not "
+                                  "rewrite; use the same settings, or another --out"]  # fmt: skip
     same = run_cli("unet-infer", work / "c_small.jpg", *common, "--out", work)
     assert error_lines(same) == [f"unet-infer: error: --out {work}: is the image's own folder; its mask would land "
                                  "among the images (choose another folder; the default is <folder>_predictions "

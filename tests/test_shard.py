@@ -172,9 +172,9 @@ def test_parts_of_other_weights_or_resize_rules_are_not_merged(tmp_path):
     items = discover(tmp_path / "in", tmp_path / "out")
     csv, meta = tmp_path / "sub.csv", ModelMeta(n_classes=1, scale=0.5)
 
-    def part(i: int, digest: str, meta: ModelMeta) -> None:
+    def part(i: int, digest: str, meta: ModelMeta, settings: dict | None = None) -> None:
         Part(i, 2).path(csv).write_text(f"img,rle_mask\n{items[i].relative.as_posix()},1 2\n")
-        write_manifest(Part(i, 2), csv, items, [], meta, "torch fp32", digest)
+        write_manifest(Part(i, 2), csv, items, [], meta, "torch fp32", digest, settings or {"tile": 0})
 
     part(0, "a" * 64, meta)
     part(1, "b" * 64, meta)
@@ -184,6 +184,9 @@ def test_parts_of_other_weights_or_resize_rules_are_not_merged(tmp_path):
     with pytest.raises(
         UnetkitError, match=r"part 1 ran with other model settings \(resize, normalization, threshold\) than part 0"
     ):
+        merge_parts(csv)
+    part(1, "a" * 64, meta, {"tile": 0, "tta": True})  # mirrored TTA (or another tiling) changes the masks too
+    with pytest.raises(UnetkitError, match=r"part 1 ran with other tiling or TTA than part 0"):
         merge_parts(csv)
     part(1, "a" * 64, meta)
     assert merge_parts(csv).rows == 2
