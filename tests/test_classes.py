@@ -173,7 +173,7 @@ def test_a_multi_class_run_that_recorded_a_threshold_still_resumes(trained, tmp_
     payload["training"]["config"]["threshold"] = 0.6
     torch.save(payload, copy / "last.pth")
     proc = run_cli("unet-train", "--out", copy, "--resume", "--epochs", "3", "--device", "cpu", "--workers", "0",
-                   "--no-progress", check=True)  # fmt: skip
+                   "--no-progress", "--classes", NAMES, check=True)  # fmt: skip  # the same classes may be given
     assert "resumed after epoch 2 (best Dice" in proc.stdout and "epoch 3/3" in proc.stdout
 
 

@@ -131,6 +131,7 @@ def test_last_pth_holds_what_resume_needs(tmp_path, synth_small):
         (["--loss", "ce"], "--loss: loss 'ce' is not available for a binary model"),
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--std", "0,1,1"], "--std must be positive"),
+        (["--mean", "123.675,116.28,103.53"], "--mean and --std are in [0, 1] units (pixel / 255): divide values"),
         (["--mean", "0.5,0.5"], "'0.5,0.5' is not three numbers R,G,B"),
         (["--lr-patience", "-1"], "--lr-patience must be 0 or more"),
         (["--tta"], "--tta scores a checkpoint with test-time augmentation: give it with --eval"),

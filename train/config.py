@@ -91,6 +91,10 @@ class TrainConfig:
             "--class-weights must be positive": all(math.isfinite(w) and w > 0 for w in self.class_weights),
             "--monitor must be dice or loss": self.monitor in MONITORS,
             "--std must be positive": all(v > 0 for v in self.std),
+            "--mean and --std are in [0, 1] units (pixel / 255): divide values on the 0-255 scale by 255": all(
+                0 <= v <= 1 for v in self.mean
+            )
+            and all(v <= 1 for v in self.std),
             "--threshold must be in (0, 1)": 0 < self.threshold < 1,
             "--max-minutes must be positive": self.max_minutes is None or self.max_minutes > 0,
             "--size and --max-side are two rules: give one": self.size is None or self.max_side is None,

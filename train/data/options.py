@@ -99,7 +99,8 @@ def resolve_folders(args: argparse.Namespace) -> tuple[Path | None, FolderSpec |
     if (args.images is None) != (args.masks is None):
         raise UnetkitError("--images and --masks go together (an image folder and a mask folder)")
     if args.images is None:
-        if args.image_suffix or args.mask_suffix or args.mask_ext or args.classes:
+        resuming = getattr(args, "resume", None)  # a resumed run recorded its folders: --resume compares the rest
+        if not resuming and (args.image_suffix or args.mask_suffix or args.mask_ext or args.classes):
             raise UnetkitError("--image-suffix, --mask-suffix, --mask-ext and --classes need --images and --masks "
                                "(the built-in layouts define their masks)")  # fmt: skip
         return (None if args.data is None else absolute(args.data)), None
