@@ -82,6 +82,18 @@ _PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "timed out", "ti
 _DIST_ERRORS = ("DistBackendError", "DistNetworkError", "DistStoreError")
 
 
+def worker_message(exc: BaseException) -> str:
+    """The message of `exc`, without the traceback PyTorch's DataLoader wraps around an error raised in a
+    worker process ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): the bad file's
+    one line, as without workers."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    at = text.rfind("\n" + name)
+    return text[at + 1 + len(name) :].strip() if at >= 0 else text
+
+
 def peer_stopped(exc: BaseException, environ: Mapping[str, str]) -> bool:
     """True for the error a rank of a distributed launch gets when another rank stopped first (its own error
     already said why): the collective it waited in failed. Such a rank says so in one line, not a traceback;
@@ -111,7 +123,7 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: terminated; finished outputs are kept", file=sys.stderr)
         return EXIT_TERMINATED
     except UnetkitError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {worker_message(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # a file the command had to read or write (permissions, disk full)
         where = f"{exc.filename}: " if exc.filename else ""

@@ -180,3 +180,25 @@ def test_training_without_its_extra_says_which_packages_to_install(tmp_path, syn
     # Inference needs none of it.
     code = "import unetkit.infer.predictor, unetkit.export.cli, unetkit.bench.cli, sys; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout == "ok\n"
+
+
+class _BadFile(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from unetkit.core.errors import DataError
+
+        raise DataError(f"masks/{i}.png: values 7 are no class ids of --classes 3 (0-2; 255 is ignored)")
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_line():
+    """PyTorch re-raises a worker's error with the worker's traceback in its message; the CLIs print the line."""
+    from unetkit.core.cli import worker_message
+    from unetkit.core.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        next(iter(torch.utils.data.DataLoader(_BadFile(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what PyTorch does
+    assert worker_message(caught.value) == "masks/0.png: values 7 are no class ids of --classes 3 (0-2; 255 is ignored)"
+    assert worker_message(DataError("a.png: plain")) == "a.png: plain"
