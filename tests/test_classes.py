@@ -86,6 +86,8 @@ def test_the_data_check_reads_class_ids_with_classes_and_says_so_without(squares
     assert f"{squares}: folders layout, 12 pairs, 4 output channel(s)" in ok.stdout
     assert "class balance (share of labelled pixels): background" in ok.stdout and "blue" in ok.stdout
     assert "ignored pixels:" in ok.stdout
+    more = run_cli("unet-data", "check", squares, *folders, "--classes", "5", check=True)
+    assert "  warning: no mask holds class 4 (class 4): check --classes, or the masks" in more.stdout
     few = run_cli("unet-data", "check", squares, *folders, "--classes", "3")
     assert few.returncode == 2 and "values 3 are no class ids of --classes 3" in few.stderr
     both = run_cli("unet-data", "check", squares, *folders, "--classes", "4", "--mask-threshold", "128")
@@ -186,3 +188,16 @@ def test_cache_keys_of_binary_and_cityscapes_masks_are_as_before():
     assert SampleRule(rule, "binary").key() == f"{rule!r}|binary|None"
     assert SampleRule(rule, "cityscapes", None, 19).key() == f"{rule!r}|cityscapes|None"
     assert SampleRule(rule, "multiclass", None, 4).key() == f"{rule!r}|multiclass|None|4"
+
+
+def test_class_ids_in_a_built_in_layout_are_told_how_to_read_them(squares, tmp_path):
+    """A Kvasir-style folder (images/ + masks/) of class-id masks: the hint names the flags that work there."""
+    shutil.copytree(squares / "images", tmp_path / "kv/images")
+    shutil.copytree(squares / "labels", tmp_path / "kv/masks")
+    proc = run_cli("unet-data", "check", tmp_path / "kv", "--no-progress")
+    assert (
+        "(12 mask(s) of class ids: --images images --masks masks --classes 4 reads them as classes)"
+        in (error_lines(proc)[0])
+    )
+    run_cli("unet-data", "check", tmp_path / "kv", "--images", "images", "--masks", "masks", "--classes", "4",
+            "--no-progress", check=True)  # fmt: skip

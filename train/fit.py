@@ -188,6 +188,9 @@ def _loaders(
         report = check_dataset(index, rule, cache, workers=max(cfg.workers, 2), progress=cfg.progress)
         report.raise_if_problems(limit=10)
         input_sizes = report.input_sizes
+        empty = report.empty_classes()
+        if empty:
+            log.warning("warning: %s", empty)
         inverted = inverted_size(index, cfg.resize_rule)
         if inverted:
             log.warning("warning: %s", inverted)

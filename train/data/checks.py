@@ -20,7 +20,7 @@ from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.meta import ResizeRule
 
 from .dataset import SampleCache, SampleRule, SegmentationDataset
-from .layouts import BEYOND_TRAIN_ID_RANGE, DatasetIndex
+from .layouts import BEYOND_TRAIN_ID_RANGE, LAYOUTS, DatasetIndex
 
 
 @dataclass
@@ -41,6 +41,16 @@ class DataReport:
         total = max(int(counts.sum()), 1)
         return {name: float(c) / total for name, c in zip(names, counts, strict=True)}
 
+    def empty_classes(self) -> str | None:
+        """A warning naming the classes of a multi-class data set that no mask holds (a `--classes` count one
+        too many, say): the model would learn a class it never sees."""
+        if self.index.mask_kind != "multiclass" or not self.sizes:  # Cityscapes subsets may lack some classes
+            return None
+        empty = [f"{i} ({name})" for i, name in enumerate(self.index.class_names) if not self.label_counts[i]]
+        if not empty or len(empty) == len(self.index.class_names):
+            return None
+        return f"no mask holds class {', '.join(empty)}: check --classes, or the masks"
+
     def ignored_fraction(self) -> float:
         total = max(int(self.label_counts.sum()), 1)
         return float(self.label_counts[IGNORE_INDEX]) / total
@@ -57,10 +67,21 @@ class DataReport:
             ids = [m.group(1) for p in self.problems if (m := CLASS_IDS_HINT.search(p))]
             remedy = f" ({stray} mask(s) with stray grey values: {MASK_THRESHOLD_HINT} binarises them)" if stray else ""
             if ids:
-                remedy += f" ({len(ids)} mask(s) of class ids: --classes {max(map(int, ids))} reads them as classes)"
+                flags = f"{named_folders(self.index.layout)}--classes {max(map(int, ids))}"
+                remedy += f" ({len(ids)} mask(s) of class ids: {flags} reads them as classes)"
             raise DataError(
                 f"{len(self.problems)} bad file(s) in {self.index.root}; fix or remove them{remedy}:\n{listing}"
             )
+
+
+def named_folders(layout: str) -> str:
+    """The --images/--masks flags that read a built-in binary layout's folders as named folders (where
+    --classes applies), or '' for a named-folders data set."""
+    if layout not in LAYOUTS or layout == "cityscapes":
+        return ""
+    images, masks = LAYOUTS[layout][0]
+    suffix = " --mask-suffix _mask" if layout in ("carvana", "kaggle-carvana") else ""
+    return f"--images {images} --masks {masks}{suffix} "
 
 
 def inverted_size(index: DatasetIndex, resize: ResizeRule, sample: int = 20) -> str | None:

@@ -140,6 +140,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  class balance (share of labelled pixels): {balance}")
         if report.ignored_fraction() > 0:
             print(f"  ignored pixels: {report.ignored_fraction():.1%}")
+        empty = report.empty_classes()
+        if empty:
+            print(f"  warning: {empty}")
     if split is not None:
         shared = {split.keys[p.image] for p in split.train} & {split.keys[p.image] for p in split.val}
         print(
