@@ -114,6 +114,12 @@ def test_training_on_class_ids_makes_a_multi_class_model(trained, squares, tmp_p
             "--device", "cpu", "--no-progress", "--json", out, check=True)  # fmt: skip
     numbers = json.loads(out.read_text())
     assert [c["name"] for c in numbers["per_class"]] == NAMES.split(",") and numbers["images"] == 12
+    folders = ["--images", squares / "images", "--masks", squares / "labels"]
+    renamed = run_cli("unet-train", "--eval", run / "best.pth", *folders, "--classes", "a,b,c,d", "--device", "cpu")
+    assert error_lines(renamed) == [f"unet-train: error: --classes a,b,c,d: {run / 'best.pth'} names its classes "
+                                    f"{NAMES}; leave --classes out to use them"]  # fmt: skip
+    weighted = run_cli("unet-train", "--eval", run / "best.pth", *folders, "--class-weights", "1,1,1,1")
+    assert "--class-weights is a training flag: leave it out" in error_lines(weighted)[0]
     # the masks unet-infer writes hold class ids, at each image's size
     run_cli("unet-infer", squares / "images", "--checkpoint", run / "best.pth", "--out", tmp_path / "pred",
             "--device", "cpu", "--no-progress", check=True)  # fmt: skip

@@ -88,14 +88,15 @@ def test_training_records_the_split_and_eval_reuses_it(grouped_run, tmp_path):
     assert f"{len(record['train'])} train / {len(record['val'])} val images" in proc.stdout
     # --eval --split val scores exactly the recorded images
     out = tmp_path / "val.json"
-    run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--json", out,
-            "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    first = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--json", out,
+                    "--device", "cpu", "--no-progress", check=True)  # fmt: skip
     scored = {row["image"] for row in json.loads(out.read_text())["per_image"]}
     assert scored == {image for image, _ in record["val"]}
-    # a changed seed on the command line cannot change the recorded split
+    # a seed on the command line cannot change the recorded split: --eval refuses training flags
     again = run_cli("unet-train", "--eval", run / "best.pth", "--data", data, "--split", "val", "--seed", "9",
-                    "--device", "cpu", "--no-progress", check=True)  # fmt: skip
-    assert f"(val, {len(record['val'])} images in {len(val_cars)} group(s)" in again.stdout
+                    "--device", "cpu", "--no-progress")  # fmt: skip
+    assert again.returncode == 2 and "--seed is a training flag: leave it out" in again.stderr
+    assert f"(val, {len(record['val'])} images in {len(val_cars)} group(s)" in first.stdout
 
 
 def test_eval_refuses_a_data_set_that_no_longer_matches_the_split(grouped_run, tmp_path):

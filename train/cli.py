@@ -116,7 +116,20 @@ def _rgb(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+#: Flags that shape a training run and mean nothing to --eval, which scores a checkpoint as it was trained.
+TRAINING_ONLY = (
+    "out", "epochs", "lr", "scale", "size", "max_side", "base_channels", "bilinear", "loss", "seed", "val_fraction",
+    "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",
+    "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",
+)  # fmt: skip
+
+
 def _eval(args: argparse.Namespace) -> int:
+    given = [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if getattr(args, k, None) is not None]
+    if given:
+        what = "is a training flag: leave it out" if len(given) == 1 else "are training flags: leave them out"
+        raise UnetkitError(f"--eval scores {args.eval} as it was trained (its resize rule, normalization, threshold "
+                           f"and loss); {', '.join(given)} {what}")  # fmt: skip
     data, folders = resolve_folders(args)
     if data is None:
         raise UnetkitError(f"--eval {args.eval}: say which data to score it on: --data DIR (or --images and --masks)")

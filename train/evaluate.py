@@ -135,6 +135,13 @@ def evaluate_checkpoint(
     folders = settings.folders
     if folders is not None and not folders.classes and meta.mask_kind == "multiclass":
         folders = replace(folders, classes=meta.class_names)  # class-id masks, as the model was trained on
+    if folders is not None and folders.classes and len(folders.classes) == meta.n_classes > 1:
+        if tuple(folders.classes) != tuple(meta.class_names) and not all(
+            n.startswith("class ") for n in folders.classes
+        ):
+            raise UnetkitError(f"--classes {','.join(folders.classes)}: {checkpoint} names its classes "
+                               f"{','.join(meta.class_names)}; leave --classes out to use them")  # fmt: skip
+        folders = replace(folders, classes=meta.class_names)  # a count (--classes N) names no classes
     index = index_dataset(data, settings.layout, folders)
     if index.n_classes != meta.n_classes:
         raise UnetkitError(
