@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
     p.add_argument("--engines", help="ENGINE:PRECISION list instead of the defaults, e.g. torch:fp32,trt:fp16")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode for compile rows")
-    p.add_argument("--base-channels", type=int, default=64, help="width of the random-weight U-Net (default 64)")
+    p.add_argument("--base-channels", type=int, help="width of the random-weight U-Net, when there is no checkpoint "
+                   f"(default {DEFAULT_BASE})")  # fmt: skip
     p.add_argument("--scope", choices=("model", "e2e", "both"), default="both", help="default both")
     p.add_argument("--images", type=Path, help="folder of images for the e2e scope (default: synthetic JPEGs)")
     p.add_argument("--e2e-images", type=int, help="synthetic images for e2e (default 200 on CUDA, 8 on the CPU)")
@@ -96,21 +97,29 @@ def _batches(text: str) -> list[int]:
     return values
 
 
+#: Width of the random-weight U-Net benchmarked without a checkpoint: the default U-Net's.
+DEFAULT_BASE = UNetConfig().base_channels
+
+
 def _checkpoint(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
     """The checkpoint to benchmark and how to describe it; a random-weight U-Net when there is none."""
+    chosen = args.checkpoint or (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None)
+    if chosen is not None and args.base_channels is not None:
+        raise UnetkitError(f"--base-channels sizes the random-weight U-Net; {chosen} has its own width: leave it out")
     if args.checkpoint is not None:
         read_checkpoint(args.checkpoint)  # a missing or bad file fails here with its one line
         return args.checkpoint, str(args.checkpoint)
     if DEFAULT_CHECKPOINT.exists():
         return DEFAULT_CHECKPOINT, str(DEFAULT_CHECKPOINT)
+    base = args.base_channels or DEFAULT_BASE
     torch.manual_seed(0)
-    config = UNetConfig(base_channels=args.base_channels)
+    config = UNetConfig(base_channels=base)
     meta = ModelMeta(n_classes=1, scale=RECIPE_SCALE, class_names=("foreground",))  # as unet-train makes it
     path = scratch / "random.pth"
     save_checkpoint(path, UNet(config).eval(), meta)
     log.info("no best.pth here: benchmarking the default U-Net (base %d) with random weights, at unet-train's "
-             "default input scale %g", args.base_channels, RECIPE_SCALE)  # fmt: skip
-    return path, f"default U-Net (base {args.base_channels}), random weights, scale {RECIPE_SCALE:g}"
+             "default input scale %g", base, RECIPE_SCALE)  # fmt: skip
+    return path, f"default U-Net (base {base}), random weights, scale {RECIPE_SCALE:g}"
 
 
 def _specs(args: argparse.Namespace, device: torch.device) -> list[tuple[EngineSpec, str | None]]:
@@ -147,7 +156,8 @@ def _check_args(args: argparse.Namespace) -> None:
         (args.engines is None or any(t.strip() for t in args.engines.split(",")), "--engines '': name at least one "
          "ENGINE:PRECISION, or leave the flag out for every engine"),
         (args.target_ms > 0, f"--target-ms {args.target_ms:g}: must be positive"),
-        (args.base_channels >= 1, f"--base-channels {args.base_channels}: must be at least 1"),
+        (args.base_channels is None or args.base_channels >= 1, f"--base-channels {args.base_channels}: must be at "
+         "least 1"),
         (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
         (args.plot is None or importlib.util.find_spec("matplotlib") is not None,
          "--plot needs matplotlib: pip install 'unetkit[plot]'"),
@@ -179,8 +189,8 @@ def _bench(args: argparse.Namespace) -> int:
         peaks = {p: matmul_peak_tflops(p, device) for p in sorted({s.precision for s in runnable})
                  if p in DTYPES and peak_probed(p, device)}  # fmt: skip
         artifacts = "beside the checkpoint"
-        if ckpt.parent == Path(scratch) and needs_artifacts(runnable):
-            artifacts = export_random(ckpt, device)
+        if ckpt.parent == Path(scratch):
+            artifacts = export_random(ckpt, device) if needs_artifacts(runnable) else "none (no engine here needs one)"
         report = Report(
             environment=environment(device),
             settings={

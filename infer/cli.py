@@ -139,6 +139,10 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
             args.model or args.checkpoint, args.engine, device, args.precision, compile_mode=args.compile_mode,
             **vars(settings),
         )  # fmt: skip
+    if args.palette and predictor.meta.n_classes == 1:
+        predictor.close()
+        raise UnetkitError("--palette colours the classes of a multi-class model; this one is binary (its masks are "
+                           "0/255)")  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
     if predictor.engine.meta.extra.get("export_verified") is False:
         print(f"warning: {predictor.engine.source} was exported with --no-verify: its agreement with the checkpoint "

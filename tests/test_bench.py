@@ -282,6 +282,14 @@ def test_without_a_checkpoint_the_random_unet_is_said(tmp_path):
     assert "no best.pth here: benchmarking the default U-Net (base 4) with random weights" in proc.stdout
     assert "model: default U-Net (base 4), random weights, scale 0.5" in proc.stdout
     assert "at unet-train's default input scale 0.5" in proc.stdout
+    assert "random weights, scale 0.5; artifacts none (no engine here needs one)" in proc.stdout
+
+
+def test_base_channels_with_a_checkpoint_is_refused(random_checkpoint, tmp_path):
+    """--base-channels sizes only the random model: with a checkpoint (given, or best.pth here) it is one line."""
+    proc = run_cli("unet-bench", "--checkpoint", random_checkpoint, "--base-channels", "8", "--device", "cpu")
+    assert error_lines(proc) == [f"unet-bench: error: --base-channels sizes the random-weight U-Net; "
+                                 f"{random_checkpoint} has its own width: leave it out"]  # fmt: skip
 
 
 def test_bad_arguments_give_one_line(tmp_path):

@@ -207,3 +207,11 @@ def test_class_ids_in_a_built_in_layout_are_told_how_to_read_them(squares, tmp_p
     )
     run_cli("unet-data", "check", tmp_path / "kv", "--images", "images", "--masks", "masks", "--classes", "4",
             "--no-progress", check=True)  # fmt: skip
+
+
+def test_palette_for_a_binary_model_is_refused_before_any_write(squares, random_checkpoint, tmp_path):
+    proc = run_cli("unet-infer", squares / "images", "--checkpoint", random_checkpoint, "--palette", "--device",
+                   "cpu", "--out", tmp_path / "masks")  # fmt: skip
+    assert error_lines(proc) == ["unet-infer: error: --palette colours the classes of a multi-class model; this one is "
+                                 "binary (its masks are 0/255)"]  # fmt: skip
+    assert not (tmp_path / "masks").exists()
