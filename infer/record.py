@@ -113,7 +113,7 @@ def claim_out_dir(
         raise OutputError(f"--out {out}: its masks were made with {_settings(before)}, this run uses "
                           f"{_settings(wanted)}; --resume with the same, or give another --out")  # fmt: skip
     kept = kept_masks(out, items) if isinstance(before, dict) and before != wanted else []
-    if kept:  # a run of part of the folder (one image, one part) with other settings would leave it mixed
+    if kept and isinstance(before, dict):  # a run of part of the folder (one image, one part) would leave it mixed
         raise OutputError(f"--out {out}: holds {len(kept)} mask(s) made with {_settings(before)} (e.g. "
                           f"{kept[0].name}) that this run, with {_settings(wanted)}, would not rewrite; use the "
                           "same settings, or another --out")  # fmt: skip
