@@ -21,7 +21,8 @@ def counted_flops(config: UNetConfig, height: int, width: int) -> int:
 
 
 def unet_conv_flops(config: UNetConfig, height: int, width: int) -> int:
-    """The same count by hand: 2 * MACs of every convolution (3x3 pairs, 2x2 transposed, 1x1 head),
+    """The same count by hand: 2 * MACs of every convolution (3x3 pairs, 2x2 transposed, 1x1 head and
+    attention gates; deep supervision's heads do not run in inference),
     on the input padded to a multiple of 16 as the model pads it. Pooling, ReLU and BatchNorm are not
     matrix work and are not counted, as PyTorch's counter does not count them either."""
     h = -(-height // DOWNSAMPLE) * DOWNSAMPLE
@@ -45,5 +46,8 @@ def unet_conv_flops(config: UNetConfig, height: int, width: int) -> int:
             total += conv(cin, cin // 2, 1, hh, ww)
         else:  # a 2x2 stride-2 transposed conv: each input pixel feeds a 2x2 output block
             total += 2 * cin * (cin // 2) * 4 * (hh // 2) * (ww // 2)
+        if config.attention:  # two 1x1 convs to the gate's inner width, and one to its single weight map
+            inner = max(cin // 4, 1)
+            total += 2 * conv(cin // 2, inner, 1, hh, ww) + conv(inner, 1, 1, hh, ww)
         total += double(cin, widths[level - 1], hh, ww)
     return total + conv(widths[0], config.n_classes, 1, h, w)

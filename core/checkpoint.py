@@ -1,7 +1,8 @@
 """The self-describing checkpoint: weights plus everything inference needs, in plain types only.
 
 A checkpoint is a dict saved with `torch.save` and read with `torch.load(weights_only=True)`, so opening one
-someone sent you cannot execute code. Format 2:
+someone sent you cannot execute code. Format 2 (3 when the network has an architecture option on: attention
+gates or deep supervision, which a format-2 reader could not rebuild, so it asks for an upgrade instead):
 
     {"format": "unetkit.checkpoint", "format_version": 2,
      "model": UNetConfig as a dict, "state_dict": {...},
@@ -29,7 +30,9 @@ from .meta import MetaError, ModelMeta
 from .model import UNet, UNetConfig
 
 FORMAT = "unetkit.checkpoint"
-FORMAT_VERSION = 2
+#: The newest format this release reads; it writes PLAIN_VERSION for a network without architecture options.
+FORMAT_VERSION = 3
+PLAIN_VERSION = 2
 #: What every command reads when no checkpoint is named: the best one of the run in this folder.
 DEFAULT_CHECKPOINT = Path("best.pth")
 
@@ -75,7 +78,7 @@ def save_checkpoint(
     net = _unwrap(model)
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if net.config.options else PLAIN_VERSION,
         "model": net.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "meta": meta.replace(versions=versions()).to_dict(),

@@ -51,7 +51,11 @@ def test_flops_by_hand_for_a_one_channel_unet():
 
 @pytest.mark.parametrize(
     "config, hw",
-    [(UNetConfig(), (1280, 1918)), (UNetConfig(base_channels=8, n_classes=19, bilinear=True), (100, 70))],
+    [
+        (UNetConfig(), (1280, 1918)),
+        (UNetConfig(base_channels=8, n_classes=19, bilinear=True), (100, 70)),
+        (UNetConfig(base_channels=8, attention=True, deep_supervision=True), (100, 70)),
+    ],
 )
 def test_counted_flops_match_the_layer_arithmetic(config, hw):
     assert counted_flops(config, *hw) == unet_conv_flops(config, *hw)

@@ -23,6 +23,9 @@ TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE
             "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
 TINY = ["--base-channels", "4", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress",
         "--scale", "0.5", "--lr", "3e-3", "--dist-timeout", "2"]  # fmt: skip
+#: The two-process runs also train the architecture options: deep supervision reaches the model through DDP's
+#: forward (a keyword argument), and every extra head and gate must stay identical across the ranks.
+OPTIONS = ["--attention", "--deep-supervision"]
 
 
 # ---- pure decisions ---------------------------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def ddp_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, ddp_data):
     run = tmp_path_factory.mktemp("ddp") / "run"
-    proc = run_torchrun(2, "unetkit.train", "--data", ddp_data, "--out", run, "--epochs", "3", *TINY)
+    proc = run_torchrun(2, "unetkit.train", "--data", ddp_data, "--out", run, "--epochs", "3", *TINY, *OPTIONS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run, proc
 
@@ -182,6 +185,8 @@ def test_two_processes_train_one_model_and_only_rank_0_writes(ddp_run, ddp_data)
     assert sorted(p.name for p in run.iterdir()) == sorted(written)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "attention gates" in out and "with deep supervision" in out
+    assert any(k.startswith("aux_heads.") for k in read_checkpoint(run / "last.pth").state_dict)
     # the checkpoint holds plain BatchNorm weights
     assert "sync" not in " ".join(read_checkpoint(run / "best.pth").state_dict).lower()
 
@@ -205,7 +210,7 @@ def test_the_reported_dice_is_the_single_process_dice_of_the_checkpoint(ddp_run,
 def test_a_resumed_distributed_run_continues_exactly(ddp_run, ddp_data, tmp_path):
     full, _ = ddp_run
     run = tmp_path / "run"
-    first = run_torchrun(2, "unetkit.train", "--data", ddp_data, "--out", run, "--epochs", "2", *TINY)
+    first = run_torchrun(2, "unetkit.train", "--data", ddp_data, "--out", run, "--epochs", "2", *TINY, *OPTIONS)
     assert first.returncode == 0, first.stderr
     resumed = run_torchrun(2, "unetkit.train", "--out", run, "--resume", "--epochs", "3", "--dist-timeout", "2",
                            "--no-progress")  # fmt: skip

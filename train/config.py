@@ -21,7 +21,10 @@ RUN_FILES = ("best.pth", "last.pth", "history.jsonl", "tb")
 #: The run's data paths, which --resume may point elsewhere when they no longer exist (`moved`).
 MOVABLE = ("data", "images", "masks")
 #: Flags whose presence sets a setting to a fixed value (store_true / store_false).
-SWITCHES = {"bilinear": "--bilinear", "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress"}
+SWITCHES = {
+    "bilinear": "--bilinear", "attention": "--attention", "deep_supervision": "--deep-supervision",
+    "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress",
+}  # fmt: skip
 
 #: --monitor: the validation figure that picks best.pth, lowers the learning rate and stops the run early.
 MONITORS = ("dice", "loss")
@@ -41,6 +44,8 @@ class TrainConfig:
     scale: float = RECIPE_SCALE
     base_channels: int = 64
     bilinear: bool = False
+    attention: bool = False  # attention gates on the skip connections
+    deep_supervision: bool = False  # the decoder's 1/2, 1/4 and 1/8 levels also scored by the loss
     loss: str | None = None  # None: bce+dice for binary, ce+dice for multi-class
     pos_weight: float = 1.0  # binary: weight of the foreground pixels' cross-entropy term
     class_weights: tuple[float, ...] = ()  # multi-class: cross-entropy weight per class (empty: all 1)

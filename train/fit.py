@@ -267,7 +267,12 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         raise UnetkitError(str(exc)) from None
 
     torch.manual_seed(cfg.seed)
-    model = UNet(UNetConfig(n_classes=index.n_classes, base_channels=cfg.base_channels, bilinear=cfg.bilinear))
+    model = UNet(
+        UNetConfig(
+            n_classes=index.n_classes, base_channels=cfg.base_channels, bilinear=cfg.bilinear,
+            attention=cfg.attention, deep_supervision=cfg.deep_supervision,
+        )
+    )  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     run = _Run(
         model=model,
@@ -302,9 +307,10 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
             write_split(cfg.out / SPLIT_FILE, split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed))
         tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
     log.info(
-        "model: U-Net base %d (%s up-sampling), %s, %s, loss %s",
-        cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv", device,
-        str(amp).replace("torch.", "") if amp else "fp32", loss_name,
+        "model: U-Net base %d (%s up-sampling%s), %s, %s, loss %s%s",
+        cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv",
+        ", attention gates" if cfg.attention else "", device, str(amp).replace("torch.", "") if amp else "fp32",
+        loss_name, " with deep supervision" if cfg.deep_supervision else "",
     )  # fmt: skip
     sharing = ddp.describe(cfg.batch_size)
     if sharing:
@@ -353,7 +359,7 @@ def _epochs(
         train_loss, img_s = ddp.reduce_train(
             *train_one_epoch(
                 trained, train_loader, loss_fn, run.optimizer, run.scaler, setup,
-                desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop,
+                desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop, deep=cfg.deep_supervision,
             )
         )  # fmt: skip
         # Every rank sees the same reduced loss and holds the same weights, so every rank decides alike. An

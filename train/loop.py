@@ -15,7 +15,7 @@ from unetkit.core.labels import predict_labels
 from unetkit.core.metrics import ClassScores, class_scores, confusion_counts
 from unetkit.core.preprocess import normalize
 
-from .losses import LossFn
+from .losses import LossFn, deep_supervision_loss
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,11 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
+    deep: bool = False,
 ) -> tuple[float, float, int]:
     """Train over `loader` once, or until `stop()`, asked after every batch, says so (the time limit);
-    returns (mean loss per image, images per second, images)."""
+    returns (mean loss per image, images per second, images). With `deep` the loss also scores the decoder's
+    coarser levels (deep supervision; the reported loss is that weighted sum)."""
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
     start = time.perf_counter()
@@ -134,8 +136,8 @@ def train_one_epoch(
         x, y = setup.inputs(images), labels.to(setup.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with setup.autocast():
-            logits = model(x)
-        loss = loss_fn(logits, y)
+            outputs = model(x, deep=True) if deep else model(x)
+        loss = deep_supervision_loss(loss_fn, outputs, y) if deep else loss_fn(outputs, y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

@@ -72,6 +72,29 @@ def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     return 1.0 - dice.mean()
 
 
+def deep_supervision_weights(levels: int) -> list[float]:
+    """nnU-Net's weights for the main logits then each coarser level: halved per level, summing to 1."""
+    raw = [0.5**i for i in range(levels)]
+    return [w / sum(raw) for w in raw]
+
+
+def level_target(target: torch.Tensor, factor: int) -> torch.Tensor:
+    """The label map at 1/`factor` resolution by nearest sampling (a label is never averaged into another):
+    the top-left pixel of each factor x factor block, ceil(H / factor) x ceil(W / factor) as the model's
+    levels are."""
+    return target[..., ::factor, ::factor]
+
+
+def deep_supervision_loss(loss_fn: LossFn, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """`loss_fn` of the main logits and of each coarser level's (UNet.forward(x, deep=True)) against the
+    label map sampled to its size, weighted by deep_supervision_weights."""
+    weights = deep_supervision_weights(len(outputs))
+    return sum(
+        (w * loss_fn(out, level_target(target, 2**i)) for i, (w, out) in enumerate(zip(weights, outputs, strict=True))),
+        torch.zeros((), device=target.device),
+    )
+
+
 def default_loss(n_classes: int) -> str:
     """The loss a run uses without --loss: the seed's BCE+Dice, or its multi-class counterpart."""
     return "bce+dice" if n_classes == 1 else "ce+dice"
