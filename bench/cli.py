@@ -19,6 +19,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import RECIPE_SCALE
 from unetkit.core.outputs import FILE, check_outputs
 from unetkit.core.preprocess import input_size
+from unetkit.core.sources import training_images
 from unetkit.infer.engines import DTYPES
 from unetkit.infer.engines.compiled import COMPILE_MODES
 from unetkit.infer.io import discover
@@ -30,10 +31,12 @@ from .report import Report, render_text, write_json, write_markdown, write_plot
 from .runner import (
     ALL_SPECS,
     BASELINE,
+    SYNTHETIC_CAR,
     EngineSpec,
     Row,
+    agreement_image,
+    agreement_input,
     bench_engine,
-    car_input,
     default_skip,
     engine_factory,
     finish_rows,
@@ -211,7 +214,10 @@ def _bench(args: argparse.Namespace) -> int:
             flops_per_image=counted_flops(config, *model_hw),
             peaks_tflops=peaks,
         )
-        car = car_input(meta, image_hw, device)
+        # one image of the model's own kind where there is one: a street model finds nothing on a car
+        shown = agreement_image([*(found.readable if found is not None else []), *training_images(meta)])
+        report.settings["agreement_image"] = str(shown) if shown is not None else SYNTHETIC_CAR
+        car = agreement_input(meta, image_hw, device, shown)
         make = engine_factory(ckpt, device, args.compile_mode)
         reference = None
         if args.scope in ("model", "both"):

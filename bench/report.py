@@ -11,7 +11,7 @@ from unetkit.core.atomic import atomic_path, write_text_atomic
 from unetkit.core.errors import UnetkitError
 
 from .e2e import E2ERow
-from .runner import NO_AGREEMENT, OVER_PEAK, Row, best_row
+from .runner import NO_AGREEMENT, OVER_PEAK, SYNTHETIC_CAR, Row, best_row
 
 SCHEMA = "unetkit.bench/1"
 MODEL_COLUMNS = ("engine", "batch", "ms/batch p50", "p90", "p99", "ms/img p50", "img/s", "mem MB", "vs fp32",
@@ -143,6 +143,7 @@ def _header(report: Report) -> list[str]:
         f"{report.flops_per_image / 1e12:.3g} TFLOP "
         f"per image (counted)",
         f"matmul peak measured now (TFLOP/s, best of several probes): {peaks}",
+        f"mask agreement (Dice vs eager fp32) on {s.get('agreement_image', SYNTHETIC_CAR)}",  # older reports: the car
     ]  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """The model-only scope: every engine at every batch size on device-resident inputs, against eager FP32.
 
 Each row is one engine at one batch size: latency per batch and per image, images/s, peak device memory,
-speedup over eager FP32 measured in the same run, mask agreement with eager FP32 on a synthetic car, and
+speedup over eager FP32 measured in the same run, mask agreement with eager FP32 on one image of the model's
+own kind (the first of --images, else of the checkpoint's training data; else a synthetic car), and
 achieved TFLOP/s against a matmul peak measured now in the same precision. An engine that cannot run is a
 row with its reason.
 """
@@ -9,7 +10,7 @@ row with its reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import torch
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.device import cuda_bf16_native
 from unetkit.core.errors import UnetkitError
+from unetkit.core.imageio import image_size, read_image
 from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import mask_agreement
-from unetkit.core.preprocess import model_input
+from unetkit.core.preprocess import model_input, resize_pixels
 from unetkit.infer.engines import ENGINE_NAMES, PRECISIONS, Engine, EngineShapeError, canonical_precision, create_engine
 from unetkit.train.data.synth import random_car, render
 
@@ -134,11 +136,35 @@ class Row:
         return dict(vars(self))
 
 
-def car_input(meta: ModelMeta, image_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """A synthetic car of the benchmark's image size, prepared as every engine's input (batch of 1)."""
-    rng = np.random.default_rng(0)
-    pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
-    return model_input(torch.from_numpy(pixels).permute(2, 0, 1).to(device), meta)[None]
+#: What the agreement image is when no image of the model's own kind is at hand.
+SYNTHETIC_CAR = "a synthetic car"
+#: Unreadable images tried before the synthetic car stands in (each costs a header read).
+AGREEMENT_TRIES = 16
+
+
+def agreement_image(candidates: Sequence[Path]) -> Path | None:
+    """The first of `candidates` whose header reads: the image every engine's mask is compared on."""
+    for path in candidates[:AGREEMENT_TRIES]:
+        try:
+            image_size(path)
+        except UnetkitError:
+            continue
+        return path
+    return None
+
+
+def agreement_input(
+    meta: ModelMeta, image_hw: tuple[int, int], device: torch.device, image: Path | None
+) -> torch.Tensor:
+    """`image` (None: a synthetic car) at the benchmark's image size, prepared as every engine's input (batch of
+    1): resized to `image_hw` first, so every engine sees a shape the timed rows use."""
+    if image is None:
+        rng = np.random.default_rng(0)
+        pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
+        chw = torch.from_numpy(pixels).permute(2, 0, 1)
+    else:
+        chw = resize_pixels(torch.from_numpy(read_image(image)).permute(2, 0, 1), image_hw)
+    return model_input(chw.to(device), meta)[None]
 
 
 class DeviceMemory:
@@ -211,8 +237,8 @@ def failure_reason(exc: BaseException) -> str:
 
 
 #: Under the model-only table when a row's agreement could not be measured (`agreement_figure` gave None).
-NO_AGREEMENT = ("Dice -: neither mask has a foreground pixel on the synthetic car (random weights, or a model of "
-                "other objects), so agreement is not measured")  # fmt: skip
+NO_AGREEMENT = ("Dice -: neither mask has a foreground pixel on the agreement image (random weights, or nothing of "
+                "the model's classes in it), so agreement is not measured")  # fmt: skip
 
 
 def agreement_figure(labels: torch.Tensor, reference: torch.Tensor | None, n_classes: int) -> float | None:

@@ -3,8 +3,7 @@
 Where the images come from, in order: `--calib DIR`; else the training data set recorded in the checkpoint
 (`train_args.images` for a run on two named folders, without its masks where they share the folder; else
 `train_args.data`), when it is on this machine; else synthetic cars (unetkit's own renderer), which is said.
-A folder is read as images directly in it, or in a data set layout's image folder (imgs/, train/, images/,
-leftImg8bit/train/), so a data set root works as well as a plain folder of images.
+A folder is read as core.sources reads one: a data set root works as well as a plain folder of images.
 
 Each sample is one image's model input (resized by the model's rule, normalized by its mean/std), whole or one
 square tile of it at a seeded position; the plan of (image, tile position) pairs is drawn once from the
@@ -25,13 +24,12 @@ import torch
 
 from unetkit.core.checkpoint import read_checkpoint
 from unetkit.core.errors import UnetkitError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, image_size, read_image
+from unetkit.core.imageio import image_size, read_image
 from unetkit.core.meta import ModelMeta
 from unetkit.core.preprocess import input_size, model_input
+from unetkit.core.sources import LAYOUT_IMAGE_DIRS, find_images, recorded_data, training_images
 from unetkit.train.data.synth import random_car, render
 
-#: Image folders of the data set layouts unet-train reads (README's table), searched below a data set root.
-LAYOUT_IMAGE_DIRS = ("imgs", "train", "images", "leftImg8bit/train")
 DEFAULT_COUNT = 128
 DEFAULT_TILE = 256
 SYNTHETIC_HW = (1280, 1918)  # Carvana's size, as the verification's car image
@@ -58,23 +56,6 @@ class CalibrationItem:
     crop: tuple[float, float] | None  # relative (top, left) of the tile in [0, 1), None for the whole image
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Images directly in `folder`, else in the first layout image folder below it that has any (recursive
-    for Cityscapes' city folders)."""
-    for sub, recursive in (("", False), *((d, d.startswith("leftImg8bit")) for d in LAYOUT_IMAGE_DIRS)):
-        where = folder / sub if sub else folder
-        if not where.is_dir():
-            continue
-        pattern = "**/*" if recursive else "*"
-        found = sorted(
-            p for p in where.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            and not p.name.startswith(".")
-        )  # fmt: skip
-        if found:
-            return found
-    return []
-
-
 def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource:
     """The images to calibrate on (see the module's docstring for the order); CalibrationError when `calib`
     is given and holds none."""
@@ -89,11 +70,9 @@ def calibration_source(calib: Path | None, meta: ModelMeta) -> CalibrationSource
         if not images:
             raise CalibrationError(f"--calib {calib}: none of its {len(found)} images can be read ({problems[0]})")
         return CalibrationSource(tuple(images), f"{len(images)} images in {calib}")
-    train_args = meta.extra.get("train_args")
-    train_args = train_args if isinstance(train_args, dict) else {}
-    data = train_args.get("images") or train_args.get("data")  # a run on two named folders: its image folder
+    data = recorded_data(meta)
     if data:
-        images, _ = readable(_training_images(Path(data), train_args))
+        images, _ = readable(training_images(meta))
         if images:
             return CalibrationSource(tuple(images), f"the checkpoint's training data: {len(images)} images in {data}")
         why = f"the checkpoint's training data {data} is not on this machine (or holds no readable image)"
@@ -144,19 +123,6 @@ def readable(images: list[Path]) -> tuple[list[Path], list[str]]:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
         log.warning("warning: calibration leaves out %s%s", problems[0], more)
     return ok, problems
-
-
-def _training_images(folder: Path, train_args: dict) -> list[Path]:
-    """The images of a run's data: in its image folder (or layout), without the masks where a named-folders
-    run kept both in one folder (told apart by --mask-suffix)."""
-    if not folder.is_dir():
-        return []
-    found = find_images(folder)
-    suffix = train_args.get("mask_suffix") or ""
-    masks = train_args.get("masks")
-    if suffix and masks and Path(masks).resolve() == folder.resolve():
-        found = [p for p in found if not p.stem.endswith(suffix)]
-    return found
 
 
 def plan(source: CalibrationSource, count: int, tile: int, seed: int) -> list[CalibrationItem]:

@@ -84,6 +84,29 @@ def test_speedup_throughput_share_and_verdict():
     assert missing.speedup_vs_eager_fp32 is None and best_row(rows) is trt
 
 
+def test_the_agreement_image_is_one_of_the_models_own_kind(tmp_path):
+    """The first readable candidate, resized to the benchmark's image size and prepared by the model's rule;
+    a synthetic car only where no candidate reads."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import make_meta
+    from unetkit.bench.runner import agreement_image, agreement_input
+    from unetkit.core.preprocess import model_input, resize_pixels
+
+    broken, street = tmp_path / "a.png", tmp_path / "b.png"
+    broken.write_bytes(b"not a png")
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(street)
+    assert agreement_image([broken, street]) == street and agreement_image([broken]) is None
+    meta = make_meta(scale=0.5)
+    x = agreement_input(meta, (100, 160), torch.device("cpu"), street)
+    expected = model_input(resize_pixels(torch.from_numpy(pixels).permute(2, 0, 1), (100, 160)), meta)[None]
+    assert x.shape == (1, 3, 50, 80) and torch.equal(x, expected)
+    car = agreement_input(meta, (100, 160), torch.device("cpu"), None)
+    assert car.shape == x.shape and not torch.equal(car, x)
+
+
 def test_agreement_is_not_claimed_where_neither_mask_has_foreground():
     """Random weights put every pixel below the threshold: a Dice of 1.0 there would measure nothing."""
     from unetkit.bench.report import Report, render_markdown, render_text
@@ -175,9 +198,11 @@ def bench_run(tmp_path_factory, exported_checkpoint):
 
 @needs_openvino
 @needs_matplotlib
-def test_cpu_report_json_schema_and_rows(bench_run):
+def test_cpu_report_json_schema_and_rows(bench_run, calib_images):
     out, _ = bench_run
     report = json.loads((out / "b.json").read_text())
+    # masks are compared on the first of the checkpoint's training images, not on a car of unetkit's own
+    assert report["settings"]["agreement_image"] == str(sorted((calib_images / "train").iterdir())[0])
     assert report["schema"] == "unetkit.bench/1"
     assert set(report) == {"schema", "environment", "settings", "flops_per_image", "peaks_tflops", "model", "e2e",
                            "verdict"}  # fmt: skip
@@ -264,6 +289,10 @@ def test_end_to_end_leaves_out_unreadable_images_and_compares_only_like_sizes(ex
     assert row["e2e_over_model"] is None  # 96x64 images -> 5x3 inputs; the model rows ran 10x6 (scale 0.05)
     assert report["settings"]["e2e_images"] == "3 images, model inputs 5x3 (3); 1 unreadable, left out"
     assert "e2e/model left out: these images' model inputs are not the model-only rows' 10x6" in proc.stdout
+    # masks are compared on the first image of --images that reads (the broken one is passed over)
+    first = sorted(p for p in images.iterdir() if p.name != "0000broken.jpg")[0]
+    assert report["settings"]["agreement_image"] == str(first)
+    assert f"mask agreement (Dice vs eager fp32) on {first}" in proc.stdout
 
 
 @needs_openvino

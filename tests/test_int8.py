@@ -16,12 +16,12 @@ from unetkit.core.checkpoint import read_checkpoint, save_checkpoint
 from unetkit.core.errors import UnetkitError
 from unetkit.core.metrics import agreement_counts, class_scores, confusion_counts, mask_agreement
 from unetkit.core.model import UNet, UNetConfig
+from unetkit.core.sources import find_images
 from unetkit.export.calibration import (
     CalibrationItem,
     CalibrationSource,
     calibration_source,
     describe_plan,
-    find_images,
     followed_data,
     plan,
     samples,
