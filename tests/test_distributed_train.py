@@ -23,9 +23,11 @@ TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE
             "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
 TINY = ["--base-channels", "4", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress",
         "--scale", "0.5", "--lr", "3e-3", "--dist-timeout", "2"]  # fmt: skip
-#: The two-process runs also train the architecture options: deep supervision reaches the model through DDP's
-#: forward (a keyword argument), and every extra head and gate must stay identical across the ranks.
-OPTIONS = ["--attention", "--deep-supervision"]
+#: The two-process runs also train the architecture and optimization options: deep supervision reaches the model
+#: through DDP's forward (a keyword argument), every extra head and gate must stay identical across the ranks, and
+#: accumulated batches skip DDP's all-reduce (no_sync) but for the one that steps.
+OPTIONS = ["--attention", "--deep-supervision", "--optimizer", "adamw", "--warmup-epochs", "1", "--accumulate", "2",
+           "--clip-grad", "1"]  # fmt: skip
 
 
 # ---- pure decisions ---------------------------------------------------------------------------------------------
@@ -168,7 +170,10 @@ def ddp_run(tmp_path_factory, ddp_data):
 def test_two_processes_train_one_model_and_only_rank_0_writes(ddp_run, ddp_data):
     run, proc = ddp_run
     out = proc.stdout
-    assert "distributed: 2 processes (gloo), global batch 4 = --batch-size 2 per process x 2" in out
+    assert (
+        "distributed: 2 processes (gloo), global batch 4 = --batch-size 2 per process x 2 (8 per step with "
+        "--accumulate 2)" in out
+    )
     assert "SyncBatchNorm off" in out
     assert "data: kaggle-carvana layout, 19 train / 5 val images" in out
     # one report, from rank 0: each epoch line once

@@ -13,7 +13,16 @@ from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
-from .config import MONITORS, SYNC_BN_CHOICES, TrainConfig, next_free_run_dir, run_files
+from .config import (
+    DEFAULT_WEIGHT_DECAY,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SYNC_BN_CHOICES,
+    TrainConfig,
+    next_free_run_dir,
+    run_files,
+)
 from .data.layouts import LAYOUTS
 from .data.options import absolute, add_data_arguments, parse_floats, parse_hw, parse_rgb, resolve_folders
 from .data.split import SPLIT_FILE
@@ -21,6 +30,7 @@ from .evaluate import SPLITS, EvalSettings, evaluate_checkpoint, report_stem
 from .extras import require_training_stack
 from .finetune import inherited_settings
 from .losses import BINARY_LOSSES, MULTICLASS_LOSSES
+from .optim import SGD_MOMENTUM
 
 PROG = "unet-train"
 DEFAULTS = TrainConfig(data=Path("."), out=Path("runs/unet"))
@@ -47,7 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, help=f"images per step, per process under torchrun (default "
                    f"{d.batch_size})")  # fmt: skip
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g}, the seed's for Adam; nnU-Net's SGD "
+                   "takes 1e-2)")  # fmt: skip
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"adam (default, the seed's), adamw (decoupled weight "
+                   f"decay) or sgd (Nesterov momentum {SGD_MOMENTUM:g}, as nnU-Net)")  # fmt: skip
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, never on biases or normalization "
+                   f"(default {_decays()})")  # fmt: skip
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule: plateau (default, the seed's: x0.1 "
+                   "when the validation figure stalls), poly (nnU-Net's (1-t/T)^0.9) or cosine, both falling every "
+                   "step to 0 at --epochs")  # fmt: skip
+    p.add_argument("--warmup-epochs", type=float, metavar="N", help="raise the learning rate linearly from 0 over "
+                   "the first N epochs, step by step (default 0)")  # fmt: skip
+    p.add_argument("--accumulate", type=int, metavar="N", help="sum the gradients of N batches into one optimizer "
+                   "step: an effective batch N times --batch-size where memory holds only --batch-size (default "
+                   "1)")  # fmt: skip
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' global norm to NORM before "
+                   "each step (default: no clipping)")  # fmt: skip
     p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
     p.add_argument("--size", type=parse_hw, metavar="HxW", help="resize every image to this model-input size "
                    "instead of scaling it")  # fmt: skip
@@ -118,13 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _decays() -> str:
+    return ", ".join(f"{wd:g} for {name}" for name, wd in DEFAULT_WEIGHT_DECAY.items())
+
+
 def _rgb(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
 #: Flags that shape a training run and mean nothing to --eval, which scores a checkpoint as it was trained.
 TRAINING_ONLY = (
-    "out", "epochs", "lr", "scale", "size", "max_side", "base_channels", "bilinear", "attention", "deep_supervision",
+    "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad",
+    "scale", "size", "max_side", "base_channels", "bilinear", "attention", "deep_supervision",
     "loss", "seed", "val_fraction",
     "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",
     "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",

@@ -29,6 +29,15 @@ SWITCHES = {
 #: --monitor: the validation figure that picks best.pth, lowers the learning rate and stops the run early.
 MONITORS = ("dice", "loss")
 
+#: --optimizer, and --weight-decay when not given: none for Adam (the seed's recipe), PyTorch's AdamW default,
+#: nnU-Net's SGD value (train/optim.py builds them).
+DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 1e-2, "sgd": 3e-5}
+OPTIMIZERS = tuple(DEFAULT_WEIGHT_DECAY)
+#: --schedule: ReduceLROnPlateau between epochs (the seed's), or a rate falling every step towards --epochs.
+SCHEDULES = ("plateau", "poly", "cosine")
+#: Schedules that fall with the run's progress towards --epochs: a resumed run cannot change --epochs under them.
+STEP_SCHEDULES = ("poly", "cosine")
+
 #: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
 SYNC_BN_CHOICES = ("auto", "on", "off")
 
@@ -41,6 +50,12 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8
     lr: float = 1e-4
+    optimizer: str = "adam"  # OPTIMIZERS
+    weight_decay: float | None = None  # None: the optimizer's default (DEFAULT_WEIGHT_DECAY), set on creation
+    schedule: str = "plateau"  # SCHEDULES: ReduceLROnPlateau (the seed's), or poly / cosine over --epochs
+    warmup_epochs: float = 0.0  # linear warmup of the learning rate over the first epochs
+    accumulate: int = 1  # batches whose gradients are summed into one optimizer step
+    clip_grad: float | None = None  # clip the gradients' global norm to this before each step
     scale: float = RECIPE_SCALE
     base_channels: int = 64
     bilinear: bool = False
@@ -79,6 +94,8 @@ class TrainConfig:
     dist_timeout: float = DEFAULT_TIMEOUT_MINUTES  # under torchrun: minutes a process waits for the others
 
     def __post_init__(self) -> None:
+        if self.weight_decay is None and self.optimizer in OPTIMIZERS:  # recorded as a number, never as "default"
+            object.__setattr__(self, "weight_decay", DEFAULT_WEIGHT_DECAY[self.optimizer])
         checks = {
             "--epochs must be at least 1": self.epochs >= 1,
             "--batch-size must be at least 1": self.batch_size >= 1,
@@ -87,6 +104,12 @@ class TrainConfig:
             "--base-channels must be at least 1": self.base_channels >= 1,
             "--workers must be 0 or more": self.workers >= 0,
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
+            f"--optimizer must be one of {', '.join(OPTIMIZERS)}": self.optimizer in OPTIMIZERS,
+            "--weight-decay must be 0 or more": self.weight_decay is None or self.weight_decay >= 0,
+            f"--schedule must be one of {', '.join(SCHEDULES)}": self.schedule in SCHEDULES,
+            "--warmup-epochs must be 0 or more, and fewer than --epochs": 0 <= self.warmup_epochs < self.epochs,
+            "--accumulate must be at least 1": self.accumulate >= 1,
+            "--clip-grad must be positive": self.clip_grad is None or self.clip_grad > 0,
             "--patience must be at least 1": self.patience >= 1,
             "--lr-patience must be 0 or more": self.lr_patience >= 0,
             "--mask-threshold binarises masks; masks of --classes hold class ids: give one of the two": not (

@@ -122,14 +122,16 @@ class Distributed:
         """Rank 0 (or the only process) writes checkpoints, TensorBoard and history."""
         return self.rank == 0
 
-    def describe(self, batch_size: int) -> str | None:
+    def describe(self, batch_size: int, accumulate: int = 1) -> str | None:
         """The line that says how the processes share the work; None for a single process."""
         if self.dist is None:
             return None
+        total = batch_size * self.world * accumulate
+        step = f" ({total} per step with --accumulate {accumulate})" if accumulate > 1 else ""
         return (
             f"distributed: {_processes(self.world)} ({self.backend}), global batch {batch_size * self.world} = "
-            f"--batch-size {batch_size} per process x {self.world}; SyncBatchNorm {'on' if self.sync_bn else 'off'}; "
-            "--lr is not scaled"
+            f"--batch-size {batch_size} per process x {self.world}{step}; SyncBatchNorm "
+            f"{'on' if self.sync_bn else 'off'}; --lr is not scaled"
         )
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
-from .config import RESUME_OVERRIDES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
+from .config import RESUME_OVERRIDES, STEP_SCHEDULES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched, inverted_size
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
@@ -37,8 +38,18 @@ from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
 from .distributed import Distributed
 from .finetune import load_init
-from .loop import BatchSetup, EarlyStopping, EvalResult, evaluate, monitored, stalled_note, train_one_epoch
+from .loop import (
+    BatchSetup,
+    EarlyStopping,
+    EvalResult,
+    Stepping,
+    evaluate,
+    monitored,
+    stalled_note,
+    train_one_epoch,
+)
 from .losses import LossFn, default_loss, make_loss
+from .optim import StepLr, describe_optimization, make_optimizer
 from .tblog import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -134,6 +145,10 @@ def resume_config(cfg: TrainConfig, resume: str | Path, given: dict[str, Any]) -
         raise UnetkitError(f"{path}: has no training state (only last.pth can be resumed)")
     stored = TrainConfig.from_dict(checkpoint.training["config"])
     conflicts = resume_conflicts(stored, given)
+    epochs = given.get("epochs")
+    if stored.schedule in STEP_SCHEDULES and epochs is not None and epochs != stored.epochs:
+        conflicts.append(f"--epochs {epochs}: the run's {stored.schedule} schedule takes the learning rate to 0 at "
+                         f"epoch {stored.epochs}, and a schedule stretched mid-run would jump")  # fmt: skip
     if conflicts:
         allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_OVERRIDES if k != "progress")
         raise UnetkitError(f"--resume {path}: {'; '.join(conflicts)} (a resumed run may change only {allowed}; "
@@ -273,7 +288,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
             attention=cfg.attention, deep_supervision=cfg.deep_supervision,
         )
     )  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay or 0.0)
     run = _Run(
         model=model,
         optimizer=optimizer,
@@ -312,7 +327,8 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         ", attention gates" if cfg.attention else "", device, str(amp).replace("torch.", "") if amp else "fp32",
         loss_name, " with deep supervision" if cfg.deep_supervision else "",
     )  # fmt: skip
-    sharing = ddp.describe(cfg.batch_size)
+    log.info("%s", describe_optimization(cfg))
+    sharing = ddp.describe(cfg.batch_size, cfg.accumulate)
     if sharing:
         log.info("%s", sharing)
     try:
@@ -352,16 +368,20 @@ def _epochs(
         return deadline is not None and ddp.any(time.monotonic() > deadline)
 
     stop = time_up if deadline is not None else None
+    stepping = Stepping(cfg.accumulate, cfg.clip_grad)
     while run.epoch < cfg.epochs and not run.stopper.stop:
         epoch = run.epoch + 1
         start = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]
+        step_lr = StepLr(run.optimizer, cfg.schedule, cfg.epochs, cfg.warmup_epochs)  # from the epoch's rate
+        lr = step_lr.base[0] * step_lr.factor(epoch, 0, math.ceil(len(train_loader) / cfg.accumulate))
         train_loss, img_s = ddp.reduce_train(
             *train_one_epoch(
                 trained, train_loader, loss_fn, run.optimizer, run.scaler, setup,
                 desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop, deep=cfg.deep_supervision,
+                stepping=stepping, set_lr=partial(step_lr.set, epoch) if step_lr.active else None,
             )
         )  # fmt: skip
+        step_lr.restore()  # the epoch's starting rate: what last.pth holds and ReduceLROnPlateau lowers
         # Every rank sees the same reduced loss and holds the same weights, so every rank decides alike. An
         # FP16 batch that overflowed is skipped by the GradScaler (the weights stay finite): only said.
         if not math.isfinite(train_loss) and not _finite_weights(run.model):
@@ -384,8 +404,8 @@ def _epochs(
             names = ", ".join(index.class_names[i] for i in result.absent)
             log.info("validation truth lacks %d class(es), left out of the mean Dice: %s", len(result.absent), names)
         improved = run.stopper.step(monitored(result, cfg.monitor))
-        # the figure itself: the scheduler's relative threshold assumes positive values in "max" mode
-        run.scheduler.step(result.mean_dice if cfg.monitor == "dice" else result.loss)
+        if cfg.schedule == "plateau":  # the figure itself: its relative threshold assumes positive values in "max"
+            run.scheduler.step(result.mean_dice if cfg.monitor == "dice" else result.loss)
         run.epoch, last_loss = epoch, result.loss
         if improved:
             run.best_epoch, run.best_dice, run.best_loss = epoch, result.mean_dice, result.loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -113,6 +114,15 @@ class EarlyStopping:
         self.bad_epochs = int(state["bad_epochs"])
 
 
+@dataclass(frozen=True)
+class Stepping:
+    """How batches become optimizer steps: gradients of `accumulate` batches summed into one step (a larger
+    effective batch than fits in memory), their norm clipped to `clip_grad` first where given."""
+
+    accumulate: int = 1
+    clip_grad: float | None = None
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -124,28 +134,48 @@ def train_one_epoch(
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
     deep: bool = False,
+    stepping: Stepping = Stepping(),
+    set_lr: Callable[[int, int], float] | None = None,
 ) -> tuple[float, float, int]:
-    """Train over `loader` once, or until `stop()`, asked after every batch, says so (the time limit);
+    """Train over `loader` once, or until `stop()`, asked after every optimizer step, says so (the time limit);
     returns (mean loss per image, images per second, images). With `deep` the loss also scores the decoder's
-    coarser levels (deep supervision; the reported loss is that weighted sum)."""
+    coarser levels (deep supervision; the reported loss is that weighted sum). `set_lr(step, steps)` gives the
+    optimizer its learning rate for each step (0-based) of the epoch's `steps` (the step schedule, `StepLr`).
+
+    With `stepping.accumulate` N each batch's loss counts 1/N, so a step follows the mean of its batches' losses;
+    under DistributedDataParallel the gradients are all-reduced once per step (no_sync on the others). A last
+    window of fewer batches still steps.
+    """
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
     start = time.perf_counter()
+    n = len(loader)
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
-    for images, labels in bar:
+    acc = stepping.accumulate
+    for i, (images, labels) in enumerate(bar):
         x, y = setup.inputs(images), labels.to(setup.device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with setup.autocast():
-            outputs = model(x, deep=True) if deep else model(x)
-        loss = deep_supervision_loss(loss_fn, outputs, y) if deep else loss_fn(outputs, y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if i % acc == 0:
+            optimizer.zero_grad(set_to_none=True)
+        steps_now = (i + 1) % acc == 0 or i + 1 == n
+        skip_sync = getattr(model, "no_sync", None) if not steps_now else None
+        with skip_sync() if skip_sync is not None else contextlib.nullcontext():
+            with setup.autocast():
+                outputs = model(x, deep=True) if deep else model(x)
+            loss = deep_supervision_loss(loss_fn, outputs, y) if deep else loss_fn(outputs, y)
+            scaler.scale(loss / acc if acc > 1 else loss).backward()
         total += loss.detach() * len(images)
         seen += len(images)
+        if steps_now:
+            if set_lr is not None:
+                set_lr(i // acc, math.ceil(n / acc))
+            if stepping.clip_grad is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), stepping.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
         if progress:  # .item() is a device sync: only pay for it when a bar shows it
             bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-        if stop is not None and stop():
+        if steps_now and stop is not None and stop():
             break
     seconds = time.perf_counter() - start
     return total.item() / max(seen, 1), seen / max(seconds, 1e-9), seen
