@@ -31,11 +31,10 @@ from .report import Report, render_text, write_json, write_markdown, write_plot
 from .runner import (
     ALL_SPECS,
     BASELINE,
-    SYNTHETIC_CAR,
     EngineSpec,
     Row,
-    agreement_image,
     agreement_input,
+    agreement_measure,
     bench_engine,
     default_skip,
     engine_factory,
@@ -69,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, help="width of the random-weight U-Net, when there is no checkpoint "
                    f"(default {DEFAULT_BASE})")  # fmt: skip
     p.add_argument("--scope", choices=("model", "e2e", "both"), default="both", help="default both")
-    p.add_argument("--images", type=Path, help="folder of images for the e2e scope (default: synthetic JPEGs)")
+    p.add_argument("--images", type=Path, help="folder of images: the e2e scope runs on them (default: synthetic "
+                   "JPEGs), and the first that decodes is the mask-agreement image (default: the checkpoint's "
+                   "first training image, else a synthetic car)")  # fmt: skip
     p.add_argument("--e2e-images", type=int, help="synthetic images for e2e (default 200 on CUDA, 8 on the CPU)")
     add_workers_argument(p, "end-to-end decoding and writing threads")
     p.add_argument("--target-ms", type=float, default=150.0, help="per-image latency target (default 150)")
@@ -152,7 +153,6 @@ def _check_args(args: argparse.Namespace) -> None:
         (args.e2e_images is None or e2e, f"--e2e-images: only used by --scope e2e or both, not {args.scope}"),
         (args.e2e_images is None or args.images is None, "--e2e-images: synthetic images are not made when "
          "--images names a folder; give one of the two"),
-        (args.images is None or e2e, f"--images: only used by --scope e2e or both, not {args.scope}"),
         (args.scope != "e2e" or not args.check, "--check judges the model-only rows against --target-ms: not with "
          "--scope e2e"),
         (args.scope != "e2e" or args.plot is None, "--plot draws the model-only latencies: not with --scope e2e"),
@@ -177,13 +177,13 @@ def _bench(args: argparse.Namespace) -> int:
     image_hw, batches = _hw(args.shape), _batches(args.batch)
     plan = TimingPlan(warmup=args.warmup, min_iters=args.min_iters, min_time=args.min_time)
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
-        if args.images is not None and args.scope != "model":
+        if args.images is not None:
             discover(args.images, Path(scratch) / "unused")  # a missing or empty folder fails before any timing
         ckpt, described = _checkpoint(args, Path(scratch))
         checkpoint = read_checkpoint(ckpt)
         meta, config = checkpoint.meta, checkpoint.config
         model_hw = input_size(*image_hw, meta)
-        found = survey(args.images, meta) if args.images is not None and args.scope != "model" else None
+        found = survey(args.images, meta) if args.images is not None else None
         if found is not None and not found.readable:  # before any timing
             raise UnetkitError(f"--images {args.images}: none of its {len(found.unreadable)} images can be read "
                                f"({found.unreadable[0]})")  # fmt: skip
@@ -214,19 +214,19 @@ def _bench(args: argparse.Namespace) -> int:
             flops_per_image=counted_flops(config, *model_hw),
             peaks_tflops=peaks,
         )
-        # one image of the model's own kind where there is one: a street model finds nothing on a car
-        shown = agreement_image([*(found.readable if found is not None else []), *training_images(meta)])
-        report.settings["agreement_image"] = str(shown) if shown is not None else SYNTHETIC_CAR
-        car = agreement_input(meta, image_hw, device, shown)
         make = engine_factory(ckpt, device, args.compile_mode)
         reference = None
         if args.scope in ("model", "both"):
+            # one image of the model's own kind where there is one: a street model finds nothing on a car
+            own_kind = [*(found.readable if found is not None else []), *training_images(meta)]
+            shown, report.settings["agreement_image"] = agreement_input(meta, image_hw, device, own_kind)
+            report.settings["agreement"] = agreement_measure(meta.n_classes)
             for spec, skip in specs:
                 if skip is not None:
                     report.model += [Row(spec.name, spec.precision, b, "skipped", skip) for b in batches]
                     continue
                 log.info("benchmarking %s at batch %s ...", spec.label, ",".join(map(str, batches)))
-                rows, labels = bench_engine(spec, make, batches, model_hw, plan, reference, car, device)
+                rows, labels = bench_engine(spec, make, batches, model_hw, plan, reference, shown, device)
                 if spec == BASELINE:
                     reference = labels
                 report.model += rows

@@ -131,20 +131,23 @@ def _header(report: Report) -> list[str]:
     caps = env.get("cpu_capabilities") or {}
     where = env.get("gpu") or f"{env.get('cpu')} ({caps.get('summary', 'flags unknown')})"
     peaks = ", ".join(f"{k} {v:.3g}" for k, v in report.peaks_tflops.items())
-    return [
+    lines = [
         f"unet-bench on {where} ({env['device']}), {env['date']}; torch {env['torch']}, onnxruntime "
         f"{env.get('onnxruntime')}, OpenVINO {env.get('openvino') or 'not installed'}, TensorRT "
         f"{env.get('tensorrt') or 'not installed'}"
         + (f", CUDA {env.get('cuda')}, driver {env.get('driver')}, TF32 convolutions {env.get('tf32_conv')}"
            if env.get("gpu") else ""),
         f"model: {s['model']}; artifacts {s.get('artifacts', 'beside the checkpoint')}",
-        f"image {s['image_hw'][1]}x{s['image_hw'][0]} -> model input "
+        f"image {s['image_hw'][1]}x{s['image_hw'][0]} (WxH) -> model input "
         f"{s['model_hw'][1]}x{s['model_hw'][0]} ({resize}); "
         f"{report.flops_per_image / 1e12:.3g} TFLOP "
         f"per image (counted)",
         f"matmul peak measured now (TFLOP/s, best of several probes): {peaks}",
-        f"mask agreement (Dice vs eager fp32) on {s.get('agreement_image', SYNTHETIC_CAR)}",  # older reports: the car
     ]  # fmt: skip
+    if report.model:  # reports from before the agreement image was chosen measured it on the synthetic car
+        measure = s.get("agreement", "Dice")
+        lines.append(f"mask agreement with eager fp32 ({measure}) on {s.get('agreement_image', SYNTHETIC_CAR)}")
+    return lines
 
 
 def _e2e_notes(settings: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.device import cuda_bf16_native
 from unetkit.core.errors import UnetkitError
-from unetkit.core.imageio import image_size, read_image
+from unetkit.core.imageio import read_image
 from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import mask_agreement
@@ -138,33 +138,32 @@ class Row:
 
 #: What the agreement image is when no image of the model's own kind is at hand.
 SYNTHETIC_CAR = "a synthetic car"
-#: Unreadable images tried before the synthetic car stands in (each costs a header read).
+#: Candidates tried before the synthetic car stands in (each one that fails to decode costs a read).
 AGREEMENT_TRIES = 16
 
 
-def agreement_image(candidates: Sequence[Path]) -> Path | None:
-    """The first of `candidates` whose header reads: the image every engine's mask is compared on."""
+def agreement_input(
+    meta: ModelMeta, image_hw: tuple[int, int], device: torch.device, candidates: Sequence[Path]
+) -> tuple[torch.Tensor, str]:
+    """The image every engine's mask is compared on, prepared as every engine's input (batch of 1), and what it
+    is: the first of `candidates` that decodes (a damaged file is passed over), else a synthetic car. It is
+    resized to `image_hw` first, so every engine sees a shape the timed rows use."""
     for path in candidates[:AGREEMENT_TRIES]:
         try:
-            image_size(path)
+            pixels = read_image(path)
         except UnetkitError:
             continue
-        return path
-    return None
+        chw = resize_pixels(torch.from_numpy(pixels).permute(2, 0, 1), image_hw)
+        return model_input(chw.to(device), meta)[None], str(path)
+    rng = np.random.default_rng(0)
+    pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
+    return model_input(torch.from_numpy(pixels).permute(2, 0, 1).to(device), meta)[None], SYNTHETIC_CAR
 
 
-def agreement_input(
-    meta: ModelMeta, image_hw: tuple[int, int], device: torch.device, image: Path | None
-) -> torch.Tensor:
-    """`image` (None: a synthetic car) at the benchmark's image size, prepared as every engine's input (batch of
-    1): resized to `image_hw` first, so every engine sees a shape the timed rows use."""
-    if image is None:
-        rng = np.random.default_rng(0)
-        pixels, _ = render(random_car(rng), rng, image_hw[1], image_hw[0])
-        chw = torch.from_numpy(pixels).permute(2, 0, 1)
-    else:
-        chw = resize_pixels(torch.from_numpy(read_image(image)).permute(2, 0, 1), image_hw)
-    return model_input(chw.to(device), meta)[None]
+def agreement_measure(n_classes: int) -> str:
+    """What the agreement column measures: Dice for a binary model, the share of pixels whose class agrees for a
+    multi-class one (as export's gate)."""
+    return "Dice" if n_classes == 1 else "share of pixels whose class agrees"
 
 
 class DeviceMemory:

@@ -85,26 +85,29 @@ def test_speedup_throughput_share_and_verdict():
 
 
 def test_the_agreement_image_is_one_of_the_models_own_kind(tmp_path):
-    """The first readable candidate, resized to the benchmark's image size and prepared by the model's rule;
-    a synthetic car only where no candidate reads."""
+    """The first candidate that decodes, resized to the benchmark's image size and prepared by the model's rule;
+    a file whose header reads but whose pixels do not is passed over; a synthetic car only where none decodes."""
     import numpy as np
     from PIL import Image
 
     from conftest import make_meta
-    from unetkit.bench.runner import agreement_image, agreement_input
+    from unetkit.bench.runner import SYNTHETIC_CAR, agreement_input, agreement_measure
     from unetkit.core.preprocess import model_input, resize_pixels
 
-    broken, street = tmp_path / "a.png", tmp_path / "b.png"
+    broken, truncated, street = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"
     broken.write_bytes(b"not a png")
     pixels = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(street)
-    assert agreement_image([broken, street]) == street and agreement_image([broken]) is None
+    Image.fromarray(pixels).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:400])  # the header reads, the pixels do not
     meta = make_meta(scale=0.5)
-    x = agreement_input(meta, (100, 160), torch.device("cpu"), street)
+    cpu = torch.device("cpu")
+    x, shown = agreement_input(meta, (100, 160), cpu, [broken, truncated, street])
     expected = model_input(resize_pixels(torch.from_numpy(pixels).permute(2, 0, 1), (100, 160)), meta)[None]
-    assert x.shape == (1, 3, 50, 80) and torch.equal(x, expected)
-    car = agreement_input(meta, (100, 160), torch.device("cpu"), None)
-    assert car.shape == x.shape and not torch.equal(car, x)
+    assert shown == str(street) and x.shape == (1, 3, 50, 80) and torch.equal(x, expected)
+    car, what = agreement_input(meta, (100, 160), cpu, [broken, truncated])
+    assert what == SYNTHETIC_CAR and car.shape == x.shape and not torch.equal(car, x)
+    assert agreement_measure(1) == "Dice" and agreement_measure(3) == "share of pixels whose class agrees"
 
 
 def test_agreement_is_not_claimed_where_neither_mask_has_foreground():
@@ -292,7 +295,26 @@ def test_end_to_end_leaves_out_unreadable_images_and_compares_only_like_sizes(ex
     # masks are compared on the first image of --images that reads (the broken one is passed over)
     first = sorted(p for p in images.iterdir() if p.name != "0000broken.jpg")[0]
     assert report["settings"]["agreement_image"] == str(first)
-    assert f"mask agreement (Dice vs eager fp32) on {first}" in proc.stdout
+    assert f"mask agreement with eager fp32 (Dice) on {first}" in proc.stdout
+
+
+def test_images_choose_the_agreement_image_of_a_model_only_run_and_e2e_claims_none(exported_checkpoint, tmp_path):
+    """--images names the agreement image for --scope model too (a damaged first file is passed over, never the
+    end of the run); an end-to-end-only run measures no agreement and says none."""
+    images = tmp_path / "images"
+    write_synthetic(tmp_path / "data", 2, (96, 64), seed=0, progress=False)
+    (tmp_path / "data/train").rename(images)
+    good = sorted(images.iterdir())[0]
+    (images / "0000cut.jpg").write_bytes(good.read_bytes()[:300])  # the header reads, the pixels do not
+    common = ["unet-bench", "--device", "cpu", "--shape", "64x96", "--checkpoint", exported_checkpoint[0] / "best.pth",
+              "--engines", "torch:fp32", "--batch", "1", "--warmup", "1", "--min-iters", "2", "--min-time", "0",
+              "--images", images]  # fmt: skip
+    model = run_cli(*common, "--scope", "model", "--json", tmp_path / "m.json", check=True)
+    assert json.loads((tmp_path / "m.json").read_text())["settings"]["agreement_image"] == str(good)
+    assert f"mask agreement with eager fp32 (Dice) on {good}" in model.stdout
+    e2e = run_cli(*common, "--scope", "e2e", "--json", tmp_path / "e.json", check=True)
+    assert "mask agreement" not in e2e.stdout
+    assert "agreement_image" not in json.loads((tmp_path / "e.json").read_text())["settings"]
 
 
 @needs_openvino
