@@ -80,11 +80,25 @@ def test_deep_supervision_weights_and_loss():
     target = torch.randint(0, 3, (2, 37, 53))
     target[0, :4] = 255  # ignored pixels stay ignored at every level
     outputs = [torch.randn(2, 3, -(-37 // k), -(-53 // k)) for k in (1, 2, 4, 8)]
-    expected = sum(w * loss_fn(o, target[..., :: 2**i, :: 2**i]) for i, (w, o) in
+    expected = sum(w * loss_fn(o, level_target(target, 2**i)) for i, (w, o) in
                    enumerate(zip([8 / 15, 4 / 15, 2 / 15, 1 / 15], outputs, strict=True)))  # fmt: skip
     torch.testing.assert_close(deep_supervision_loss(loss_fn, outputs, target), expected)
     torch.testing.assert_close(deep_supervision_loss(loss_fn, outputs[:1], target), loss_fn(outputs[0], target))
-    assert level_target(target, 2)[0, 0, 0] == 255 and level_target(target, 2)[0, 0, 1] == target[0, 0, 2]
+    assert level_target(target, 2)[0, 0, 0] == 255 and level_target(target, 2)[0, 0, 1] == target[0, 1, 3]
+
+
+def test_level_targets_take_each_blocks_centre_as_nearest_exact_resizing_does():
+    """A coarse cell's features cover its whole block: its label is the block's centre pixel, not its corner
+    (which would shift the labels by 3.5 pixels at 1/8)."""
+    from unetkit.core.preprocess import resize_masks
+
+    labels = torch.arange(16 * 24).reshape(1, 16, 24)
+    for k in (2, 4, 8):  # where the size divides, exactly what the masks' own resizing gives
+        assert torch.equal(level_target(labels, k), resize_masks(labels, (16 // k, 24 // k)))
+    assert level_target(labels, 8)[0, 0, 0] == labels[0, 4, 4]  # the 8x8 block's centre, not (0, 0)
+    # a last block cut short (37 = 4 x 8 + 5 rows) takes its own pixel nearest the centre, inside the image
+    odd = torch.arange(37 * 9).reshape(37, 9)
+    assert level_target(odd, 8)[:, 0].tolist() == [odd[r, 4].item() for r in (4, 12, 20, 28, 36)]
 
 
 def test_checkpoint_round_trip_and_format(tmp_path, random_checkpoint):

@@ -79,10 +79,14 @@ def deep_supervision_weights(levels: int) -> list[float]:
 
 
 def level_target(target: torch.Tensor, factor: int) -> torch.Tensor:
-    """The label map at 1/`factor` resolution by nearest sampling (a label is never averaged into another):
-    the top-left pixel of each factor x factor block, ceil(H / factor) x ceil(W / factor) as the model's
-    levels are."""
-    return target[..., ::factor, ::factor]
+    """The label map at 1/`factor` resolution by nearest sampling (a label is never averaged into another), at
+    ceil(H / factor) x ceil(W / factor) as the model's levels are: the centre pixel of each factor x factor
+    block (pixel factor // 2, as nearest-exact resizing takes it; a top-left pixel would shift the labels by
+    (factor - 1) / 2 pixels against the level's features), clamped into a last, partial block."""
+    h, w = target.shape[-2:]
+    rows = (torch.arange(-(-h // factor), device=target.device) * factor + factor // 2).clamp_(max=h - 1)
+    cols = (torch.arange(-(-w // factor), device=target.device) * factor + factor // 2).clamp_(max=w - 1)
+    return target.index_select(-2, rows).index_select(-1, cols)
 
 
 def deep_supervision_loss(loss_fn: LossFn, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
