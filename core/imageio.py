@@ -34,6 +34,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 MASK_EXTENSIONS = frozenset({".gif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 #: Lossy formats: their masks are thresholded at 128, never trusted as exact values.
 LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg", ".webp"})
+#: A lossy mask whose brightest value is below this holds 0/1 labels blurred by compression, not 0/255: the
+#: 128 threshold would erase every label, so it is an error with the remedy.
+FAINT_LOSSY = 32
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 #: The remedy a mask-value error names: the flag that turns stray grey values into a binary mask.
@@ -164,7 +167,13 @@ def binary_mask(raw: np.ndarray, path: str | os.PathLike, threshold: int | None 
     values = np.unique(raw)
     if np.isin(values, (0, 1)).all():
         return raw.astype(np.uint8)
-    if threshold is not None or path.suffix.lower() in LOSSY_EXTENSIONS:
+    lossy = path.suffix.lower() in LOSSY_EXTENSIONS
+    if lossy and threshold is None and values[-1] < FAINT_LOSSY:
+        kind = path.suffix.lstrip(".").upper()
+        raise DataError(f"{path}: a {kind} mask whose values reach only {values[-1]}: a 0/1 mask saved as {kind}, "
+                        f"which the {kind} threshold (128) would read as empty; --mask-threshold 1 reads values >= 1 "
+                        "as foreground, or save the masks as PNG")  # fmt: skip
+    if threshold is not None or lossy:
         return (raw >= (128 if threshold is None else threshold)).astype(np.uint8)
     if np.isin(values, (0, 255)).all():
         return (raw == 255).astype(np.uint8)

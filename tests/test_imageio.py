@@ -106,3 +106,18 @@ def test_a_bad_binary_mask_gets_the_remedy_that_keeps_its_labels(values, remedy)
     with pytest.raises(DataError, match="expected 0/1 or 0/255") as exc:
         binary_mask(raw, "m.png")
     assert str(exc.value).endswith(f"({remedy})")
+
+
+def test_a_0_1_mask_saved_as_jpeg_is_named_not_read_as_empty(tmp_path):
+    """JPEG turns a 0/1 mask's edges into 2s and 3s: the 128 threshold would read it as all background, so the
+    file is named with the remedy; a 0/255 JPEG still reads by the threshold."""
+    raw = np.zeros((32, 48), np.uint8)
+    raw[8:24, 10:40] = 1
+    raw[8, 10:40] = 2  # what the compression leaves at an edge (libjpeg's output varies with the version)
+    with pytest.raises(DataError, match=r"faint\.jpg: a JPG mask whose values reach only 2: a 0/1 mask saved as "
+                       r"JPG, which the JPG threshold \(128\) would read as empty; --mask-threshold 1"):  # fmt: skip
+        binary_mask(raw, tmp_path / "faint.jpg")
+    assert binary_mask(raw, tmp_path / "faint.jpg", threshold=1).sum() == 16 * 30  # the remedy keeps them
+    labels = (raw > 0).astype(np.uint8) * 255
+    Image.fromarray(labels).save(tmp_path / "bright.jpg", quality=75)
+    assert abs(int(binary_mask(read_mask(tmp_path / "bright.jpg"), tmp_path / "bright.jpg").sum()) - 480) <= 8
