@@ -11,6 +11,7 @@ from conftest import error_lines, run_cli
 from unetkit.core.errors import DataError
 from unetkit.train.data.layouts import Pair, index_dataset
 from unetkit.train.data.split import assign_groups, group_key_fn, make_split
+from unetkit.train.data.synth import write_synthetic
 
 
 def test_assign_groups_keeps_groups_whole_and_is_seeded():
@@ -109,7 +110,7 @@ def test_eval_refuses_a_data_set_that_no_longer_matches_the_split(grouped_run, t
     proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", changed, "--split", "val", "--device", "cpu")
     assert proc.returncode == 2
     [line] = error_lines(proc)
-    assert "split.json: the data set at" in line and "no longer matches" in line
+    assert "split.json: the data set at" in line and "does not match the split" in line
     assert f"1 recorded pair(s) are missing (e.g. train/{victim.name})" in line
 
 
@@ -129,7 +130,8 @@ def test_resume_uses_the_recorded_split(grouped_run, tmp_path):
         shutil.move(moved, image)
     assert proc.returncode == 2, proc.stdout
     [line] = error_lines(proc)
-    assert "no longer matches the split this run was trained with" in line and image.name in line
+    assert "does not match the split this run was trained with" in line and image.name in line
+    assert line.endswith("; restore those files, or train a new run on this data")
     ok = run_cli("unet-train", "--out", resumed, "--resume", "--epochs", "3", "--device", "cpu", "--no-progress",
                  check=True)  # fmt: skip
     assert "resumed after epoch 2" in ok.stdout
@@ -178,3 +180,16 @@ def test_a_split_far_from_the_fraction_asked_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         make_split(index, "none", 0.2, seed=0)
     assert "in validation, not" not in caplog.text
+
+
+def test_eval_of_a_side_of_the_split_on_another_data_set_points_at_split_all(grouped_run, tmp_path):
+    data, run, _ = grouped_run
+    other = tmp_path / "other"
+    write_synthetic(other, 8, (96, 64), seed=7, progress=False, views=4)
+    proc = run_cli("unet-train", "--eval", run / "best.pth", "--data", other, "--split", "val", "--device", "cpu",
+                   "--no-progress", "--workers", "0")  # fmt: skip
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "does not match the split this run was trained with: 24 recorded pair(s) are missing" in line
+    assert line.endswith(f". --split val is a side of the run's own split (the run trained on {data}); --split all "
+                         "scores every pair of another data set")  # fmt: skip

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unetkit.core.checkpoint import load_checkpoint
 from unetkit.core.device import autocast_dtype, resolve_device, use_device
-from unetkit.core.errors import UnetkitError
+from unetkit.core.errors import DataError, UnetkitError
 from unetkit.core.imageio import image_size
 from unetkit.core.labels import IGNORE_INDEX, probabilities, resize_probabilities, to_labels
 from unetkit.core.meta import ModelMeta
@@ -105,7 +105,13 @@ def _pairs(
     recorded = checkpoint.parent / SPLIT_FILE
     split: Split
     if recorded.exists():
-        split = read_split(recorded, index)
+        try:
+            split = read_split(recorded, index)
+        except DataError as exc:  # most often another data set than the run's: --split names the run's sides
+            trained_on = args.get("images") or args.get("data")
+            where = f" (the run trained on {trained_on})" if trained_on else ""
+            raise DataError(f"{exc}. --split {settings.split} is a side of the run's own split{where}; "
+                            "--split all scores every pair of another data set") from None  # fmt: skip
     else:
         log.info("no %s beside %s: drawing the split again from its training arguments", SPLIT_FILE, checkpoint)
         split = make_split(index, group_by, float(args.get("val_fraction", 0.2)), int(args.get("seed", 0)))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from unetkit.core.atomic import write_text_atomic
 from unetkit.core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from unetkit.core.device import autocast_dtype
-from unetkit.core.errors import UnetkitError
+from unetkit.core.errors import DataError, UnetkitError
 from unetkit.core.meta import ModelMeta
 from unetkit.core.model import UNet, UNetConfig
 
@@ -178,7 +178,10 @@ def resolve_split(cfg: TrainConfig, index: DatasetIndex, resuming: bool) -> tupl
     split.json existed draw theirs again by their own rule (per image)."""
     path = cfg.out / SPLIT_FILE
     if resuming and path.exists():
-        return read_split(path, index), False
+        try:
+            return read_split(path, index), False
+        except DataError as exc:
+            raise DataError(f"{exc}; restore those files, or train a new run on this data") from None
     return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed), True
 
 

@@ -203,8 +203,8 @@ def read_split(path: str | os.PathLike, index: DatasetIndex) -> Split:
         if new:
             parts.append(f"{len(new)} pair(s) are new (e.g. {new[0][0]})")
         raise DataError(
-            f"{path}: the data set at {index.root} no longer matches the split this run was trained with: "
-            f"{' and '.join(parts)}; restore those files or train a new run"
+            f"{path}: the data set at {index.root} does not match the split this run was trained with: "
+            f"{' and '.join(parts)}"
         )
     key_of, words = group_key_fn(group_by, index.layout)
     keys = {p.image: key_of(p) for p in index.pairs}
