@@ -235,6 +235,11 @@ def test_named_folders_pair_by_stem_after_suffixes(tmp_path):
         index_dataset(tmp_path / "CVC", folders=FolderSpec(tmp_path / "CVC/Original", tmp_path / "CVC/Ground Truth"))
     spec = FolderSpec(tmp_path / "CVC/Original", tmp_path / "CVC/Ground Truth", mask_exts=("tif",))
     assert [p.mask.name for p in index_dataset(tmp_path / "CVC", folders=spec).pairs] == ["1.tif"]
+    # and two images of one name: which one the mask labels is not left to sort order
+    image(tmp_path / "CVC/Original/1.png")
+    with pytest.raises(DataError, match=r"two images for one mask \(.*Ground Truth/1\.tif\): .*Original/1\.png and "
+                       r".*Original/1\.tif; keep one"):  # fmt: skip
+        index_dataset(tmp_path / "CVC", folders=spec)
 
 
 def test_named_folders_errors_name_the_files_and_the_remedy(tmp_path):

@@ -126,12 +126,18 @@ def _pair_by_key(
             raise DataError(f"{root}: two masks for one image: {by_key[key]} and {m}")
         by_key[key] = m
     pairs, unmatched = [], []
+    taken: dict[str, Pair] = {}  # key -> the pair whose image took its mask
     for img in images:
-        mask = by_key.pop(image_key(img), None)
+        key = image_key(img)
+        if key in taken:  # a.jpg and a.png: which one the mask labels is not for sort order to decide
+            raise DataError(f"{root}: two images for one mask ({taken[key].mask}): {taken[key].image} and {img}; "
+                            "keep one")  # fmt: skip
+        mask = by_key.pop(key, None)
         if mask is None:
             unmatched.append(img)
         else:
-            pairs.append(Pair(img, mask))
+            taken[key] = Pair(img, mask)
+            pairs.append(taken[key])
     return pairs, unmatched, sorted(by_key.values())
 
 
