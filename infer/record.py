@@ -119,10 +119,11 @@ def claim_out_dir(
                           "same settings, or another --out")  # fmt: skip
     stale = stale_siblings(items, outputs)
     if stale:
-        flag = "--save-prob" if stale[0].name.endswith(".prob.png") else "--overlay"
+        flags = [flag for suffix, flag in ((".prob.png", "--save-prob"), (".overlay.jpg", "--overlay"))
+                 if any(p.name.endswith(suffix) for p in stale)]  # fmt: skip
         raise OutputError(f"--out {out}: holds {len(stale)} file(s) of an earlier run that this run would not "
-                          f"replace (e.g. {stale[0].name}), which would no longer match its masks; add {flag}, or "
-                          "give another --out")  # fmt: skip
+                          f"replace (e.g. {stale[0].name}), which would no longer match its masks; add "
+                          f"{' and '.join(flags)}, or give another --out")  # fmt: skip
     if before != wanted:
         write_text_atomic(path, json.dumps({**earlier, "settings": wanted}, indent=1, sort_keys=True) + "\n")
 

@@ -565,3 +565,6 @@ def test_one_output_folder_never_mixes_settings_or_stale_sidecars(exported_check
     proc = run_cli("unet-infer", *common, "--save-prob", "--tta", check=True)
     assert json.loads((out / RECORD_NAME).read_text())["settings"] == {"tile": 0, "tta": True}
     assert "whole images, mirrored TTA, batch" in proc.stdout
+    run_cli("unet-infer", *common, "--save-prob", "--overlay", "--tta", check=True)
+    both = run_cli("unet-infer", *common, "--tta")  # every flag the rewrite lacks is named at once
+    assert "; add --save-prob and --overlay, or give another --out" in error_lines(both)[0]
