@@ -32,7 +32,8 @@ class Artifact:
         timing = f"built {self.build_seconds:5.1f}s"
         if self.verification is None:
             return f"{head} {size}  {timing}  not verified (--no-verify)"
-        return f"{head} {size}  {timing}  verified {self.verify_seconds:5.1f}s  {self.verification.summary()}"
+        hint = f"\n  {self.verification.hint}" if self.verification.hint else ""
+        return f"{head} {size}  {timing}  verified {self.verify_seconds:5.1f}s  {self.verification.summary()}{hint}"
 
 
 class _Rejected(Exception):

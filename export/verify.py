@@ -105,6 +105,17 @@ class Verification:
         note = " (* reported, not gated)" if len(self.gated) < len(self.per_input) else ""
         return f"{'; '.join(parts)}  [{self.criterion}]{note} {'ok' if self.passed else 'FAILED'}"
 
+    @property
+    def hint(self) -> str:
+        """Why a reduced-precision file failed where the reason is the model rather than the file: its
+        probabilities stayed within the gap gate, yet masks differ, so many pixels sit at the decision
+        threshold (a model trained briefly); "" otherwise."""
+        if self.passed or self.exact or self.int8 or self.max_abs_diff > FP16_MAX_ABS:
+            return ""
+        return (f"the probabilities moved at most {self.max_abs_diff:.1e}, yet masks differ: many pixels sit at "
+                "the decision threshold, as in a model trained briefly; train it further, or keep the file "
+                "unchecked with --no-verify")  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {"criterion": self.criterion, "passed": self.passed, "inputs": self.per_input}
 

@@ -274,6 +274,19 @@ def test_agreement_pools_pixels_so_a_tiny_class_cannot_decide_alone():
     result.per_input.append({"name": "random", "realistic": False, "max_abs_diff": 0.9, "dice": 0, "counts": [0, 5, 5]})
     assert result.image_dice == pytest.approx(2080 / 2086)  # pooled over both images; noise is not gated
     assert result.passed and "images: agreement 0.99712" in result.summary()
+    assert result.hint == ""
+
+
+def test_an_fp16_failure_from_pixels_at_the_threshold_says_so():
+    """Probabilities within the gap gate but masks that differ: the model, not the file (QA: a 3-epoch model's
+    FP16 file at agreement 0.9985 with |dp| 4.5e-04)."""
+    close = Verification(exact=False)
+    close.per_input.append({"name": "a.png", "realistic": True, "max_abs_diff": 4.5e-4, "dice": 0,
+                            "counts": [1000, 2, 2]})  # fmt: skip
+    assert not close.passed and close.hint.startswith("the probabilities moved at most 4.5e-04, yet masks differ")
+    assert "train it further, or keep the file unchecked with --no-verify" in close.hint
+    far = Verification(exact=False, per_input=[{**close.per_input[0], "max_abs_diff": 0.3}])
+    assert not far.passed and far.hint == ""  # the file itself is off: no excuse offered
 
 
 def test_a_tile_larger_than_the_model_input_is_said(meta, tmp_path):
