@@ -25,7 +25,7 @@ from unetkit.core.errors import UnetkitError
 
 from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
-from .fastest import Probe, probe_engines, probe_input
+from .fastest import Probe, folder_sizes, new_size_share, probe_engines, probe_input
 from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_paths
 from .predictor import Predictor
 from .record import claim_out_dir, mask_settings, model_identity
@@ -177,18 +177,28 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
         raise UnetkitError("--engine fastest compares CPU engines: pass --device cpu (on a GPU, --engine trt is the "
                            "fast path)")  # fmt: skip
     meta = read_checkpoint(args.checkpoint).meta
-    x = probe_input([item.source for item in items], meta, settings.tile)
+    sources = [item.source for item in items]
+    x = probe_input(sources, meta, settings.tile)
+    sizes = [] if settings.tile else folder_sizes(sources, meta)  # tiles have one size
+    share = new_size_share(sizes)
     print(f"--engine fastest: timing each CPU engine at {'x'.join(map(str, x.shape))} whose mask agrees with eager "
           "FP32's (1 warm-up, then the best of at least 2 calls and 0.5 s)", flush=True)  # fmt: skip
+    if share:
+        print(f"  the images have {len(set(sizes))} model-input sizes in {len(sizes)}: each engine's first call at a "
+              f"new size is timed too and counts for {share:.0%} of the images", flush=True)  # fmt: skip
 
     def show(probe: Probe) -> None:
         result = f"{probe.ms:10.1f} ms/image" if probe.ms is not None else f"  skipped: {probe.note}"
+        if probe.new_size_ms is not None:
+            result += f", {probe.new_size_ms:.1f} ms at a new size: {probe.expected_ms:.1f} ms/image expected"
         print(f"  {probe.label:<15}{result}", flush=True)
 
-    engine, probes = probe_engines(args.checkpoint, x, show)
-    timed = sorted((p for p in probes if p.ms is not None), key=lambda p: p.ms or 0.0)
-    runner_up = f", {timed[1].ms / timed[0].ms:.2f}x faster than {timed[1].label}" if len(timed) > 1 else ""  # type: ignore[operator]
-    print(f"--engine fastest: chose {engine.label} ({timed[0].ms:.1f} ms/image{runner_up})", flush=True)
+    engine, probes = probe_engines(args.checkpoint, x, show, share=share)
+    timed = sorted((p for p in probes if p.expected_ms is not None), key=lambda p: p.expected_ms or 0.0)
+    runner_up = (f", {(timed[1].expected_ms or 0.0) / (timed[0].expected_ms or 1.0):.2f}x faster than "
+                 f"{timed[1].label}" if len(timed) > 1 else "")  # fmt: skip
+    print(f"--engine fastest: chose {engine.label} ({timed[0].expected_ms:.1f} ms/image"
+          f"{' expected' if share else ''}{runner_up})", flush=True)  # fmt: skip
     return Predictor.from_engine(engine, settings)
 
 

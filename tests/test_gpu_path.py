@@ -333,12 +333,12 @@ class _Broken(EagerEngine):
 
 
 def test_an_engine_that_fails_fails_its_rows_not_the_benchmark():
-    from unetkit.bench.runner import EngineSpec, bench_engine, car_input
+    from unetkit.bench.runner import EngineSpec, agreement_input, bench_engine
     from unetkit.bench.timing import TimingPlan
 
     meta = make_meta()
     engine = _Broken(UNet(UNetConfig(base_channels=4)), meta, torch.device("cpu"))
-    car = car_input(meta, (64, 96), torch.device("cpu"))
+    car, _ = agreement_input(meta, (64, 96), torch.device("cpu"), [])
     rows, labels = bench_engine(EngineSpec("compile", "fp32"), lambda spec: engine, [1, 2], (64, 96), TimingPlan(),
                                 None, car, torch.device("cpu"))  # fmt: skip
     assert labels is None and [r.status for r in rows] == ["failed", "failed"]

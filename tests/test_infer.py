@@ -351,9 +351,13 @@ def test_engine_fastest_times_every_verified_cpu_engine_and_says_which(exported_
                    "cpu", "--out", tmp_path / "m", "--no-progress", check=True)  # fmt: skip
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("--engine fastest: timing each CPU engine at 1x3x64x96 whose mask agrees")
+    # 4 images of 4 sizes: every engine's first call at a new size counts for each image
+    assert lines[1] == ("  the images have 4 model-input sizes in 4: each engine's first call at a new size is timed "
+                        "too and counts for 100% of the images")  # fmt: skip
     timed = {line.split()[0] + " " + line.split()[1]: line for line in lines if "ms/image" in line and "  " in line[:3]}
+    assert all("ms at a new size: " in line and "ms/image expected" in line for line in timed.values())
     assert {"torch fp32", "onnx fp32", "openvino fp32"} <= set(timed)
-    probed = [line for line in lines[1:] if line.startswith("  ")]
+    probed = [line for line in lines[2:] if line.startswith("  ")]
     assert len(probed) == 8 and all("ms/image" in line or "skipped: " in line for line in probed)
     chose = next(line for line in lines if line.startswith("--engine fastest: chose"))
     winner = chose.split("chose ")[1].split(" (")[0]

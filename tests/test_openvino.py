@@ -9,7 +9,14 @@ from unetkit.core.cpu import capabilities_from_flags, parse_cpuinfo, torch_capab
 from unetkit.infer.artifacts import runtime_refusal
 from unetkit.infer.engines import EngineUnavailable, canonical_precision, create_engine
 from unetkit.infer.engines.openvino import choose_precision, compile_config, native_bf16
-from unetkit.infer.fastest import agreement_problem, artifact_problem, precision_problem
+from unetkit.infer.fastest import (
+    agreement_problem,
+    artifact_problem,
+    expected_ms,
+    new_size_share,
+    other_size,
+    precision_problem,
+)
 
 # /proc/cpuinfo flags (abridged to what matters) of real CPUs.
 ZEN3 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni vaes vpclmulqdq"  # this machine: EPYC 7xx3
@@ -126,3 +133,16 @@ def test_openvino_engine_reports_what_it_ran_and_splits_batches_in_order(exporte
     with create_engine("openvino", checkpoint=ckpt, device="cpu") as auto:  # auto: bf16 only where native
         assert auto.precision == ("bf16" if native_bf16(auto.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
                                   else "fp32")  # fmt: skip
+
+
+def test_fastest_counts_a_first_call_at_a_new_size_for_the_images_that_bring_one():
+    """OpenVINO compiles one model per input size: on a folder of many sizes its warm time hides that cost (QA: chosen
+    at 0.9 ms/image, ran at 136), so each image that brings a new size pays the first call."""
+    assert new_size_share([(64, 96)] * 10) == 0.0  # one size: nothing to count, no extra call
+    assert new_size_share([(64, 96), (60, 90), (64, 96), (53, 80)]) == 0.75
+    assert new_size_share([]) == 0.0
+    assert expected_ms(1.0, 120.0, 1.0) == 120.0 and expected_ms(1.0, 120.0, 0.5) == pytest.approx(60.5)
+    assert expected_ms(10.0, 8.0, 1.0) == 10.0  # a new size no slower than a warm call costs nothing extra
+    assert expected_ms(10.0, None, 1.0) == 10.0
+    x = torch.zeros(1, 3, 64, 96)
+    assert other_size(x).shape == (1, 3, 48, 96) and other_size(torch.zeros(1, 3, 20, 30)).shape == (1, 3, 36, 30)
