@@ -25,13 +25,13 @@ from unetkit.core.errors import UnetkitError
 
 from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
-from .fastest import Probe, folder_sizes, new_size_share, probe_engines, probe_input
-from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, output_paths
+from .fastest import Probe, new_size_share, probe_engines, probe_input
+from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, folder_sizes, output_paths
 from .predictor import Predictor
 from .record import claim_out_dir, mask_settings, model_identity
 from .settings import DECODERS, InferSettings, OutputOptions
 from .shard import Part, check_no_other_split, choose_part, merge_parts, write_manifest
-from .tiling import BLEND_MODES, DEFAULT_TILE
+from .tiling import BLEND_MODES, DEFAULT_TILE, oversized_tile_note
 
 PROG = "unet-infer"
 
@@ -139,6 +139,10 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
             args.model or args.checkpoint, args.engine, device, args.precision, compile_mode=args.compile_mode,
             **vars(settings),
         )  # fmt: skip
+    if settings.tile:
+        note = oversized_tile_note(folder_sizes([item.source for item in mine], predictor.meta), settings.tile)
+        if note:
+            print(f"note: {note}", flush=True)
     if args.palette and predictor.meta.n_classes == 1:
         predictor.close()
         raise UnetkitError("--palette colours the classes of a multi-class model; this one is binary (its masks are "

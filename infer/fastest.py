@@ -28,11 +28,11 @@ import torch
 
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.errors import UnetkitError
-from unetkit.core.imageio import image_size, read_image
+from unetkit.core.imageio import read_image
 from unetkit.core.labels import predict_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import agreement_gate, mask_agreement
-from unetkit.core.preprocess import input_size, model_input
+from unetkit.core.preprocess import model_input
 
 from .artifacts import sha256_file
 from .engines import Engine, create_engine
@@ -51,8 +51,6 @@ CANDIDATES = (
     ("openvino", "int8"),
 )
 WARMUP, TIMED, MIN_SECONDS, MAX_CALLS = 1, 2, 0.5, 100
-#: Image headers read to learn how many model-input sizes a folder has.
-SIZE_SAMPLE = 1000
 
 
 @dataclass
@@ -109,19 +107,6 @@ def expected_ms(warm_ms: float, new_size_ms: float | None, share: float) -> floa
     if new_size_ms is None:
         return warm_ms
     return warm_ms + max(0.0, new_size_ms - warm_ms) * share
-
-
-def folder_sizes(images: Sequence[Path], meta: ModelMeta, limit: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
-    """The model-input sizes of up to `limit` of the images, from their headers (unreadable ones left out: the
-    run reports them)."""
-    sizes = []
-    for path in images[:limit]:
-        try:
-            width, height = image_size(path)
-        except UnetkitError:
-            continue
-        sizes.append(input_size(height, width, meta))
-    return sizes
 
 
 def other_size(x: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetkit.core.errors import DataError
-from unetkit.core.imageio import IMAGE_EXTENSIONS, read_image, save_image
+from unetkit.core.errors import DataError, UnetkitError
+from unetkit.core.imageio import IMAGE_EXTENSIONS, image_size, read_image, save_image
+from unetkit.core.meta import ModelMeta
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
+from unetkit.core.preprocess import input_size
 
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 #: unet-infer's default output folder is `<folder>` + this, beside the input: never a data layout's mask folder
 #: (Kaggle's train/ has its ground truth in train_masks/).
 DEFAULT_OUT_SUFFIX = "_predictions"
+#: Image headers read to learn a folder's model-input sizes (--engine fastest, --tile).
+SIZE_SAMPLE = 1000
 log = logging.getLogger(__name__)
 
 
@@ -186,3 +190,16 @@ def write_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) 
 
 def write_jpeg(path: Path, chw: np.ndarray, quality: int = 90) -> None:
     save_image(path, Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), "JPEG", quality=quality)
+
+
+def folder_sizes(images: Sequence[Path], meta: ModelMeta, limit: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
+    """The model-input sizes of up to `limit` of the images, from their headers (unreadable ones left out: the
+    run reports them)."""
+    sizes = []
+    for path in images[:limit]:
+        try:
+            width, height = image_size(path)
+        except UnetkitError:
+            continue
+        sizes.append(input_size(height, width, meta))
+    return sizes

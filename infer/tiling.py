@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -49,6 +50,18 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
         return [0]
     n = math.ceil((size - tile) / (tile - overlap)) + 1
     return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def oversized_tile_note(sizes: Sequence[tuple[int, int]], tile: int) -> str:
+    """What to say when --tile exceeds every image's model input (height, width): each image then runs as one
+    tile padded up to tile x tile, computing mostly padding; '' when some image needs several tiles."""
+    if not sizes or tile <= max(max(hw) for hw in sizes):
+        return ""
+    h, w = max(hw[0] for hw in sizes), max(hw[1] for hw in sizes)
+    share = max(a * b for a, b in sizes) / tile**2
+    return (f"--tile {tile} is larger than every image's model input (at most {w}x{h}): each runs as one tile "
+            f"padded to {tile}x{tile}, {share:.0%} of it image at best; leave out --tile (whole images) or give a "
+            "smaller one")  # fmt: skip
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:

@@ -57,7 +57,7 @@ def test_a_time_limited_training_stops_saves_and_reports(synth_small, tmp_path):
                    "0.001", "--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress",
                    check=True)  # fmt: skip
     assert "time limit: 0.001 minutes of training reached" in proc.stdout
-    assert "(1 epochs, time limit reached)" in proc.stdout
+    assert "(1 epoch, time limit reached)" in proc.stdout
     assert (tmp_path / "best.pth").exists() and len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
     figures = gpu_check.parse_train(proc.stdout)
     assert figures["epochs"] == 1 and 0 <= figures["best_dice"] <= 1 and "cpu" in figures["model"]

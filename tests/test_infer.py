@@ -367,6 +367,16 @@ def test_engine_fastest_times_every_verified_cpu_engine_and_says_which(exported_
         assert any("openvino bf16" in line and "skipped: bf16 is not native" in line for line in lines)
 
 
+def test_a_tile_larger_than_the_images_is_said_before_the_run(exported_checkpoint, images, tmp_path):
+    proc = run_cli("unet-infer", images, "--checkpoint", exported_checkpoint[0] / "best.pth", "--tile", "256",
+                   "--out", tmp_path / "m", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    assert (
+        "note: --tile 256 is larger than every image's model input (at most 105x70): each runs as one tile "
+        "padded to 256x256" in proc.stdout
+    )
+    assert "4 images: 4 written" in proc.stdout  # said, not refused
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [(["--model", "x.onnx"], "it takes no --model"), (["--precision", "fp32"], "leave out --precision")],

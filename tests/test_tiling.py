@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unetkit.infer.batching import BatchRunner, Job, run_all
-from unetkit.infer.tiling import blend_weights, tile_grid, tile_starts
+from unetkit.infer.tiling import blend_weights, oversized_tile_note, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize(
@@ -128,3 +128,13 @@ def test_tta_averages_the_mirrored_prediction_mirrored_back():
     whole = run_all(BatchRunner(pointwise, 1, batch=1), [Job(0, images[0])])
     torch.testing.assert_close(tiled[0].prob, whole[0].prob, rtol=0, atol=1e-6)
     assert len(calls) == 4 and calls[0] == calls[1] == (4, 3, 32, 32)  # each batch twice, at the same shape
+
+
+def test_a_tile_larger_than_every_image_is_said_with_what_it_costs():
+    sizes = [(64, 96), (60, 90), (70, 105)]  # (height, width) model inputs
+    assert oversized_tile_note(sizes, 512) == (
+        "--tile 512 is larger than every image's model input (at most 105x70): each runs as one tile padded to "
+        "512x512, 3% of it image at best; leave out --tile (whole images) or give a smaller one"
+    )
+    assert oversized_tile_note(sizes, 100) == ""  # the widest image needs two tiles
+    assert oversized_tile_note(sizes, 105) == "" and oversized_tile_note([], 512) == ""

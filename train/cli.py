@@ -238,7 +238,8 @@ def _train(args: argparse.Namespace) -> int:
             f"best validation loss {result.best_loss:.4f} (Dice {result.best_dice:.4f})")  # fmt: skip
     print(
         f"{best} at epoch {result.best_epoch} "
-        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}"
+        f"({result.epochs_run} epoch{'' if result.epochs_run == 1 else 's'}"
+        f"{', stopped early' if result.stopped_early else ''}"
         f"{', time limit reached' if result.out_of_time else ''}); "
         f"checkpoint: {result.run_dir / 'best.pth'}"
     )

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate a data set and summarize it, with the split training would make")
     k.add_argument("data", type=Path, nargs="?", help="data set folder (or give --images and --masks)")
     k.add_argument("--layout", default="auto", help="data layout (default auto)")
-    k.add_argument("--scale", type=float, help="check at this scale, as training would (default 1)")
+    k.add_argument("--scale", type=float, help="check at this scale, as training would with it (default 1: "
+                   "the images' own size; unet-train's default is 0.5)")  # fmt: skip
     k.add_argument("--size", type=parse_hw, metavar="HxW", help="check at this fixed model-input size")
     k.add_argument("--max-side", type=int, metavar="N", help="check with the longer side resized to N")
     k.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the split (default 0.2)")
