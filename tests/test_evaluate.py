@@ -105,6 +105,7 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     # --tta scores the mirrored-averaged predictions; the loss stays that of the plain logits
     tta = json.loads(mirrored.read_text())
     assert not numbers["tta"] and tta["tta"] and "; mirrored TTA):" in again.stdout
+    assert f"loss {tta['model_size']['loss']:.4f} (of the plain prediction)" in again.stdout
     assert tta["model_size"]["loss"] == pytest.approx(numbers["model_size"]["loss"], rel=1e-5)
     assert tta["dice"] != numbers["dice"]
     # the end of training reported the validation side the same way, and wrote its numbers beside best.pth

@@ -173,7 +173,7 @@ class EvalReport:
             f"  original size:    Dice {pooled.mean_dice:.4f}  IoU {pooled.mean_iou:.4f}  (pixels pooled);  "
             f"per image: mean Dice {mean_dice:.4f}  IoU {mean_iou:.4f}",
             f"  model input size: Dice {self.model_size.mean_dice:.4f}  IoU {self.model_size.mean_iou:.4f}  "
-            f"loss {self.loss:.4f}{recorded}",
+            f"loss {self.loss:.4f}{' (of the plain prediction)' if self.tta else ''}{recorded}",
         ]
         if self.n_classes > 1:
             names = self._class_names()
