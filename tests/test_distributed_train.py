@@ -25,9 +25,10 @@ TINY = ["--base-channels", "4", "--batch-size", "2", "--workers", "0", "--device
         "--scale", "0.5", "--lr", "3e-3", "--dist-timeout", "2"]  # fmt: skip
 #: The two-process runs also train the architecture and optimization options: deep supervision reaches the model
 #: through DDP's forward (a keyword argument), every extra head and gate must stay identical across the ranks, and
-#: accumulated batches skip DDP's all-reduce (no_sync) but for the one that steps.
+#: accumulated batches skip DDP's all-reduce (no_sync) but for the one that steps, and the weight average (saved
+#: as the checkpoint's weights) must be the same on every rank.
 OPTIONS = ["--attention", "--deep-supervision", "--optimizer", "adamw", "--warmup-epochs", "1", "--accumulate", "2",
-           "--clip-grad", "1"]  # fmt: skip
+           "--clip-grad", "1", "--ema", "0.9"]  # fmt: skip
 
 
 # ---- pure decisions ---------------------------------------------------------------------------------------------

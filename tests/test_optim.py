@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import error_lines, run_cli
+from unetkit.core import load_checkpoint
 from unetkit.train.config import DEFAULT_WEIGHT_DECAY, TrainConfig
 from unetkit.train.loop import BatchSetup, Stepping, train_one_epoch
 from unetkit.train.losses import make_loss
@@ -206,3 +207,46 @@ def test_eval_refuses_optimization_flags(tmp_path, random_checkpoint, synth_smal
     proc = run_cli("unet-train", "--eval", random_checkpoint, "--data", synth_small, "--schedule", "poly",
                    "--device", "cpu")  # fmt: skip
     assert proc.returncode == 2 and "--schedule is a training flag: leave it out" in error_lines(proc)[-1]
+
+
+# ---- weight averaging (--ema) -------------------------------------------------------------------------------------
+def test_the_average_ramps_up_and_moves_by_the_rate_ultralytics_uses():
+    from unetkit.train.ema import RAMP_UPDATES, WeightAverage, ema_rate
+
+    assert ema_rate(0.999, 1) == pytest.approx(0.999 * (1 - math.exp(-1 / RAMP_UPDATES)))
+    assert ema_rate(0.999, 10**6) == pytest.approx(0.999) and ema_rate(0.999, 1) < 0.001
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    average = WeightAverage(model, 0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model.train()(torch.randn(4, 1, 2, 2))  # BatchNorm counts a batch and moves its statistics
+    average.update(model)
+    keep = ema_rate(0.9, 1)
+    assert torch.allclose(average.model[0].weight, keep * start + (1 - keep) * model[0].weight)
+    assert torch.allclose(average.model[1].running_mean, (1 - keep) * model[1].running_mean)  # the average began at 0
+    assert average.model[1].num_batches_tracked == 1  # integer counters are copied, not averaged
+    assert not any(p.requires_grad for p in average.model.parameters()) and average.updates == 1
+
+
+def test_an_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synth_small):
+    args = ["--data", synth_small, "--ema", "0.5", "--lr", "3e-3", "--no-augment", *ARGS]
+    run_cli("unet-train", *args, "--out", tmp_path / "straight", "--epochs", "2", check=True)
+    first = run_cli("unet-train", *args, "--out", tmp_path / "resumed", "--epochs", "1", check=True)
+    assert "weights averaged (EMA decay 0.5): the average is validated and saved" in first.stdout
+    run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "2", "--device", "cpu",
+            "--no-progress", check=True)  # fmt: skip
+    a = torch.load(tmp_path / "straight/last.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed/last.pth", weights_only=True)
+    averaged, trained = a["state_dict"], a["training"]["ema"]["trained_weights"]
+    assert a["training"]["ema"]["updates"] == b["training"]["ema"]["updates"] > 0
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)  # the average is what is saved
+    for key in averaged:
+        assert torch.equal(averaged[key], b["state_dict"][key]), key
+        assert torch.equal(trained[key], b["training"]["ema"]["trained_weights"][key]), key
+    # the checkpoint's validation Dice is the average's: --eval of the saved weights reproduces it
+    _, meta = load_checkpoint(tmp_path / "straight/last.pth")
+    proc = run_cli("unet-train", "--eval", tmp_path / "straight/last.pth", "--data", synth_small, "--split", "val",
+                   "--device", "cpu", "--no-progress", "--workers", "0", "--batch-size", "4", check=True)  # fmt: skip
+    assert f"model input size: Dice {meta.val_dice:.4f}" in proc.stdout

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accumulate", type=int, metavar="N", help="sum the gradients of N batches into one optimizer "
                    "step: an effective batch N times --batch-size where memory holds only --batch-size (default "
                    "1)")  # fmt: skip
+    p.add_argument("--ema", type=float, metavar="DECAY", help="keep an exponential moving average of the weights "
+                   "(e.g. 0.999, as Ultralytics), which is validated and saved as the checkpoint's weights (default: "
+                   "none)")  # fmt: skip
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' global norm to NORM before "
                    "each step (default: no clipping)")  # fmt: skip
     p.add_argument("--scale", type=float, help=f"input scale factor (default {d.scale:g})")
@@ -153,7 +156,7 @@ def _rgb(values: tuple[float, ...]) -> str:
 
 #: Flags that shape a training run and mean nothing to --eval, which scores a checkpoint as it was trained.
 TRAINING_ONLY = (
-    "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad",
+    "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad", "ema",
     "scale", "size", "max_side", "base_channels", "bilinear", "attention", "deep_supervision",
     "loss", "seed", "val_fraction",
     "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",

@@ -56,6 +56,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup of the learning rate over the first epochs
     accumulate: int = 1  # batches whose gradients are summed into one optimizer step
     clip_grad: float | None = None  # clip the gradients' global norm to this before each step
+    ema: float | None = None  # decay of an exponential moving average of the weights, which is validated and saved
     scale: float = RECIPE_SCALE
     base_channels: int = 64
     bilinear: bool = False
@@ -110,6 +111,7 @@ class TrainConfig:
             "--warmup-epochs must be 0 or more, and fewer than --epochs": 0 <= self.warmup_epochs < self.epochs,
             "--accumulate must be at least 1": self.accumulate >= 1,
             "--clip-grad must be positive": self.clip_grad is None or self.clip_grad > 0,
+            "--ema must be in (0, 1), e.g. 0.999": self.ema is None or 0 < self.ema < 1,
             "--patience must be at least 1": self.patience >= 1,
             "--lr-patience must be 0 or more": self.lr_patience >= 0,
             "--mask-threshold binarises masks; masks of --classes hold class ids: give one of the two": not (

@@ -37,6 +37,7 @@ from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_coll
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
 from .distributed import Distributed
+from .ema import WeightAverage
 from .finetune import load_init
 from .loop import (
     BatchSetup,
@@ -76,14 +77,22 @@ class _Run:
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     sampler_rng: torch.Generator
+    ema: WeightAverage | None = None  # --ema: the average that is validated and saved
     epoch: int = 0
     best_epoch: int = 0
     best_dice: float = 0.0  # the validation figures of best_epoch (what --monitor picked it by, and the other)
     best_loss: float = math.nan
     saved_epoch: int = 0  # the epoch last.pth holds on disk (0: none yet)
 
+    @property
+    def shown(self) -> UNet:
+        """The weights the run validates and saves: the average with --ema, else the trained ones."""
+        return self.ema.model if self.ema is not None else self.model
+
     def training_state(self, cfg: TrainConfig) -> dict[str, Any]:
+        ema = {} if self.ema is None else {"ema": {**self.ema.state_dict(), "trained_weights": self.model.state_dict()}}
         return {
+            **ema,
             "epoch": self.epoch,
             "best_epoch": self.best_epoch,
             "best_dice": self.best_dice,
@@ -302,13 +311,18 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         stopper=EarlyStopping(cfg.patience),
         sampler_rng=torch.Generator().manual_seed(cfg.seed),
     )
+    averaged = (resume.training or {}).get("ema") if resume is not None else None  # then state_dict is the average
     if resume is not None:
-        model.load_state_dict(resume.state_dict)
+        model.load_state_dict(averaged["trained_weights"] if averaged else resume.state_dict)
     elif cfg.init is not None:
         log.info("%s", load_init(model, cfg.init))
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
+    if cfg.ema is not None:  # a copy of the model as it now is, on its device
+        run.ema = WeightAverage(model, cfg.ema)
+        if resume is not None and averaged:
+            run.ema.load_state_dict(averaged, resume.state_dict)
     if resume is not None and resume.training is not None:  # after the move: optimizer state on the device
         run.restore(resume.training)
         best = f"Dice {run.best_dice:.4f}" if cfg.monitor == "dice" else f"loss {run.best_loss:.4f}"
@@ -337,7 +351,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     try:
         with cudnn_benchmark():
             out_of_time = _epochs(cfg, run, index, trained, train_loader, val_loader, loss_fn, setup, tb, ddp)
-        ddp.check_in_sync(run.model)
+        ddp.check_in_sync(run.shown)  # the weights saved: the average is a function of every step's weights
     except OSError as exc:  # disk full, quota, read-only: the atomic writes kept every earlier file whole
         raise _write_failed(exc, cfg.out, run.saved_epoch) from None
     finally:
@@ -382,6 +396,7 @@ def _epochs(
                 trained, train_loader, loss_fn, run.optimizer, run.scaler, setup,
                 desc=f"epoch {epoch}/{cfg.epochs}", progress=cfg.progress, stop=stop, deep=cfg.deep_supervision,
                 stepping=stepping, set_lr=partial(step_lr.set, epoch) if step_lr.active else None,
+                after_step=partial(run.ema.update, run.model) if run.ema is not None else None,
             )
         )  # fmt: skip
         step_lr.restore()  # the epoch's starting rate: what last.pth holds and ReduceLROnPlateau lowers
@@ -398,9 +413,11 @@ def _epochs(
             log.warning("warning: epoch %d: some batches' loss was %s (overflow); their steps were skipped",
                         epoch, train_loss)  # fmt: skip
         ddp.sync_buffers(run.model)
+        if run.ema is not None:  # each rank averaged its own BatchNorm statistics
+            ddp.sync_buffers(run.ema.model)
         # The model itself (not DDP's wrapper) validates: ranks hold different numbers of validation images.
         result = ddp.reduce_eval(
-            evaluate(run.model, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress),
+            evaluate(run.shown, val_loader, loss_fn, index.n_classes, setup, cfg.threshold, cfg.progress),
             index.n_classes,
         )
         if result.absent and epoch == first:
@@ -418,9 +435,9 @@ def _epochs(
         }  # fmt: skip
         if tb is not None:  # tb exists on rank 0 (or the only process), which writes; the others wait below
             if improved:
-                save_checkpoint(cfg.out / "best.pth", run.model, _meta(cfg, index, result, epoch))
+                save_checkpoint(cfg.out / "best.pth", run.shown, _meta(cfg, index, result, epoch))
             save_checkpoint(
-                cfg.out / "last.pth", run.model, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
+                cfg.out / "last.pth", run.shown, _meta(cfg, index, result, epoch), training=run.training_state(cfg)
             )
             run.saved_epoch = epoch
             tb.scalars(epoch, scalars, result.dice, result.iou)

@@ -136,11 +136,13 @@ def train_one_epoch(
     deep: bool = False,
     stepping: Stepping = Stepping(),
     set_lr: Callable[[int, int], float] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float, int]:
     """Train over `loader` once, or until `stop()`, asked after every optimizer step, says so (the time limit);
     returns (mean loss per image, images per second, images). With `deep` the loss also scores the decoder's
     coarser levels (deep supervision; the reported loss is that weighted sum). `set_lr(step, steps)` gives the
-    optimizer its learning rate for each step (0-based) of the epoch's `steps` (the step schedule, `StepLr`).
+    optimizer its learning rate for each step (0-based) of the epoch's `steps` (the step schedule, `StepLr`);
+    `after_step()` runs after every optimizer step (the weight average, `WeightAverage.update`).
 
     With `stepping.accumulate` N each batch's loss counts 1/N, so a step follows the mean of its batches' losses;
     under DistributedDataParallel the gradients are all-reduced once per step (no_sync on the others). A last
@@ -173,6 +175,8 @@ def train_one_epoch(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), stepping.clip_grad)
             scaler.step(optimizer)
             scaler.update()
+            if after_step is not None:
+                after_step()
         if progress:  # .item() is a device sync: only pay for it when a bar shows it
             bar.set_postfix(loss=f"{total.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
         if steps_now and stop is not None and stop():

@@ -129,4 +129,6 @@ def describe_optimization(cfg: TrainConfig) -> str:
                      "process)")  # fmt: skip
     if cfg.clip_grad is not None:
         parts.append(f"gradients clipped at norm {cfg.clip_grad:g}")
+    if cfg.ema is not None:
+        parts.append(f"weights averaged (EMA decay {cfg.ema:g}): the average is validated and saved")
     return "; ".join(parts)
