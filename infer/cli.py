@@ -184,12 +184,11 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
     sources = [item.source for item in items]
     x = probe_input(sources, meta, settings.tile)
     sizes = [] if settings.tile else folder_sizes(sources, meta)  # tiles have one size
-    share = new_size_share(sizes)
     print(f"--engine fastest: timing each CPU engine at {'x'.join(map(str, x.shape))} whose mask agrees with eager "
           "FP32's (1 warm-up, then the best of at least 2 calls and 0.5 s)", flush=True)  # fmt: skip
-    if share:
+    if new_size_share(sizes):
         print(f"  the images have {len(set(sizes))} model-input sizes in {len(sizes)}: each engine's first call at a "
-              f"new size is timed too and counts for {share:.0%} of the images", flush=True)  # fmt: skip
+              "new size is timed too, for the images that bring a size it has not compiled", flush=True)  # fmt: skip
 
     def show(probe: Probe) -> None:
         result = f"{probe.ms:10.1f} ms/image" if probe.ms is not None else f"  skipped: {probe.note}"
@@ -197,12 +196,12 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
             result += f", {probe.new_size_ms:.1f} ms at a new size: {probe.expected_ms:.1f} ms/image expected"
         print(f"  {probe.label:<15}{result}", flush=True)
 
-    engine, probes = probe_engines(args.checkpoint, x, show, share=share)
+    engine, probes = probe_engines(args.checkpoint, x, show, sizes=sizes)
     timed = sorted((p for p in probes if p.expected_ms is not None), key=lambda p: p.expected_ms or 0.0)
     runner_up = (f", {(timed[1].expected_ms or 0.0) / (timed[0].expected_ms or 1.0):.2f}x faster than "
                  f"{timed[1].label}" if len(timed) > 1 else "")  # fmt: skip
     print(f"--engine fastest: chose {engine.label} ({timed[0].expected_ms:.1f} ms/image"
-          f"{' expected' if share else ''}{runner_up})", flush=True)  # fmt: skip
+          f"{' expected' if new_size_share(sizes) else ''}{runner_up})", flush=True)  # fmt: skip
     return Predictor.from_engine(engine, settings)
 
 

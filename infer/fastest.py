@@ -5,7 +5,8 @@ Each candidate (eager FP32 and BF16, and the ONNX Runtime and OpenVINO engines o
 checkpoint) predicts the first input, then runs it once to warm up and is timed at least twice and for half a
 second (its best call counts), at that input's model-input size and batch 1. Where the folder's images have
 several model-input sizes, each candidate's first call at a new size is timed too and counted for the share
-of images that bring a new size (OpenVINO compiles one model per size, which a warm time at one size hides:
+of images that bring a size it has not compiled (OpenVINO compiles one model per size and keeps six, which
+a warm time at one size hides:
 on 16 images of 16 sizes it was chosen at 0.9 ms/image and ran at 136). The lowest expected time wins and
 every time is printed. A candidate is left out, with its reason, when its precision is not native on this CPU, its
 artifact is missing, was exported without verification, or came from another checkpoint (a stale file), or
@@ -17,6 +18,7 @@ candidate.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +53,8 @@ CANDIDATES = (
     ("openvino", "int8"),
 )
 WARMUP, TIMED, MIN_SECONDS, MAX_CALLS = 1, 2, 0.5, 100
+#: Rows fewer (or more) than the probe input: the two new sizes a first call is timed at.
+NEW_SIZE_ROWS = (16, 32)
 
 
 @dataclass
@@ -92,13 +96,28 @@ def agreement_problem(agreement: float, precision: str) -> str:
     gate = agreement_gate(precision)
     if agreement >= gate:
         return ""
-    return f"its mask agrees {agreement:.4f} with eager FP32 here, under the {gate} {precision} files are held to"
+    return f"its mask agrees {agreement:.5f} with eager FP32 here, under the {gate} {precision} files are held to"
 
 
-def new_size_share(sizes: Sequence[tuple[int, int]]) -> float:
-    """The share of images that run at a model-input size no earlier image had (at least: an engine that keeps
-    only a few compiled sizes may meet one again as new), from the sizes of the folder's images."""
-    return len(set(sizes)) / len(sizes) if len(set(sizes)) > 1 else 0.0
+def new_size_share(sizes: Sequence[tuple[int, int]], kept: int | None = None) -> float:
+    """The share of images, run in this order, that meet a model-input size the engine has not compiled: every
+    size's first image, and with `kept` sizes kept compiled (least recently used dropped, as OpenVINO's cache)
+    every image whose size was dropped since. 0 for a folder of one size."""
+    if len(set(sizes)) < 2:
+        return 0.0
+    if kept is None:
+        return len(set(sizes)) / len(sizes)
+    cache: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+    misses = 0
+    for size in sizes:
+        if size in cache:
+            cache.move_to_end(size)
+            continue
+        misses += 1
+        cache[size] = None
+        if len(cache) > kept:
+            cache.popitem(last=False)
+    return misses / len(sizes)
 
 
 def expected_ms(warm_ms: float, new_size_ms: float | None, share: float) -> float:
@@ -109,11 +128,11 @@ def expected_ms(warm_ms: float, new_size_ms: float | None, share: float) -> floa
     return warm_ms + max(0.0, new_size_ms - warm_ms) * share
 
 
-def other_size(x: torch.Tensor) -> torch.Tensor:
-    """`x` at another size (16 rows fewer, or more where it is small): what a first call at a new size runs."""
-    if x.shape[-2] > 32:
-        return x[..., :-16, :].contiguous()
-    return torch.nn.functional.pad(x, (0, 0, 0, 16))
+def other_size(x: torch.Tensor, rows: int = 16) -> torch.Tensor:
+    """`x` at another size (`rows` fewer, or more where it is small): what a first call at a new size runs."""
+    if x.shape[-2] > 2 * rows:
+        return x[..., :-rows, :].contiguous()
+    return torch.nn.functional.pad(x, (0, 0, 0, rows))
 
 
 def probe_input(images: list[Path], meta: ModelMeta, tile: int) -> torch.Tensor:
@@ -145,10 +164,14 @@ def _time(engine: Engine, x: torch.Tensor) -> float:
     return 1000 * min(times) / x.shape[0]
 
 
-def _first_call_ms(engine: Engine, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    engine(x)
-    return 1000 * (time.perf_counter() - start) / x.shape[0]
+def _new_size_ms(engine: Engine, x: torch.Tensor) -> float:
+    """The engine's first call at a size it has not run, per image: the better of two such sizes."""
+    times = []
+    for rows in NEW_SIZE_ROWS:
+        start = time.perf_counter()
+        engine(other_size(x, rows))
+        times.append(1000 * (time.perf_counter() - start) / x.shape[0])
+    return min(times)
 
 
 def probe_engines(
@@ -156,11 +179,12 @@ def probe_engines(
     x: torch.Tensor,
     report: Callable[[Probe], None] = lambda probe: None,
     cpu: CpuCapabilities | None = None,
-    share: float = 0.0,
+    sizes: Sequence[tuple[int, int]] = (),
 ) -> tuple[Engine, list[Probe]]:
     """Time every candidate on `x` (a CPU model input) and return the one with the lowest expected time per
-    image, still open, with every probe; `share` is the share of the run's images that bring a new model-input
-    size (`new_size_share`; 0: one size, no first call timed). `report` sees each probe as it finishes.
+    image, still open, with every probe; `sizes` are the run's model-input sizes in its order, whose new sizes
+    each engine pays a first call for (`new_size_share`; one size or none: no first call timed). `report` sees
+    each probe as it finishes.
     UnetkitError when none can run."""
     cpu = cpu or cpu_capabilities()
     sha = sha256_file(checkpoint)
@@ -187,7 +211,8 @@ def probe_engines(
             probe.note = agreement_problem(probe.agreement, precision)
         if engine is not None and not probe.note:
             probe.ms = _time(engine, x)
-            probe.new_size_ms = _first_call_ms(engine, other_size(x)) if share > 0 else None
+            share = new_size_share(sizes, engine.compiled_sizes)
+            probe.new_size_ms = _new_size_ms(engine, x) if share > 0 else None
             probe.expected_ms = expected_ms(probe.ms, probe.new_size_ms, share)
             if probe.expected_ms < best_ms:
                 if best is not None:

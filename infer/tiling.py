@@ -59,9 +59,9 @@ def oversized_tile_note(sizes: Sequence[tuple[int, int]], tile: int) -> str:
         return ""
     h, w = max(hw[0] for hw in sizes), max(hw[1] for hw in sizes)
     share = max(a * b for a, b in sizes) / tile**2
-    return (f"--tile {tile} is larger than every image's model input (at most {w}x{h}): each runs as one tile "
-            f"padded to {tile}x{tile}, {share:.0%} of it image at best; leave out --tile (whole images) or give a "
-            "smaller one")  # fmt: skip
+    return (f"--tile {tile} is larger than every image's model input (at most {w} wide, {h} high): each runs as "
+            f"one tile padded to {tile}x{tile}, {share:.0%} of it image at best; leave out --tile (whole images) or "
+            "give a smaller one")  # fmt: skip
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:

@@ -82,6 +82,8 @@ def test_each_optimizer_is_built_as_its_peers_use_it():
     assert type(make_optimizer(_net(), "adam", 1e-4, 0.0)) is torch.optim.Adam
     adamw = make_optimizer(_net(), "adamw", 1e-3, 0.05)
     assert type(adamw) is torch.optim.AdamW and [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]
+    off = make_optimizer(_net(), "adamw", 1e-3, 0.0)  # AdamW's own default is 0.01: 0 must reach it
+    assert [g["weight_decay"] for g in off.param_groups] == [0.0]
     sgd = make_optimizer(_net(), "sgd", 1e-2, 3e-5)
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == SGD_MOMENTUM == 0.99
     assert TrainConfig(data=".", out=".").weight_decay == 0.0  # the seed's Adam: none
@@ -136,6 +138,14 @@ def test_two_batches_accumulated_step_as_one_batch_of_both():
     assert loss_whole == pytest.approx(loss_halves, rel=1e-6)  # the reported loss is per image either way
 
 
+def test_a_short_last_window_steps_with_the_mean_of_its_own_batches():
+    # 8 images in batches of 2, accumulate 3: windows of 3 and 1 batches; the lone last batch counts whole
+    whole, _ = _trained(2, Stepping(accumulate=4))  # one window of all 4 batches: the mean of 4 batch means
+    short, _ = _trained(2, Stepping(accumulate=9))  # the only window is short (4 < 9): the same mean, not 4/9 of it
+    assert torch.allclose(_weights(whole), _weights(short), atol=1e-7)
+    assert torch.allclose(_weights(whole), _weights(_trained(8, Stepping())[0]), atol=1e-6)  # = one batch of 8
+
+
 @pytest.mark.parametrize("accumulate, steps", [(1, 4), (2, 2), (3, 2), (4, 1), (9, 1)])
 def test_an_epoch_takes_one_step_per_window_and_a_short_last_window_still_steps(accumulate, steps):
     torch.manual_seed(0)
@@ -169,7 +179,7 @@ def test_a_cosine_run_with_warmup_accumulation_and_clipping_logs_the_rates_it_us
                    "--clip-grad", "1", *ARGS, check=True)  # fmt: skip
     assert (
         "optimizer: adamw, lr 0.001, weight decay 0.01 (not on biases or normalization); cosine schedule to 0 at "
-        "epoch 3, after 1 warmup epochs; 2 batches per step (effective batch 8 per process); gradients clipped at "
+        "epoch 3, after 1 warmup epoch; 2 batches per step (effective batch 8 per process); gradients clipped at "
         "norm 1"
     ) in proc.stdout
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]

@@ -133,8 +133,8 @@ def test_tta_averages_the_mirrored_prediction_mirrored_back():
 def test_a_tile_larger_than_every_image_is_said_with_what_it_costs():
     sizes = [(64, 96), (60, 90), (70, 105)]  # (height, width) model inputs
     assert oversized_tile_note(sizes, 512) == (
-        "--tile 512 is larger than every image's model input (at most 105x70): each runs as one tile padded to "
-        "512x512, 3% of it image at best; leave out --tile (whole images) or give a smaller one"
+        "--tile 512 is larger than every image's model input (at most 105 wide, 70 high): each runs as one tile "
+        "padded to 512x512, 3% of it image at best; leave out --tile (whole images) or give a smaller one"
     )
     assert oversized_tile_note(sizes, 100) == ""  # the widest image needs two tiles
     assert oversized_tile_note(sizes, 105) == "" and oversized_tile_note([], 512) == ""

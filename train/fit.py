@@ -345,6 +345,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         loss_name, " with deep supervision" if cfg.deep_supervision else "",
     )  # fmt: skip
     log.info("%s", describe_optimization(cfg))
+    if cfg.optimizer == "sgd" and cfg.lr <= TrainConfig.lr:
+        log.warning("warning: --optimizer sgd at lr %g (Adam's rate) barely moves the weights; nnU-Net's SGD runs at "
+                    "--lr 1e-2", cfg.lr)  # fmt: skip
     sharing = ddp.describe(cfg.batch_size, cfg.accumulate)
     if sharing:
         log.info("%s", sharing)

@@ -144,9 +144,9 @@ def train_one_epoch(
     optimizer its learning rate for each step (0-based) of the epoch's `steps` (the step schedule, `StepLr`);
     `after_step()` runs after every optimizer step (the weight average, `WeightAverage.update`).
 
-    With `stepping.accumulate` N each batch's loss counts 1/N, so a step follows the mean of its batches' losses;
-    under DistributedDataParallel the gradients are all-reduced once per step (no_sync on the others). A last
-    window of fewer batches still steps.
+    With `stepping.accumulate` N each step follows the mean of its window's batch losses (each counts 1/N; in a
+    last window of k < N batches, 1/k); under DistributedDataParallel the gradients are all-reduced once per
+    step (no_sync on the others).
     """
     model.train()
     total, seen = torch.zeros((), device=setup.device), 0
@@ -159,12 +159,13 @@ def train_one_epoch(
         if i % acc == 0:
             optimizer.zero_grad(set_to_none=True)
         steps_now = (i + 1) % acc == 0 or i + 1 == n
+        window = min(acc, n - i // acc * acc)  # batches in this step's window: fewer in a short last one
         skip_sync = getattr(model, "no_sync", None) if not steps_now else None
         with skip_sync() if skip_sync is not None else contextlib.nullcontext():
             with setup.autocast():
                 outputs = model(x, deep=True) if deep else model(x)
             loss = deep_supervision_loss(loss_fn, outputs, y) if deep else loss_fn(outputs, y)
-            scaler.scale(loss / acc if acc > 1 else loss).backward()
+            scaler.scale(loss / window if window > 1 else loss).backward()
         total += loss.detach() * len(images)
         seen += len(images)
         if steps_now:

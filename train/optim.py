@@ -32,8 +32,8 @@ def parameter_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) 
     parameters (fewer than two dimensions) that do not. One group without decay keeps the optimizer state of
     runs saved before this option readable."""
     trained = [p for p in params if p.requires_grad]
-    if weight_decay == 0:
-        return [{"params": trained}]
+    if weight_decay == 0:  # said outright: AdamW's own default is 0.01
+        return [{"params": trained, "weight_decay": 0.0}]
     groups = [
         {"params": [p for p in trained if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0},
@@ -122,7 +122,7 @@ def describe_optimization(cfg: TrainConfig) -> str:
     else:
         schedule = f"{cfg.schedule} schedule to 0 at epoch {cfg.epochs}"
     if cfg.warmup_epochs:
-        schedule += f", after {cfg.warmup_epochs:g} warmup epochs"
+        schedule += f", after {cfg.warmup_epochs:g} warmup epoch{'' if cfg.warmup_epochs == 1 else 's'}"
     parts = [f"optimizer: {cfg.optimizer}, lr {cfg.lr:g}, {decay}; {schedule}"]
     if cfg.accumulate > 1:
         parts.append(f"{cfg.accumulate} batches per step (effective batch {cfg.accumulate * cfg.batch_size} per "

@@ -68,6 +68,8 @@ class Engine(ABC):
     name: ClassVar[str]
     #: True when every new input shape costs a recompile, so callers should keep batch shapes fixed.
     static_shapes: ClassVar[bool] = False
+    #: How many input sizes the engine keeps compiled (a size beyond them is compiled again); None: no limit.
+    compiled_sizes: ClassVar[int | None] = None
 
     def __init__(
         self,

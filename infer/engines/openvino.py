@@ -101,6 +101,7 @@ def compile_config(hint: str, throughput: bool, threads: int) -> dict[str, Any]:
 class OpenVinoEngine(Engine):
     name = "openvino"
     static_shapes = False  # batch sizes cost no compile: batches of 2+ run as single images on the streams
+    compiled_sizes = CACHE_SIZE
 
     def __init__(
         self, path: Path, device: torch.device, precision: str = "auto", threads: int = 0, verify_only: bool = False
