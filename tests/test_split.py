@@ -193,3 +193,42 @@ def test_eval_of_a_side_of_the_split_on_another_data_set_points_at_split_all(gro
     assert "does not match the split this run was trained with: 24 recorded pair(s) are missing" in line
     assert line.endswith(f". --split val is a side of the run's own split (the run trained on {data}); --split all "
                          "scores every pair of another data set")  # fmt: skip
+
+
+def test_k_fold_deals_whole_groups_into_folds_of_about_equal_size():
+    from unetkit.train.data.split import fold_groups
+
+    keys = [f"car{i // 4}" for i in range(40)] + [f"solo{i}" for i in range(7)]  # 10 groups of 4, 7 of 1
+    folds = fold_groups(keys, 5, seed=0)
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+    for key in set(keys):  # a group never straddles two folds
+        assert len({f for k, f in zip(keys, folds, strict=True) if k == key}) == 1
+    sizes = [folds.count(f) for f in range(5)]
+    assert sum(sizes) == 47 and max(sizes) - min(sizes) <= 1  # 9 or 10 images each
+    assert fold_groups(keys, 5, seed=0) == folds and fold_groups(keys, 5, seed=1) != folds  # seeded
+    with pytest.raises(DataError, match="--folds 5: the 4 image\\(s\\) form 2 group\\(s\\), fewer than the folds"):
+        fold_groups(["a", "a", "b", "b"], 5, seed=0)
+
+
+def test_every_image_validates_in_exactly_one_fold_and_the_run_records_it(grouped_run, tmp_path):
+    data, _, _ = grouped_run
+    index = index_dataset(data)
+    vals = [make_split(index, "auto", 0.2, 0, (3, i)).val for i in range(3)]
+    images = [p.image for val in vals for p in val]
+    assert sorted(images) == sorted(p.image for p in index.pairs)  # 24 images, each in one validation fold
+    split = make_split(index, "auto", 0.2, 0, (3, 1))
+    assert split.rule.endswith("; fold 1 of 3") and len(split.train) + len(split.val) == 24
+    run = tmp_path / "fold1"
+    proc = run_cli("unet-train", "--data", data, "--out", run, "--folds", "3", "--fold", "1", "--epochs", "1",
+                   "--scale", "1", "--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress",
+                   check=True)  # fmt: skip
+    record = json.loads((run / "split.json").read_text())
+    assert record["rule"]["folds"] == 3 and record["rule"]["fold"] == 1
+    assert sorted(v[0] for v in record["val"]) == sorted(p.image.relative_to(data).as_posix() for p in split.val)
+    assert "; fold 1 of 3)" in proc.stdout
+    refused = run_cli("unet-train", "--data", data, "--out", tmp_path / "x", "--folds", "3", "--fold", "3",
+                      "--device", "cpu")  # fmt: skip
+    assert error_lines(refused) == ["unet-train: error: --fold must be in 0..2 (one of --folds 3)"]
+    both = run_cli("unet-train", "--data", data, "--out", tmp_path / "x", "--folds", "3", "--val-fraction", "0.3",
+                   "--device", "cpu")  # fmt: skip
+    assert error_lines(both)[-1].endswith("--folds deals the images into folds of 1/K each: leave out --val-fraction")

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_workers_argument(p, "DataLoader worker processes", default=None)
     p.add_argument("--seed", type=int, help=f"seed for initialization, split and augmentation (default {d.seed})")
     p.add_argument("--val-fraction", type=float, help=f"validation share of the split (default {d.val_fraction})")
+    p.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation: deal the groups into K folds of "
+                   "about equal size (instead of --val-fraction); --fold I validates on fold I")  # fmt: skip
+    p.add_argument("--fold", type=int, metavar="I", help="with --folds: the fold (0..K-1) that validates (default 0)")
     add_data_arguments(p)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
@@ -165,7 +168,7 @@ def _rgb(values: tuple[float, ...]) -> str:
 TRAINING_ONLY = (
     "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad", "ema",
     "scale", "size", "max_side", "base_channels", "bilinear", "attention", "deep_supervision",
-    "loss", "seed", "val_fraction",
+    "loss", "seed", "val_fraction", "folds", "fold",
     "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",
     "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",
 )  # fmt: skip
@@ -207,6 +210,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UnetkitError("--size and --max-side replace --scale: give one of the three")
     dist = torchrun_env(os.environ)  # None: a single process, as without torchrun
     data, folders = resolve_folders(args)
+    if args.folds is not None and args.val_fraction is not None:
+        raise UnetkitError("--folds deals the images into folds of 1/K each: leave out --val-fraction")
     if args.tta:
         raise UnetkitError("--tta scores a checkpoint with test-time augmentation: give it with --eval (or to "
                            "unet-infer)")  # fmt: skip

@@ -69,6 +69,8 @@ class TrainConfig:
     workers: int = DEFAULT_WORKERS
     seed: int = 0
     val_fraction: float = 0.2
+    folds: int | None = None  # k-fold cross-validation: the groups dealt into this many folds ...
+    fold: int = 0  # ... of which this one validates
     augment: bool = True
     cache: Path | None = None
     amp: bool = True
@@ -105,6 +107,10 @@ class TrainConfig:
             "--base-channels must be at least 1": self.base_channels >= 1,
             "--workers must be 0 or more": self.workers >= 0,
             "--val-fraction must be in (0, 1)": 0 < self.val_fraction < 1,
+            "--folds must be at least 2": self.folds is None or self.folds >= 2,
+            f"--fold must be in 0..{(self.folds or 1) - 1} (one of --folds {self.folds})": self.folds is None
+            or 0 <= self.fold < self.folds,
+            "--fold needs --folds K": self.folds is not None or self.fold == 0,
             f"--optimizer must be one of {', '.join(OPTIMIZERS)}": self.optimizer in OPTIMIZERS,
             "--weight-decay must be 0 or more": self.weight_decay is None or self.weight_decay >= 0,
             f"--schedule must be one of {', '.join(SCHEDULES)}": self.schedule in SCHEDULES,
@@ -149,6 +155,11 @@ class TrainConfig:
         if self.max_side is not None:
             return ResizeRule("max_side", max_side=self.max_side)
         return ResizeRule("scale", scale=self.scale)
+
+    @property
+    def fold_pair(self) -> tuple[int, int] | None:
+        """(folds, fold) for k-fold cross-validation, else None."""
+        return (self.folds, self.fold) if self.folds is not None else None
 
     @property
     def folders(self) -> FolderSpec | None:

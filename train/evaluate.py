@@ -114,7 +114,8 @@ def _pairs(
                             "--split all scores every pair of another data set") from None  # fmt: skip
     else:
         log.info("no %s beside %s: drawing the split again from its training arguments", SPLIT_FILE, checkpoint)
-        split = make_split(index, group_by, float(args.get("val_fraction", 0.2)), int(args.get("seed", 0)))
+        folds = (int(args["folds"]), int(args.get("fold", 0))) if args.get("folds") else None
+        split = make_split(index, group_by, float(args.get("val_fraction", 0.2)), int(args.get("seed", 0)), folds)
     pairs = split.val if settings.split == "val" else split.train
     return pairs, split.keys, split.rule
 

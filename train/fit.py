@@ -191,7 +191,7 @@ def resolve_split(cfg: TrainConfig, index: DatasetIndex, resuming: bool) -> tupl
             return read_split(path, index), False
         except DataError as exc:
             raise DataError(f"{exc}; restore those files, or train a new run on this data") from None
-    return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed), True
+    return make_split(index, cfg.group_by, cfg.val_fraction, cfg.seed, cfg.fold_pair), True
 
 
 def _augmenter() -> Any:
@@ -336,7 +336,10 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     if ddp.is_main:  # only rank 0 writes
         cfg.out.mkdir(parents=True, exist_ok=True)
         if new_split:
-            write_split(cfg.out / SPLIT_FILE, split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed))
+            write_split(
+                cfg.out / SPLIT_FILE,
+                split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed, cfg.fold_pair),
+            )
         tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
     log.info(
         "model: U-Net base %d (%s up-sampling%s), %s, %s, loss %s%s",

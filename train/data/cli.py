@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-side", type=int, metavar="N", help="check with the longer side resized to N")
     k.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the split (default 0.2)")
     k.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    k.add_argument("--folds", type=int, metavar="K", help="show the k-fold split unet-train --folds K would make")
+    k.add_argument("--fold", type=int, default=0, metavar="I", help="with --folds: the fold that validates (default 0)")
     add_data_arguments(k)
     add_workers_argument(k, "decoding threads")
     for q in (s, c, k):
@@ -109,6 +111,8 @@ def _check(args: argparse.Namespace) -> int:
     from .layouts import index_dataset
     from .split import make_split
 
+    if args.folds is not None and not (args.folds >= 2 and 0 <= args.fold < args.folds):
+        raise UnetkitError(f"--folds {args.folds} --fold {args.fold}: needs K >= 2 and 0 <= I < K")
     if sum(v is not None for v in (args.scale, args.size, args.max_side)) > 1:
         raise UnetkitError("--scale, --size and --max-side are three rules: give one")
     if args.scale is not None and not 0 < args.scale <= 1:  # the rule unet-train applies to its --scale
@@ -123,7 +127,9 @@ def _check(args: argparse.Namespace) -> int:
     else:
         resize = ResizeRule("scale", scale=args.scale if args.scale is not None else 1.0)
     index = index_dataset(data, args.layout, folders)
-    split = make_split(index, args.group_by or "auto", args.val_fraction, args.seed) if len(index.pairs) > 1 else None
+    folds = (args.folds, args.fold) if args.folds is not None else None
+    split = (make_split(index, args.group_by or "auto", args.val_fraction, args.seed, folds)
+             if len(index.pairs) > 1 else None)  # fmt: skip
     rule = SampleRule(resize, index.mask_kind, args.mask_threshold, index.n_classes)
     report = check_dataset(index, rule, workers=args.workers, progress=args.progress)
     print(f"{index.root}: {index.layout} layout, {len(index.pairs)} pairs, {index.n_classes} output channel(s)")

@@ -121,6 +121,27 @@ def assign_groups(keys: Sequence[str], val_fraction: float, seed: int) -> list[b
     return [key in chosen for key in keys]
 
 
+def fold_groups(keys: Sequence[str], folds: int, seed: int) -> list[int]:
+    """The fold (0..folds-1) of each item for k-fold cross-validation: whole groups, the largest first (in a
+    seeded order among equals), each to the fold holding the fewest images so far, so the folds' sizes differ
+    by at most one group; a DataError when there are fewer groups than folds."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        groups[key] = groups.get(key, 0) + 1
+    names = sorted(groups)
+    if len(names) < folds:
+        raise DataError(f"--folds {folds}: the {len(keys)} image(s) form {len(names)} group(s), fewer than the folds; "
+                        "use fewer folds, or --group-by none to split per image")  # fmt: skip
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = sorted((names[i] for i in order), key=lambda name: -groups[name])  # stable: seeded among equals
+    loads, fold_of = [0] * folds, {}
+    for name in shuffled:
+        fold = min(range(folds), key=lambda f: loads[f])
+        fold_of[name] = fold
+        loads[fold] += groups[name]
+    return [fold_of[key] for key in keys]
+
+
 def per_image(n: int, val_fraction: float, seed: int) -> list[bool]:
     """The per-image split of the first releases, kept exactly so their runs resume and evaluate on the
     images they validated on: a seeded permutation, its first round(n * val_fraction) to validation."""
@@ -130,20 +151,32 @@ def per_image(n: int, val_fraction: float, seed: int) -> list[bool]:
     return [i in chosen for i in range(n)]
 
 
-def make_split(index: DatasetIndex, group_by: str, val_fraction: float, seed: int) -> Split:
-    """The official split where the data set has one (Cityscapes), else a seeded split by groups."""
+def make_split(
+    index: DatasetIndex, group_by: str, val_fraction: float, seed: int, folds: tuple[int, int] | None = None
+) -> Split:
+    """The official split where the data set has one (Cityscapes), else a seeded split by groups: about
+    `val_fraction` of the images to validation, or with `folds` (K, I) fold I of K (`fold_groups`)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     pairs = index.pairs
     key_of, rule = group_key_fn(group_by, index.layout)
     keys = {p.image: key_of(p) for p in pairs}
     if any(p.split == "val" for p in pairs):
+        if folds is not None:
+            raise DataError(f"{index.root}: has its own validation split (a val/ folder); --folds splits a data set "
+                            "that has none")  # fmt: skip
         train = [p for p in pairs if p.split != "val"]
         return Split(train, [p for p in pairs if p.split == "val"], "the data set's official split", keys)
     if index.layout == "cityscapes":
         log.warning("warning: %s has no leftImg8bit/val/ folder: using a seeded split of train/ instead", index.root)
     if len(pairs) < 2:
         raise DataError(f"{len(pairs)} image/mask pair(s): at least 2 are needed to train and validate")
+    if folds is not None:
+        count, fold = folds
+        of = fold_groups([keys[p.image] for p in pairs], count, seed)
+        train = [p for p, f in zip(pairs, of, strict=True) if f != fold]
+        val = [p for p, f in zip(pairs, of, strict=True) if f == fold]
+        return Split(train, val, f"{rule}; fold {fold} of {count}", keys)
     if group_by == "none":
         is_val = per_image(len(pairs), val_fraction, seed)
     else:
@@ -162,14 +195,24 @@ def _relative(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def split_record(split: Split, index: DatasetIndex, group_by: str, val_fraction: float, seed: int) -> dict[str, Any]:
+def split_record(
+    split: Split,
+    index: DatasetIndex,
+    group_by: str,
+    val_fraction: float,
+    seed: int,
+    folds: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """What split.json holds: the pairs of each side relative to the data folder, and the rule and seed."""
+    rule: dict[str, Any] = {"group_by": group_by, "groups": split.rule, "val_fraction": val_fraction, "seed": seed}
+    if folds is not None:
+        rule.update(folds=folds[0], fold=folds[1])
     return {
         "format": SPLIT_FORMAT,
         "version": 1,
         "data": str(index.root),
         "layout": index.layout,
-        "rule": {"group_by": group_by, "groups": split.rule, "val_fraction": val_fraction, "seed": seed},
+        "rule": rule,
         "groups": {"train": split.groups("train"), "val": split.groups("val")},
         "train": [[_relative(p.image, index.root), _relative(p.mask, index.root)] for p in split.train],
         "val": [[_relative(p.image, index.root), _relative(p.mask, index.root)] for p in split.val],
