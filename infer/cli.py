@@ -26,6 +26,7 @@ from unetkit.core.errors import UnetkitError
 
 from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
+from .engines.ensemble import EnsembleEngine
 from .fastest import Probe, new_size_share, probe_engines, probe_input
 from .io import DEFAULT_OUT_SUFFIX, Item, default_out_dir, discover, folder_sizes, output_paths
 from .predictor import Predictor
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint, onnx for a .onnx --model, trt for a .engine --model); fastest: time every verified "
                    "CPU engine on the first image and use the fastest")  # fmt: skip
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint whose artifacts to "
-                     f"use (default {DEFAULT_CHECKPOINT})")  # fmt: skip
+    src.add_argument("--checkpoint", type=Path, action="append", help="checkpoint whose artifacts to use (default "
+                     f"{DEFAULT_CHECKPOINT}); given several times, the checkpoints run as one model, their "
+                     "probabilities averaged (an ensemble, e.g. of --folds runs)")  # fmt: skip
     src.add_argument("--model", type=Path, help="an exported artifact to run instead (.onnx or .engine)")
     add_device_argument(p)
     p.add_argument("--precision", choices=[*PRECISIONS, "f32", "auto"], help="torch/compile precision; onnx, "
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    checkpoints = args.checkpoint or [DEFAULT_CHECKPOINT]
+    args.checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints  # a path, or an ensemble's paths
+    if args.engine == "fastest" and len(checkpoints) > 1:
+        raise UnetkitError("--engine fastest times one checkpoint's engines; name one --engine for an ensemble")
     if args.compile_mode is not None and args.engine != "compile":
         chosen = f", not {args.engine}" if args.engine else " (the engine here follows the file type)"
         raise UnetkitError(f"--compile-mode: only used by --engine compile{chosen}")
@@ -149,9 +155,10 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
         raise UnetkitError("--palette colours the classes of a multi-class model; this one is binary (its masks are "
                            "0/255)")  # fmt: skip
     outputs = OutputOptions(args.save_prob, args.overlay, args.palette, rle, args.resume, progress)
-    if predictor.engine.meta.extra.get("export_verified") is False:
-        print(f"warning: {predictor.engine.source} was exported with --no-verify: its agreement with the checkpoint "
-              "was never checked", flush=True)  # fmt: skip
+    ran = predictor.engine.members if isinstance(predictor.engine, EnsembleEngine) else [predictor.engine]
+    for engine in (e for e in ran if e.meta.extra.get("export_verified") is False):
+        print(f"warning: {engine.source} was exported with --no-verify: its agreement with the checkpoint was never "
+              "checked", flush=True)  # fmt: skip
     with predictor:
         pipeline = predictor.pipeline(outputs)  # settings the engine cannot take are refused here, before any write
         identity = model_identity(predictor.engine)

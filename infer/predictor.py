@@ -22,6 +22,7 @@ from unetkit.core.preprocess import model_input
 
 from .batching import BatchRunner, Job, run_all
 from .engines import Engine, create_engine
+from .engines.ensemble import EnsembleEngine
 from .io import default_out_dir, discover, output_paths
 from .pipeline import Pipeline, RunSummary
 from .record import claim_out_dir, model_identity
@@ -42,13 +43,15 @@ class Predictor:
     """Masks from a checkpoint or an exported artifact, with any engine.
 
     `Predictor("runs/x/best.pth", engine="trt")` finds best.fp16.engine beside the checkpoint;
-    `Predictor("deploy/best.onnx")` runs that file. Masks are uint8 arrays of the image's own size: 0/1 for
-    binary models, class indices for multi-class ones. The settings are checked before the engine loads.
+    `Predictor("deploy/best.onnx")` runs that file; a list of sources runs them as one model, their
+    probabilities averaged (`EnsembleEngine`: k-fold runs, as nnU-Net ensembles its folds). Masks are uint8
+    arrays of the image's own size: 0/1 for binary models, class indices for multi-class ones. The settings
+    are checked before the engine loads.
     """
 
     def __init__(
         self,
-        source: str | os.PathLike = DEFAULT_CHECKPOINT,
+        source: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_CHECKPOINT,
         engine: str | None = None,
         device: str | torch.device = "auto",
         precision: str | None = None,
@@ -62,17 +65,29 @@ class Predictor:
         tta: bool = False,
     ) -> None:
         settings = InferSettings(tile, overlap, blend, batch, workers, decoder, tta)  # bad values fail before loading
-        source = Path(source)
-        is_checkpoint = source.suffix.lower() not in (".onnx", ".engine", ".plan")
-        built = create_engine(
-            engine_for(source, engine),
-            checkpoint=source if is_checkpoint else None,
-            model=None if is_checkpoint else source,
-            device=device,
-            precision=precision,
-            compile_mode=compile_mode,
-        )
-        self._adopt(built, settings)
+        sources = [Path(s) for s in source] if isinstance(source, (list, tuple)) else [Path(cast(str, source))]
+        built: list[Engine] = []
+        try:
+            for path in sources:
+                is_checkpoint = path.suffix.lower() not in (".onnx", ".engine", ".plan")
+                built.append(create_engine(
+                    engine_for(path, engine),
+                    checkpoint=path if is_checkpoint else None,
+                    model=None if is_checkpoint else path,
+                    device=device,
+                    precision=precision,
+                    compile_mode=compile_mode,
+                ))  # fmt: skip
+            one = (
+                built[0]
+                if len(built) == 1
+                else EnsembleEngine(built, [model_identity(e)["checkpoint_sha256"] for e in built])
+            )
+        except BaseException:
+            for e in built:
+                e.close()
+            raise
+        self._adopt(one, settings)
 
     @classmethod
     def from_engine(cls, engine: Engine, settings: InferSettings | None = None) -> Predictor:

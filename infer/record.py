@@ -22,6 +22,7 @@ from unetkit.core.errors import OutputError
 
 from .artifacts import sha256_file
 from .engines import Engine
+from .engines.ensemble import EnsembleEngine
 from .io import Item
 from .settings import SIBLINGS, InferSettings, OutputOptions
 
@@ -38,7 +39,10 @@ def model_identity(engine: Engine) -> dict[str, Any]:
         digest = sha256_file(engine.source)
     else:
         digest = "unknown"
-    model = engine.source.name if engine.source is not None else "in-memory model"
+    if isinstance(engine, EnsembleEngine):
+        model = "ensemble of " + ", ".join(m.source.name if m.source else "?" for m in engine.members)
+    else:
+        model = engine.source.name if engine.source is not None else "in-memory model"
     return {"model": model, "checkpoint_sha256": digest}
 
 
