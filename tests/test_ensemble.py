@@ -85,3 +85,19 @@ def test_unet_infer_runs_an_ensemble_and_records_it_as_one_model(two_checkpoints
     fastest = run_cli(*common, "--checkpoint", a, "--checkpoint", b, "--engine", "fastest")
     assert error_lines(fastest)[-1].endswith("--engine fastest times one checkpoint's engines; name one --engine for "
                                              "an ensemble")  # fmt: skip
+
+
+def test_an_onnx_ensemble_matches_the_torch_ensemble(two_checkpoints, tmp_path):
+    """Each member runs its own exported file (found beside its checkpoint), and the mean is the same."""
+    import shutil
+
+    members = []
+    for i, ckpt in enumerate(two_checkpoints):
+        (tmp_path / f"m{i}").mkdir()
+        members.append(shutil.copy(ckpt, tmp_path / f"m{i}" / "best.pth"))
+        run_cli("unet-export", members[-1], "--no-trt", "--no-verify", "--device", "cpu", "--no-progress", check=True)
+    image = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    with Predictor(members, device="cpu") as eager, Predictor(members, engine="onnx", device="cpu") as onnx:
+        assert onnx.engine.label == "ensemble of 2 x onnx fp32"
+        np.testing.assert_allclose(onnx.predict(image, return_prob=True), eager.predict(image, return_prob=True),
+                                   atol=1e-4)  # fmt: skip
