@@ -12,15 +12,7 @@ import torch
 
 from unetkit.core import ModelMeta, UNet, UNetConfig, read_checkpoint, save_checkpoint
 from unetkit.core.checkpoint import DEFAULT_CHECKPOINT
-from unetkit.core.cli import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    add_device_argument,
-    add_workers_argument,
-    parse_once,
-    parse_pair,
-    run_cli,
-)
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_workers_argument, parse_pair, run_cli
 from unetkit.core.cpu import CpuCapabilities, cpu_capabilities
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
@@ -266,7 +258,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_once(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     return run_cli(PROG, lambda: _bench(args))
 
 

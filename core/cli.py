@@ -36,43 +36,6 @@ def add_progress_argument(parser: argparse.ArgumentParser, default: bool | None 
                         help="no progress bars")  # fmt: skip
 
 
-#: Actions that mean to be given more than once (a list, a count): every other flag given twice is an error.
-_REPEATABLE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction, argparse._ExtendAction)
-
-
-def parse_once(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """`parser.parse_args(argv)`, and a usage error for a flag given twice: argparse keeps the last value
-    silently, so `--checkpoint a.pth --checkpoint b.pth` would run b alone where an ensemble was meant."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    for flag, values in repeated_flags(parser, argv).items():
-        parser.error(f"{flag} given {len(values)} times ({', '.join(values)}): give it once")
-    return args
-
-
-def repeated_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, list[str]]:
-    """Flags of single-valued options (of `parser` and its subcommands) that `argv` gives more than once, with
-    the values given (a switch's value is its own name); nothing after a bare `--` counts."""
-    actions: dict[str, argparse.Action] = {}
-    parsers = [parser]
-    while parsers:
-        current = parsers.pop()
-        actions.update(current._option_string_actions)
-        for sub in current._actions:
-            if isinstance(sub, argparse._SubParsersAction):
-                parsers.extend(sub.choices.values())
-    seen: dict[argparse.Action, list[tuple[str, str]]] = {}
-    tokens = argv[: argv.index("--")] if "--" in argv else argv
-    for i, token in enumerate(tokens):
-        flag, eq, inline = token.partition("=")
-        found = actions.get(flag)
-        if found is None or isinstance(found, (*_REPEATABLE, argparse._HelpAction)):
-            continue
-        value = inline if eq else (tokens[i + 1] if found.nargs != 0 and i + 1 < len(tokens) else flag)
-        seen.setdefault(found, []).append((flag, value))
-    return {given[0][0]: [v for _, v in given] for given in seen.values() if len(given) > 1}
-
-
 def parse_pair(text: str) -> tuple[int, int]:
     """'1280x1918' -> (1280, 1918); ValueError unless it is two positive integers joined by 'x'.
 

@@ -15,7 +15,7 @@ import torch
 
 from unetkit.core import ModelMeta, UNet, load_checkpoint
 from unetkit.core.atomic import remove_stale_temps, write_text_atomic
-from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, parse_once, run_cli
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_device_argument, add_progress_argument, run_cli
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
@@ -313,7 +313,7 @@ def _engine(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_once(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     return run_cli(PROG, lambda: _export(args))
 
 

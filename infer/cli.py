@@ -17,7 +17,6 @@ from unetkit.core.cli import (
     add_device_argument,
     add_progress_argument,
     add_workers_argument,
-    parse_once,
     run_cli,
 )
 from unetkit.core.device import resolve_device, use_device
@@ -235,9 +234,9 @@ def _merge(csv_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:  # a folder named merge is ./merge
-        merge = parse_once(build_merge_parser(), argv[1:])
+        merge = build_merge_parser().parse_args(argv[1:])
         return run_cli(PROG, lambda: _merge(merge.csv))
-    args = parse_once(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     return run_cli(PROG, lambda: _infer(args))
 
 

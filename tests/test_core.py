@@ -202,27 +202,3 @@ def test_an_error_in_a_dataloader_worker_is_its_own_line():
     assert "Original Traceback" in str(caught.value)  # what PyTorch does
     assert worker_message(caught.value) == "masks/0.png: values 7 are no class ids of --classes 3 (0-2; 255 is ignored)"
     assert worker_message(DataError("a.png: plain")) == "a.png: plain"
-
-
-def test_a_flag_given_twice_is_named_not_silently_overridden():
-    """argparse keeps the last value: `--checkpoint a.pth --checkpoint b.pth` would run b alone."""
-    import argparse
-
-    from unetkit.core.cli import repeated_flags
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", "-o")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--tag", action="append")
-    sub = p.add_subparsers(dest="command")
-    sub.add_parser("check").add_argument("--scale")
-    assert repeated_flags(p, ["--out=a", "-o", "b", "--quiet", "--quiet"]) == {
-        "--out": ["a", "b"], "--quiet": ["--quiet", "--quiet"],
-    }  # fmt: skip
-    assert repeated_flags(p, ["--tag", "x", "--tag", "y", "--out", "a"]) == {}  # a list is meant to repeat
-    assert repeated_flags(p, ["check", "--scale", "1", "--scale", "0.5"]) == {"--scale": ["1", "0.5"]}
-    assert repeated_flags(p, ["--out", "a", "--", "--out"]) == {}  # after --, an argument
-    proc = subprocess.run([*cli_command("unet-infer"), "folder", "--checkpoint", "a.pth", "--checkpoint", "b.pth"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 2
-    assert error_lines(proc)[-1] == "unet-infer: error: --checkpoint given 2 times (a.pth, b.pth): give it once"

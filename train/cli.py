@@ -8,14 +8,7 @@ import os
 from pathlib import Path
 
 from unetkit.core.atomic import remove_stale_temps, write_text_atomic
-from unetkit.core.cli import (
-    EXIT_OK,
-    add_device_argument,
-    add_progress_argument,
-    add_workers_argument,
-    parse_once,
-    run_cli,
-)
+from unetkit.core.cli import EXIT_OK, add_device_argument, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.distributed import torchrun_env
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FILE, FOLDER, check_outputs
@@ -305,7 +298,7 @@ def _resume_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_once(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     if args.eval is not None:
         return run_cli(PROG, lambda: _eval(args))
     return run_cli(PROG, lambda: _train(args))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from unetkit.core.atomic import write_text_atomic
-from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, parse_once, run_cli
+from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
 from unetkit.core.outputs import FOLDER, check_outputs
 
@@ -163,7 +163,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_once(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     body = {"synth": _synth, "carvana": _carvana, "check": _check}[args.command]
     return run_cli(PROG, lambda: body(args))
 
