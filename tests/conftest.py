@@ -240,3 +240,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child a test sends Ctrl-C: SIGINT back to its default, as in a terminal. A suite started
+    in the background (`.ci/run &` in a script) hands its children SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so the test would measure how it was started rather than the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_command, error_lines, needs_openvino, needs_torchvision, run_cli
+from conftest import cli_command, error_lines, interruptible, needs_openvino, needs_torchvision, run_cli
 from unetkit.core.atomic import TEMP_HOST
 from unetkit.core.cpu import cpu_capabilities
 from unetkit.core.metrics import mask_agreement
@@ -501,7 +501,8 @@ def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_p
     cmd = [*cli_command("unet-infer"), folder, "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
            "--overlay", "--save-prob", "--rle", tmp_path / "sub.csv", "--batch", "1", "--device", "cpu",
            "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)  # fmt: skip
     deadline = time.monotonic() + 120
     while len(list(out.glob("*[0-9].png"))) < 10 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -523,7 +524,7 @@ def test_ctrl_c_or_sigterm_leaves_only_complete_files(exported_checkpoint, tmp_p
 def test_ctrl_c_while_the_command_is_still_loading_is_one_line():
     """torch and ONNX Runtime take a second or more to import: Ctrl-C then is one line and exit 130, as later."""
     proc = subprocess.Popen([*cli_command("unet-infer"), "nowhere"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=interruptible)  # fmt: skip
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
     while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # torch has begun to load
         time.sleep(0.005)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import interruptible
+
 TESTS = Path(__file__).resolve().parent
 #: A worker that says who it is and then hangs, as a rank stuck in a collective would.
 SLEEPER = "import os, sys, time\nopen(sys.argv[1] + os.environ['LOCAL_RANK'], 'w').write(str(os.getpid()))\n"
@@ -33,7 +35,8 @@ def test_a_hung_torchrun_leaves_no_worker_behind(tmp_path, how):
         f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom conftest import run_torchrun\n"
         f"run_torchrun(2, 'sleeper', {str(tmp_path / 'pid')!r}, timeout={timeout}, cwd={str(tmp_path)!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", harness], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", harness], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)  # fmt: skip
     try:
         files = [tmp_path / f"pid{rank}" for rank in range(2)]
         deadline = time.monotonic() + 60

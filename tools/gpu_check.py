@@ -309,12 +309,19 @@ class Checker:
             raise StepFailed(f"unet-bench exited {proc.returncode}; see log.txt")
 
 
+def interruptible() -> None:
+    """In the child before it starts: SIGINT back to its default, so the Ctrl-C sent at a timeout reaches it even
+    when gpu-check itself was started in the background (`make gpu-check &` in a script hands its children SIGINT
+    ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_bounded(cmd: list[str], timeout: float, cwd: Path | None) -> subprocess.CompletedProcess:
     """Run `cmd` in a session of its own; at the timeout its whole process group is killed (the CLIs it
     starts, compile workers), so nothing keeps loading the GPU during the next step. Exit code 124 then."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=interruptible)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=timeout)
         code = proc.returncode
