@@ -1,4 +1,5 @@
-"""unet-data: make a synthetic data set, fetch Carvana, or check a data set before training on it."""
+"""unet-data: make a synthetic data set, fetch Carvana, check a data set before training on it, or score
+predicted masks against its ground truth."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 from pathlib import Path
 
 from unetkit.core.atomic import write_text_atomic
-from unetkit.core.cli import EXIT_OK, add_progress_argument, add_workers_argument, run_cli
+from unetkit.core.cli import EXIT_FAILURES, EXIT_OK, add_progress_argument, add_workers_argument, run_cli
 from unetkit.core.errors import UnetkitError
-from unetkit.core.outputs import FOLDER, check_outputs
+from unetkit.core.meta import ResizeRule
+from unetkit.core.outputs import FILE, FOLDER, check_outputs
 
 from .options import add_data_arguments, parse_hw, resolve_folders
 
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--fold", type=int, default=0, metavar="I", help="with --folds: the fold that validates (default 0)")
     add_data_arguments(k)
     add_workers_argument(k, "decoding threads")
+
+    r = sub.add_parser("score", help="score predicted masks (unet-infer's, any engine's) against the data set's "
+                       "ground truth")  # fmt: skip
+    r.add_argument("predictions", type=Path, help="folder of predicted masks, <image name>.png (searched below it)")
+    r.add_argument("--data", type=Path, help="the data set with the true masks (or give --images and --masks)")
+    r.add_argument("--layout", default="auto", help="data layout (default auto)")
+    r.add_argument("--json", type=Path, metavar="FILE", help="write every number (per image tp, fp, fn) to FILE")
+    add_data_arguments(r)
     for q in (s, c, k):
         add_progress_argument(q)
     return p
@@ -104,8 +114,6 @@ def _carvana(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from unetkit.core.meta import ResizeRule
-
     from .checks import check_dataset, describe_unmatched, inverted_size
     from .dataset import SampleRule
     from .layouts import index_dataset
@@ -162,9 +170,28 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _score(args: argparse.Namespace) -> int:
+    from .dataset import SampleRule
+    from .layouts import index_dataset
+    from .score import score_folder
+
+    data, folders = resolve_folders(args)
+    if data is None:
+        raise UnetkitError("the true masks' data set is required: --data DIR (or --images and --masks)")
+    check_outputs([("--json", args.json, FILE)])
+    index = index_dataset(data, args.layout, folders)
+    rule = SampleRule(ResizeRule(), index.mask_kind, args.mask_threshold, index.n_classes)
+    report = score_folder(args.predictions, index, rule)
+    print("\n".join(report.lines()))
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
+        print(f"  numbers: {args.json}")
+    return EXIT_FAILURES if report.failures else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    body = {"synth": _synth, "carvana": _carvana, "check": _check}[args.command]
+    body = {"synth": _synth, "carvana": _carvana, "check": _check, "score": _score}[args.command]
     return run_cli(PROG, lambda: body(args))
 
 

@@ -54,11 +54,17 @@ def read_pair(pair: Pair, rule: SampleRule) -> tuple[np.ndarray, np.ndarray]:
             f"{pair.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but its image {pair.image.name} is "
             f"{image.shape[1]}x{image.shape[0]}"
         )
+    return image, labels_of(raw, pair.mask, rule)
+
+
+def labels_of(raw: np.ndarray, path: Path, rule: SampleRule) -> np.ndarray:
+    """A mask's raw values (`read_mask`) as the labels the model learns: 0/1, class ids, or Cityscapes'
+    trainIds (255: no label)."""
     if rule.mask_kind == "binary":
-        return image, binary_mask(raw, pair.mask, rule.mask_threshold)
+        return binary_mask(raw, path, rule.mask_threshold)
     if rule.mask_kind == "multiclass":
-        return image, class_id_mask(raw, pair.mask, rule.n_classes)
-    return image, cityscapes_train_ids(raw, pair.mask)
+        return class_id_mask(raw, path, rule.n_classes)
+    return cityscapes_train_ids(raw, path)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
