@@ -40,10 +40,15 @@ def model_identity(engine: Engine) -> dict[str, Any]:
     else:
         digest = "unknown"
     if isinstance(engine, EnsembleEngine):
-        model = "ensemble of " + ", ".join(m.source.name if m.source else "?" for m in engine.members)
+        model = "ensemble of " + ", ".join(_short(m.source) for m in engine.members)
     else:
         model = engine.source.name if engine.source is not None else "in-memory model"
     return {"model": model, "checkpoint_sha256": digest}
+
+
+def _short(source: Path | None) -> str:
+    """A member's file with its folder (fold runs all write best.pth)."""
+    return f"{source.parent.name}/{source.name}" if source is not None else "in-memory model"
 
 
 def mask_settings(settings: InferSettings) -> dict[str, Any]:

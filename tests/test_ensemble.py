@@ -57,8 +57,6 @@ def test_an_ensemble_predicts_the_mean_probability_of_its_members(two_checkpoint
     with Predictor([b, a], device="cpu") as ensemble:
         assert ensemble.engine.label == "ensemble of 2 x torch fp32"
         np.testing.assert_allclose(ensemble.predict(image, return_prob=True), expected, atol=1e-5)
-    with Predictor([a, a], device="cpu") as same, Predictor(a, device="cpu") as alone:
-        assert np.array_equal(same.predict(image), alone.predict(image))  # a model averaged with itself
 
 
 def test_unet_infer_runs_an_ensemble_and_records_it_as_one_model(two_checkpoints, tmp_path):
@@ -70,7 +68,10 @@ def test_unet_infer_runs_an_ensemble_and_records_it_as_one_model(two_checkpoints
     proc = run_cli(*common, "--checkpoint", a, "--checkpoint", b, check=True)
     assert "engine ensemble of 2 x torch fp32 on cpu, whole images" in proc.stdout
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())
-    assert record["model"] == "ensemble of best.pth, best.pth"
+    assert (
+        record["model"] == f"ensemble of {a.parent.name}/best.pth, {b.parent.name}/best.pth"
+        or record["model"] == f"ensemble of {b.parent.name}/best.pth, {a.parent.name}/best.pth"
+    )  # in the order of their digests
     single = run_cli(*common, "--checkpoint", a)  # one member alone is another model: not into this folder
     assert single.returncode == 2 and "holds the outputs of another model" in error_lines(single)[-1]
     torch.manual_seed(2)
@@ -82,6 +83,8 @@ def test_unet_infer_runs_an_ensemble_and_records_it_as_one_model(two_checkpoints
         "differ in their resize rule (scale 0.5 and scale 0.25): an ensemble averages models that read images alike "
         "and predict the same classes"
     )
+    twice = run_cli(*common, "--checkpoint", a, "--checkpoint", a)  # it would count double
+    assert error_lines(twice)[-1].endswith(f"{a} and {a} hold the same weights: an ensemble names each model once")
     fastest = run_cli(*common, "--checkpoint", a, "--checkpoint", b, "--engine", "fastest")
     assert error_lines(fastest)[-1].endswith("--engine fastest times one checkpoint's engines; name one --engine for "
                                              "an ensemble")  # fmt: skip
@@ -101,3 +104,21 @@ def test_an_onnx_ensemble_matches_the_torch_ensemble(two_checkpoints, tmp_path):
         assert onnx.engine.label == "ensemble of 2 x onnx fp32"
         np.testing.assert_allclose(onnx.predict(image, return_prob=True), eager.predict(image, return_prob=True),
                                    atol=1e-4)  # fmt: skip
+
+
+def test_members_on_other_engines_or_precisions_are_refused(two_checkpoints):
+    """One engine and precision for all: a member fed another input dtype would read wrong values (TensorRT
+    takes a raw pointer), and the run's label would name one engine for two."""
+    from unetkit.infer.engines import create_engine
+    from unetkit.infer.engines.ensemble import EnsembleEngine, runtime_problem
+
+    a, b = two_checkpoints
+    fp32 = create_engine("torch", checkpoint=a, device="cpu", precision="fp32")
+    bf16 = create_engine("torch", checkpoint=b, device="cpu", precision="bf16")
+    assert runtime_problem([fp32, bf16], ["1", "2"]) == (
+        f"an ensemble runs every member with one engine and precision; these differ: {a} on torch fp32, {b} on "
+        "torch bf16"
+    )
+    with pytest.raises(Exception, match="one engine and precision"):
+        EnsembleEngine([fp32, bf16], ["1", "2"])
+    assert fp32.closed and bf16.closed  # a refused ensemble releases its members

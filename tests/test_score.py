@@ -57,3 +57,31 @@ def test_missing_and_misfit_predictions_are_named(predicted, calib_images, tmp_p
     assert nothing.returncode == 2
     assert error_lines(nothing) == [f"unet-data: error: {empty}: holds no prediction for any of the 8 images of "
                                     f"{calib_images} (predictions are <image name>.png)"]  # fmt: skip
+
+
+def test_a_multi_class_prediction_of_no_class_is_that_images_failure(tmp_path):
+    import numpy as np
+
+    for sub in ("images", "masks", "pred"):
+        (tmp_path / sub).mkdir()
+    truth = np.zeros((8, 12), np.uint8)
+    truth[:, 6:] = 2
+    for name in ("a", "b"):
+        Image.fromarray(np.full((8, 12, 3), 90, np.uint8)).save(tmp_path / f"images/{name}.jpg")
+        Image.fromarray(truth).save(tmp_path / f"masks/{name}.png")
+    Image.fromarray(truth).save(tmp_path / "pred/a.png")
+    void = truth.copy()
+    void[0] = 255
+    Image.fromarray(void).save(tmp_path / "pred/b.png")
+    data = ["--images", tmp_path / "images", "--masks", tmp_path / "masks", "--classes", "3"]
+    proc = run_cli("unet-data", "score", tmp_path / "pred", *data, "--json", tmp_path / "s.json")
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        f"failed: {tmp_path / 'pred/b.png'}: holds 255, which is no class: a prediction gives every pixel one of 0-2"
+        in proc.stdout
+    )
+    score = json.loads((tmp_path / "s.json").read_text())
+    assert score["scored"] == 1 and score["dice"] == 1.0  # a is its own truth; classes 0 and 2 are present
+    own = run_cli("unet-data", "score", tmp_path / "masks", *data)  # the truth would score itself 1.0
+    assert own.returncode == 2
+    assert f"{tmp_path / 'masks'}: holds the data set's own masks (e.g." in error_lines(own)[-1]

@@ -223,7 +223,9 @@ def test_every_image_validates_in_exactly_one_fold_and_the_run_records_it(groupe
                    "--scale", "1", "--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress",
                    check=True)  # fmt: skip
     record = json.loads((run / "split.json").read_text())
-    assert record["rule"]["folds"] == 3 and record["rule"]["fold"] == 1
+    assert record["rule"]["folds"] == 3 and record["rule"]["fold"] == 1 and "val_fraction" not in record["rule"]
+    # every fold's run gets the same partition whatever --seed it trains with (nnU-Net's fixed split seed)
+    assert [p.image for p in make_split(index, "auto", 0.2, 7, (3, 1)).val] == [p.image for p in split.val]
     assert sorted(v[0] for v in record["val"]) == sorted(p.image.relative_to(data).as_posix() for p in split.val)
     assert "; fold 1 of 3)" in proc.stdout
     refused = run_cli("unet-train", "--data", data, "--out", tmp_path / "x", "--folds", "3", "--fold", "3",

@@ -2,7 +2,8 @@
 MeanEnsemble does (`unet-infer --checkpoint a.pth --checkpoint b.pth`).
 
 The members must read images the same way and predict the same classes (input channels, classes and their
-names, resize rule, normalization, threshold); a difference is one line naming both values. The average is
+names, resize rule, normalization, threshold), run on one engine and precision, and be different weights; a
+difference is one line naming both values. The average is
 taken of probabilities, not logits, and handed on as the logits of that average (the logit of a mean
 sigmoid, the log of a mean softmax), so tiling, TTA and every output see one model. Members run in the order
 of their digests, so the same set gives the same float sums whatever order they were named in.
@@ -46,6 +47,22 @@ def _shown(value: Any) -> Any:
     return value.describe() if hasattr(value, "describe") else value
 
 
+def runtime_problem(members: Sequence[Engine], digests: Sequence[str]) -> str | None:
+    """Why these engines cannot run as one (another engine or precision among them, one checkpoint named
+    twice, which would count it double), or None."""
+    kinds = {(m.name, m.precision, m.input_dtype) for m in members}
+    if len(kinds) > 1:
+        shown = ", ".join(f"{m.source} on {m.label}" for m in members)
+        return f"an ensemble runs every member with one engine and precision; these differ: {shown}"
+    seen: dict[str, Engine] = {}
+    for member, digest in zip(members, digests, strict=True):
+        if digest in seen:
+            return (f"{seen[digest].source} and {member.source} hold the same weights: an ensemble names each "
+                    "model once")  # fmt: skip
+        seen[digest] = member
+    return None
+
+
 def mean_probability_logits(logits: Sequence[torch.Tensor], n_classes: int) -> torch.Tensor:
     """The logits whose probabilities are the mean of each member's: logit(mean sigmoid) for a binary model,
     log(mean softmax) for a multi-class one (softmax of it gives the mean back)."""
@@ -68,7 +85,7 @@ class EnsembleEngine(Engine):
         if len(members) < 2:
             raise EngineUnavailable("an ensemble needs at least two models")
         names = [str(m.source) for m in members]
-        problem = ensemble_problem([m.meta for m in members], names)
+        problem = ensemble_problem([m.meta for m in members], names) or runtime_problem(members, digests)
         if problem:
             for m in members:
                 m.close()
@@ -98,7 +115,7 @@ class EnsembleEngine(Engine):
             member.check_batch(batch)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_probability_logits([m.run(x) for m in self.members], self.n_classes)
+        return mean_probability_logits([m(x) for m in self.members], self.n_classes)
 
     def close(self) -> None:
         for member in self.members:

@@ -119,6 +119,8 @@ def _check(args: argparse.Namespace) -> int:
     from .layouts import index_dataset
     from .split import make_split
 
+    if args.folds is None and args.fold:
+        raise UnetkitError("--fold needs --folds K")
     if args.folds is not None and not (args.folds >= 2 and 0 <= args.fold < args.folds):
         raise UnetkitError(f"--folds {args.folds} --fold {args.fold}: needs K >= 2 and 0 <= I < K")
     if sum(v is not None for v in (args.scale, args.size, args.max_side)) > 1:

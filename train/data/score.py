@@ -23,6 +23,7 @@ import torch
 
 from unetkit.core.errors import DataError, UnetkitError
 from unetkit.core.imageio import binary_mask, class_id_mask, read_mask
+from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.metrics import ClassScores, class_scores, confusion_counts
 
 from .dataset import SampleRule, labels_of
@@ -63,8 +64,7 @@ class ScoreReport:
         out = [f"{self.predictions} against {self.data}: {len(self.images)} of {total} images scored"]
         if self.images:
             pooled, scores = self.pooled, self.per_image()
-            mean_dice = float(np.nanmean([s.mean_dice for _, s in scores]))  # nan: a truth of ignored pixels only
-            mean_iou = float(np.nanmean([s.mean_iou for _, s in scores]))
+            mean_dice, mean_iou = _mean([s.mean_dice for _, s in scores]), _mean([s.mean_iou for _, s in scores])
             out.append(f"  Dice {pooled.mean_dice:.4f}  IoU {pooled.mean_iou:.4f}  (pixels pooled);  per image: mean "
                        f"Dice {mean_dice:.4f}  IoU {mean_iou:.4f}")  # fmt: skip
             if self.n_classes == 1:
@@ -124,10 +124,20 @@ def find_predictions(folder: Path) -> dict[str, Path]:
 
 
 def read_prediction(path: Path, n_classes: int) -> np.ndarray:
-    """A written mask as labels: 0/255 or 0/1 for a binary model, class ids for a multi-class one."""
+    """A written mask as labels: 0/255 or 0/1 for a binary model, class ids for a multi-class one (every pixel
+    has one: 255, the truth's "no label", is no prediction)."""
     if n_classes == 1:
         return binary_mask(read_mask(path), path)
-    return class_id_mask(read_mask(path, class_ids=True), path, n_classes)
+    labels = class_id_mask(read_mask(path, class_ids=True), path, n_classes)
+    if (labels == IGNORE_INDEX).any():
+        raise DataError(f"{path}: holds {IGNORE_INDEX}, which is no class: a prediction gives every pixel one of "
+                        f"0-{n_classes - 1}")  # fmt: skip
+    return labels
+
+
+def _mean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]  # nan: a truth of ignored pixels only
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def score_folder(predictions: Path, index: DatasetIndex, rule: SampleRule) -> ScoreReport:
@@ -135,6 +145,11 @@ def score_folder(predictions: Path, index: DatasetIndex, rule: SampleRule) -> Sc
     if not predictions.is_dir():
         raise DataError(f"{predictions}: no such folder of predicted masks")
     found = find_predictions(predictions)
+    truths = {p.mask.resolve() for p in index.pairs}
+    own = next((path for path in found.values() if path.resolve() in truths), None)
+    if own is not None:  # the data set's masks would score themselves: Dice 1.0 that measures nothing
+        raise DataError(f"{predictions}: holds the data set's own masks (e.g. {own}); give the folder of predicted "
+                        "masks (unet-infer writes <folder>_predictions)")  # fmt: skip
     report = ScoreReport(str(index.root), str(predictions), index.n_classes, list(index.class_names))
     for pair in index.pairs:
         name = pair.image.relative_to(index.root).as_posix()

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 SPLIT_FORMAT = "unetkit.split"
 CARVANA_NAME = re.compile(r"^(.+)_\d+$")
+#: The seed of k-fold partitions (nnU-Net's 12345): not --seed, which runs of different folds may vary, as that
+#: would deal each fold's run another partition (folds overlapping, images never validated).
+FOLD_SEED = 12345
 #: What `--group-by auto` means for each layout (layouts not listed split per image).
 AUTO_RULES = {"carvana": "car", "kaggle-carvana": "car", "cityscapes": "city"}
 
@@ -155,7 +158,8 @@ def make_split(
     index: DatasetIndex, group_by: str, val_fraction: float, seed: int, folds: tuple[int, int] | None = None
 ) -> Split:
     """The official split where the data set has one (Cityscapes), else a seeded split by groups: about
-    `val_fraction` of the images to validation, or with `folds` (K, I) fold I of K (`fold_groups`)."""
+    `val_fraction` of the images to validation, or with `folds` (K, I) fold I of K (`fold_groups`, dealt with
+    FOLD_SEED whatever `seed` is)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     pairs = index.pairs
@@ -171,9 +175,9 @@ def make_split(
         log.warning("warning: %s has no leftImg8bit/val/ folder: using a seeded split of train/ instead", index.root)
     if len(pairs) < 2:
         raise DataError(f"{len(pairs)} image/mask pair(s): at least 2 are needed to train and validate")
-    if folds is not None:
+    if folds is not None:  # one partition for every fold's run, whatever --seed each run trains with
         count, fold = folds
-        of = fold_groups([keys[p.image] for p in pairs], count, seed)
+        of = fold_groups([keys[p.image] for p in pairs], count, FOLD_SEED)
         train = [p for p, f in zip(pairs, of, strict=True) if f != fold]
         val = [p for p, f in zip(pairs, of, strict=True) if f == fold]
         return Split(train, val, f"{rule}; fold {fold} of {count}", keys)
@@ -205,8 +209,9 @@ def split_record(
 ) -> dict[str, Any]:
     """What split.json holds: the pairs of each side relative to the data folder, and the rule and seed."""
     rule: dict[str, Any] = {"group_by": group_by, "groups": split.rule, "val_fraction": val_fraction, "seed": seed}
-    if folds is not None:
-        rule.update(folds=folds[0], fold=folds[1])
+    if folds is not None:  # the fraction and seed played no part in it
+        rule.update(folds=folds[0], fold=folds[1], fold_seed=FOLD_SEED)
+        del rule["val_fraction"], rule["seed"]
     return {
         "format": SPLIT_FORMAT,
         "version": 1,
