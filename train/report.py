@@ -36,7 +36,7 @@ class ImageScore:
         return class_scores(self.counts, n_classes)
 
 
-def _number(value: float | None) -> float | None:
+def json_number(value: float | None) -> float | None:
     """JSON has no NaN: a score with nothing to score is null."""
     return None if value is None or math.isnan(value) else round(float(value), 6)
 
@@ -114,23 +114,23 @@ class EvalReport:
             "resize": self.resize,
             "scored_at": "original image size",
             "tta": self.tta,
-            "dice": _number(pooled.mean_dice),
-            "iou": _number(pooled.mean_iou),
-            "mean_image_dice": _number(mean_dice),
-            "mean_image_iou": _number(mean_iou),
+            "dice": json_number(pooled.mean_dice),
+            "iou": json_number(pooled.mean_iou),
+            "mean_image_dice": json_number(mean_dice),
+            "mean_image_iou": json_number(mean_iou),
             "model_size": {
-                "dice": _number(self.model_size.mean_dice),
-                "iou": _number(self.model_size.mean_iou),
-                "loss": _number(self.loss),
+                "dice": json_number(self.model_size.mean_dice),
+                "iou": json_number(self.model_size.mean_iou),
+                "loss": json_number(self.loss),
             },
-            "recorded_val_dice": _number(self.recorded_dice),
+            "recorded_val_dice": json_number(self.recorded_dice),
             "recorded_epoch": self.recorded_epoch,
             "per_class": [
                 {
                     "name": name,
                     "present": d is not None,
-                    "dice": _number(d),
-                    "iou": _number(i),
+                    "dice": json_number(d),
+                    "iou": json_number(i),
                     "stray_pixels": stray,
                 }
                 for name, d, i, stray in zip(
@@ -144,13 +144,14 @@ class EvalReport:
                     "group": s.group,
                     "height": s.height,
                     "width": s.width,
-                    "dice": _number(d),
-                    "iou": _number(i),
+                    "dice": json_number(d),
+                    "iou": json_number(i),
                 }
                 for s, d, i in self.per_image()
             ],
             "per_group": [
-                {"group": g, "images": n, "dice": _number(d), "iou": _number(i)} for g, n, d, i in self.per_group()
+                {"group": g, "images": n, "dice": json_number(d), "iou": json_number(i)}
+                for g, n, d, i in self.per_group()
             ],
             "worst": [s.name for s, _, _ in self.worst(SHOW_WORST)],
             "picture": str(self.picture) if self.picture else None,

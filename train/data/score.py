@@ -26,6 +26,7 @@ from unetkit.core.imageio import binary_mask, class_id_mask, read_mask
 from unetkit.core.labels import IGNORE_INDEX
 from unetkit.core.metrics import ClassScores, class_scores, confusion_counts
 
+from ..report import json_number
 from .dataset import SampleRule, labels_of
 from .layouts import DatasetIndex
 
@@ -89,21 +90,21 @@ class ScoreReport:
             "predictions": self.predictions,
             "classes": self.class_names,
             "scored": len(self.images),
-            "dice": _finite(pooled.mean_dice) if pooled else None,
-            "iou": _finite(pooled.mean_iou) if pooled else None,
+            "dice": json_number(pooled.mean_dice) if pooled else None,
+            "iou": json_number(pooled.mean_iou) if pooled else None,
             "per_class": {"dice": pooled.dice, "iou": pooled.iou} if pooled else None,
             "images": [
-                {"name": name, "dice": _finite(s.mean_dice), "iou": _finite(s.mean_iou), "counts": counts.tolist()}
+                {
+                    "name": name,
+                    "dice": json_number(s.mean_dice),
+                    "iou": json_number(s.mean_iou),
+                    "counts": counts.tolist(),
+                }
                 for (name, counts), (_, s) in zip(self.images, self.per_image(), strict=True)
             ],
             "missing": self.missing,
             "failed": [{"prediction": w, "reason": r} for w, r in self.failures],
         }
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no NaN: a score with nothing to score is null."""
-    return None if math.isnan(value) else value
 
 
 def _precision_recall(counts: torch.Tensor) -> tuple[float, float]:
