@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blend", choices=BLEND_MODES, default="gaussian", help="tile blending weights (default gaussian)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict each image mirrored "
                    "left-right (the flip training augments with) and average; twice the compute")  # fmt: skip
+    p.add_argument("--keep-largest", action="store_true", help="post-processing: keep only the largest "
+                   "connected component of each class (one car, one organ); `unet-train --eval` reports what it "
+                   "changes")  # fmt: skip
+    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS", help="post-processing: drop connected "
+                   "components smaller than PIXELS at the image's size (default 0: keep all)")  # fmt: skip
+    p.add_argument("--fill-holes", action="store_true", help="post-processing (binary masks): fill background "
+                   "enclosed by the mask")  # fmt: skip
     p.add_argument("--batch", type=int, help="images (or tiles) per engine call (default 8 on CUDA, 2 on the CPU)")
     p.add_argument("--out", type=Path, help=f"output folder (default <folder>{DEFAULT_OUT_SUFFIX} beside the input "
                    "folder)")  # fmt: skip
@@ -122,7 +129,8 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, part: Part | None, device: str, progress: bool) -> int:
     """The folder, or this part of it, through one Predictor; a part with --rle also writes its manifest."""
-    settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder, args.tta)
+    settings = InferSettings(args.tile, args.overlap, args.blend, args.batch, args.workers, args.decoder, args.tta,
+                             args.keep_largest, args.min_area, args.fill_holes)  # fmt: skip
     out = args.out or default_out_dir(args.folder)
     siblings = OutputOptions(args.save_prob, args.overlay).siblings()
     items = discover(args.folder, out, args.recursive, siblings)  # a missing or empty folder fails before loading
@@ -188,6 +196,7 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
         raise UnetkitError("--engine fastest compares CPU engines: pass --device cpu (on a GPU, --engine trt is the "
                            "fast path)")  # fmt: skip
     meta = read_checkpoint(args.checkpoint).meta
+    settings.postprocess.check(meta.n_classes)  # before the engines are timed
     sources = [item.source for item in items]
     x = probe_input(sources, meta, settings.tile)
     sizes = [] if settings.tile else folder_sizes(sources, meta)  # tiles have one size

@@ -1,10 +1,11 @@
-"""The unet-infer pipeline: decode -> upload -> preprocess -> infer -> stitch -> postprocess -> download -> write.
+"""The unet-infer pipeline: decode -> upload -> preprocess -> infer -> stitch -> labels -> download -> write.
 
 Decoding and writing run on thread pools; the device work is queued from one thread. On CUDA the host only
 ever waits for the oldest image's download before handing it to a writer (see `streams`), so while one
 batch computes the next is uploading and the previous is downloading and being written. Bounded windows of
 in-flight decodes and writes keep memory flat however many images there are. JPEGs are decoded on the GPU
-a batch per call where nvJPEG is usable. One bad image is named, skipped and listed at the end.
+a batch per call where nvJPEG is usable. One bad image is named, skipped and listed at the end. Mask
+post-processing (--keep-largest ...) runs on the host, on the writer threads.
 
 A `Pipeline` holds what does not change between runs (engine, settings, streams, runner); each `run` makes
 one `_FolderRun` that holds everything the run changes.
@@ -59,6 +60,7 @@ class RunSummary:
         s = self.settings
         mode = f"tile {s['tile']} overlap {s['overlap']} ({s['blend']})" if s.get("tile") else "whole images"
         mode += ", mirrored TTA" if s.get("tta") else ""
+        mode += f", post-processing {s['postprocess']}" if s.get("postprocess") else ""
         out = [
             f"{self.images} images: {self.written} written, {self.skipped} skipped (--resume), "
             f"{len(self.failures)} failed; {self.seconds:.1f} s, {self.images_per_s:.2f} images/s",
@@ -82,11 +84,12 @@ class Pipeline:
             raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
         if self.settings.decoder == "nvjpeg" and engine.device.type != "cuda":
             raise UnetkitError("--decoder nvjpeg: the engine does not run on CUDA")
+        self.settings.postprocess.check(engine.n_classes)
         engine.check_batch(self.settings.batch_size)  # a TensorRT profile must take the batch: one line, before work
         if engine.shapes is not None and self.settings.tile:  # and the tile; whole images are checked one by one
             engine.check((self.settings.batch_size, engine.meta.in_channels, self.settings.tile, self.settings.tile))
         self.streams = Streams(engine.device)
-        self.writer = OutputWriter(self.meta, outputs)
+        self.writer = OutputWriter(self.meta, outputs, self.settings.postprocess)
 
     def jpeg_decoder(self) -> GpuJpegDecoder | None:
         """nvJPEG when the settings allow it and a probe decode works here; None means Pillow decodes."""
@@ -124,6 +127,7 @@ class _FolderRun:
             "overlap": s.tile_overlap,
             "blend": s.blend,
             "tta": s.tta,
+            "postprocess": s.postprocess.flags(),
             "batch": s.batch,
             "decoder": "nvjpeg" if self.jpeg is not None else "cpu (PIL)",
             "workers": s.workers,
@@ -260,7 +264,9 @@ class _FolderRun:
             out = {"mask": labels}
             if self.p.outputs.save_prob:
                 out["prob"] = confidence(prob)
-            if self.p.outputs.overlay:
+            if self.p.outputs.overlay and self.p.settings.postprocess.active:
+                out["pixels"] = job.extra["pixels"]  # the writer draws the post-processed mask over them
+            elif self.p.outputs.overlay:
                 out["overlay"] = overlay(job.extra["pixels"], labels, meta.n_classes, meta.mask_kind)
         streams.after_compute()  # outside the timed span, so waiting for compute is not counted as download
         with self.clock.device("download", streams.d2h):

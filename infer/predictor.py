@@ -63,8 +63,11 @@ class Predictor:
         workers: int = DEFAULT_WORKERS,
         decoder: str = "auto",
         tta: bool = False,
+        keep_largest: bool = False,
+        min_area: int = 0,
+        fill_holes: bool = False,
     ) -> None:
-        settings = InferSettings(tile, overlap, blend, batch, workers, decoder, tta)  # bad values fail before loading
+        settings = InferSettings(tile, overlap, blend, batch, workers, decoder, tta, keep_largest, min_area, fill_holes)
         sources = [Path(s) for s in source] if isinstance(source, (list, tuple)) else [Path(cast(str, source))]
         built: list[Engine] = []
         try:
@@ -83,11 +86,11 @@ class Predictor:
                 if len(built) == 1
                 else EnsembleEngine(built, [model_identity(e)["checkpoint_sha256"] for e in built])
             )
+            self._adopt(one, settings)  # post-processing this model's masks cannot take fails here
         except BaseException:
             for e in built:
                 e.close()
             raise
-        self._adopt(one, settings)
 
     @classmethod
     def from_engine(cls, engine: Engine, settings: InferSettings | None = None) -> Predictor:
@@ -97,6 +100,7 @@ class Predictor:
         return predictor
 
     def _adopt(self, engine: Engine, settings: InferSettings) -> None:
+        settings.postprocess.check(engine.meta.n_classes)
         self.engine = engine
         self.settings = settings.for_device(engine.device.type)
 
@@ -128,8 +132,8 @@ class Predictor:
     def predict(
         self, images: ImageLike | Sequence[ImageLike], return_prob: bool = False
     ) -> np.ndarray | list[np.ndarray]:
-        """Mask(s) for one image or a list: paths, uint8 RGB arrays or PIL images. With `return_prob`,
-        float32 probabilities (C, H, W) instead."""
+        """Mask(s) for one image or a list: paths, uint8 RGB arrays or PIL images, post-processed as the
+        settings say. With `return_prob`, float32 probabilities (C, H, W) instead (never post-processed)."""
         single = not isinstance(images, (list, tuple))
         batch = list(images) if isinstance(images, (list, tuple)) else [cast(ImageLike, images)]
         jobs = []
@@ -141,8 +145,11 @@ class Predictor:
         for job in run_all(BatchRunner.for_engine(self.engine, self.settings), jobs):
             assert job.prob is not None  # the runner hands back finished jobs only
             prob = to_size(job.prob, job.extra["size"])
-            out = prob if return_prob else to_labels(prob, self.meta.threshold)
-            results.append(out.cpu().numpy())
+            if return_prob:
+                results.append(prob.cpu().numpy())
+            else:
+                labels = to_labels(prob, self.meta.threshold).cpu().numpy()
+                results.append(self.settings.postprocess.apply(labels, self.meta.n_classes))
         return results[0] if single else results
 
     def pipeline(self, outputs: OutputOptions | None = None) -> Pipeline:

@@ -53,13 +53,15 @@ def _short(source: Path | None) -> str:
 
 def mask_settings(settings: InferSettings) -> dict[str, Any]:
     """What decides a mask besides the model and its precision: whole images, or the tiling (edge, overlap,
-    blend), and test-time augmentation. A --resume with other ones would leave the folder's masks half one
-    way, half the other."""
-    tta = {"tta": True} if settings.tta else {}  # absent when off, as folders written before it record
+    blend), test-time augmentation and post-processing. A --resume with other ones would leave the folder's
+    masks half one way, half the other."""
+    extra: dict[str, Any] = {"tta": True} if settings.tta else {}  # absent when off, as older folders record
+    if settings.postprocess.active:
+        extra["postprocess"] = settings.postprocess.record()
     if not settings.tile:
-        return {"tile": 0, **tta}
+        return {"tile": 0, **extra}
     overlap = settings.overlap if settings.overlap is not None else settings.tile // 4
-    return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend, **tta}
+    return {"tile": settings.tile, "overlap": overlap, "blend": settings.blend, **extra}
 
 
 def kept_masks(out: Path, items: Sequence[Item]) -> list[Path]:
@@ -139,6 +141,10 @@ def claim_out_dir(
 
 def _settings(values: dict[str, Any]) -> str:
     tta = " with --tta" if values.get("tta") else " without --tta"
+    recorded = values.get("postprocess")
+    steps = recorded.items() if isinstance(recorded, dict) else ()
+    post = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in steps)
+    tta += f", {post}" if post else ""
     if not values.get("tile"):
         return "whole images" + tta
     return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}{tta}"

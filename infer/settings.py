@@ -12,6 +12,7 @@ from pathlib import Path
 
 from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.errors import UnetkitError
+from unetkit.core.postprocess import PostProcess
 
 from .tiling import BLEND_MODES, MIN_TILE, default_overlap, max_overlap
 
@@ -35,8 +36,12 @@ class InferSettings:
     workers: int = DEFAULT_WORKERS  # decoding and encoding threads
     decoder: str = "auto"  # JPEG decoding: auto (nvJPEG where usable), cpu, nvjpeg
     tta: bool = False  # also predict the mirrored image and average: the flip training augments with
+    keep_largest: bool = False  # post-processing of each mask at its original size (see `postprocess`)
+    min_area: int = 0
+    fill_holes: bool = False
 
     def __post_init__(self) -> None:
+        PostProcess(self.keep_largest, self.min_area, self.fill_holes)  # a bad --min-area fails here, first
         problems = [
             (
                 self.tile == 0 or self.tile >= MIN_TILE,
@@ -55,6 +60,11 @@ class InferSettings:
         for ok, message in problems:
             if not ok:
                 raise UnetkitError(message)
+
+    @property
+    def postprocess(self) -> PostProcess:
+        """What each mask gets after the threshold or argmax: components kept, dropped or filled."""
+        return PostProcess(self.keep_largest, self.min_area, self.fill_holes)
 
     @property
     def tile_overlap(self) -> int:

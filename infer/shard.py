@@ -133,7 +133,7 @@ def write_manifest(
         "model": model_identity(meta),
         "checkpoint_sha256": checkpoint_sha256,
         "engine": engine,
-        "settings": settings,  # tiling and TTA (record.mask_settings): they decide the masks too
+        "settings": settings,  # tiling, TTA, post-processing (record.mask_settings): they decide the masks too
     }
     path = part.path(csv_path, ".json")
     write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
@@ -244,7 +244,7 @@ def _manifests(csv_path: Path) -> list[tuple[Path, dict[str, Any]]]:
     for path, manifest in out[1:]:
         for key, how in (("folder_sha256", "on another folder"), ("checkpoint_sha256", "with another checkpoint"),
                          ("model", "with other model settings (resize, normalization, threshold)"),
-                         ("settings", "with other tiling or TTA")):  # fmt: skip
+                         ("settings", "with other tiling, TTA or post-processing")):  # fmt: skip
             if manifest.get(key) != reference.get(key):
                 raise UnetkitError(
                     f"{path}: part {manifest['part']} ran {how} than part 0 ({out[0][0].name}); "

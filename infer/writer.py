@@ -19,25 +19,30 @@ from PIL import Image, UnidentifiedImageError
 from unetkit.core.atomic import atomic_path
 from unetkit.core.labels import palette as label_palette
 from unetkit.core.meta import ModelMeta
+from unetkit.core.postprocess import PostProcess
 
 from .io import Item, write_jpeg, write_png
 from .rle import rle_encode
 from .settings import OutputOptions
+from .transforms import overlay
 
 
 class OutputWriter:
     """Writes one image's host-side results; says what a finished image has on disk."""
 
-    def __init__(self, meta: ModelMeta, outputs: OutputOptions) -> None:
+    def __init__(self, meta: ModelMeta, outputs: OutputOptions, postprocess: PostProcess | None = None) -> None:
         self.multi = meta.n_classes > 1
-        self.outputs = outputs
+        self.meta, self.outputs, self.postprocess = meta, outputs, postprocess or PostProcess()
         self.palette = label_palette(meta.n_classes, meta.mask_kind) if self.multi and outputs.palette else None
 
     def write(self, item: Item, host: dict[str, torch.Tensor], done: Any) -> str | None:
-        """Wait for the download (`done`), write the files; returns the mask's RLE when the CSV is asked for."""
+        """Wait for the download (`done`), post-process the mask, write the files; returns the mask's RLE when
+        the CSV is asked for. With post-processing the overlay is drawn here, over the mask as written."""
         if done is not None:
             done.synchronize()
-        mask = host["mask"].numpy()
+        mask = self.postprocess.apply(host["mask"].numpy(), self.meta.n_classes)
+        if "pixels" in host:
+            host["overlay"] = overlay(host["pixels"], torch.from_numpy(mask), self.meta.n_classes, self.meta.mask_kind)
         write_png(item.mask, mask if self.multi else mask * np.uint8(255), self.palette)
         if "prob" in host:
             write_png(item.sibling(".prob.png"), host["prob"].numpy())

@@ -186,7 +186,7 @@ def test_parts_of_other_weights_or_resize_rules_are_not_merged(tmp_path):
     ):
         merge_parts(csv)
     part(1, "a" * 64, meta, {"tile": 0, "tta": True})  # mirrored TTA (or another tiling) changes the masks too
-    with pytest.raises(UnetkitError, match=r"part 1 ran with other tiling or TTA than part 0"):
+    with pytest.raises(UnetkitError, match=r"part 1 ran with other tiling, TTA or post-processing than part 0"):
         merge_parts(csv)
     part(1, "a" * 64, meta)
     assert merge_parts(csv).rows == 2
