@@ -42,6 +42,19 @@ def test_report_numbers_by_hand():
                                     "dice": pytest.approx(16 / 18), "iou": pytest.approx(0.8)}  # fmt: skip
 
 
+def test_post_processing_is_scored_pooled_beside_the_plain_masks():
+    # keep-largest drops a1's 2 stray pixels and a2's one found one: pooled tp 9, fp 0, fn 3 -> Dice 18/21
+    a1 = ImageScore("a1.jpg", "a", 10, 10, counts([8, 2, 0]), {"--keep-largest": counts([8, 0, 0])})
+    a2 = ImageScore("a2.jpg", "a", 10, 10, counts([2, 0, 2]), {"--keep-largest": counts([1, 0, 3])})
+    report = make_report([a1, a2])  # plain: tp 10, fp 2, fn 2 -> Dice 20/24
+    assert report.postprocessing() == [("--keep-largest", pytest.approx(18 / 21), pytest.approx((1 + 2 / 5) / 2))]
+    assert report.to_dict()["postprocessing"] == [{"flags": "--keep-largest", "dice": round(18 / 21, 6),
+                                                   "mean_image_dice": round(0.7, 6),
+                                                   "dice_change": round(18 / 21 - 20 / 24, 6)}]  # fmt: skip
+    line = f"  post-processing (unet-infer flags: pooled Dice, change): --keep-largest {18 / 21:.4f} (+0.0238)"
+    assert line in report.lines()
+
+
 def test_multiclass_report_scores_present_classes_and_names_absent_ones():
     # class 0 and 1 present; class 2 absent from the truth but predicted on 3 pixels of class 0
     one = ImageScore("x.png", "x", 4, 4, counts([5, 0, 3], [8, 0, 0], [0, 3, 0]))
@@ -84,10 +97,15 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     assert {"schema", "checkpoint", "data", "split", "images", "groups", "grouping", "resize", "scored_at", "dice",
             "iou", "mean_image_dice", "mean_image_iou", "model_size", "recorded_val_dice", "recorded_epoch",
             "per_class", "absent_classes", "per_image", "per_group", "worst", "picture",
-            "tta"} == set(numbers)  # fmt: skip
+            "tta", "postprocessing"} == set(numbers)  # fmt: skip
     assert numbers["images"] == 24 and numbers["groups"] == 6 and numbers["scored_at"] == "original image size"
     assert {row["group"] for row in numbers["per_group"]} == {row["group"] for row in numbers["per_image"]}
     assert all(row["height"] == 64 and row["width"] == 96 for row in numbers["per_image"])
+    post = numbers["postprocessing"]  # what each unet-infer post-processing would change, scored on these images
+    assert [p["flags"] for p in post] == ["--keep-largest", "--fill-holes", "--keep-largest --fill-holes"]
+    assert all(p["dice_change"] == pytest.approx(p["dice"] - numbers["dice"], abs=2e-6) for p in post)
+    shown = ", ".join(f"{p['flags']} {p['dice']:.4f} ({p['dice'] - numbers['dice']:+.4f})" for p in post)
+    assert f"  post-processing (unet-infer flags: pooled Dice, change): {shown}\n" in proc.stdout
     worst = sorted(numbers["per_image"], key=lambda r: r["dice"])[0]["image"]
     assert numbers["worst"][0] == worst and f"worst images (Dice): {worst}" in proc.stdout
     picture = run / "best-eval-grouped_data0-all-worst.png"

@@ -36,6 +36,17 @@ def test_the_written_masks_score_what_eval_reports_at_the_original_size(predicte
     assert "precision " in proc.stdout and "recall " in proc.stdout and "worst: train/" in proc.stdout
 
 
+def test_eval_says_what_post_processing_unet_infer_then_writes(predicted, exported_checkpoint, calib_images, tmp_path):
+    _, evaluated = predicted
+    out = tmp_path / "post"
+    run_cli("unet-infer", calib_images / "train", "--checkpoint", exported_checkpoint[0] / "best.pth", "--out", out,
+            "--keep-largest", "--fill-holes", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    run_cli("unet-data", "score", out, "--data", calib_images, "--json", tmp_path / "s.json", check=True)
+    score = json.loads((tmp_path / "s.json").read_text())
+    expected = {row["flags"]: row for row in evaluated["postprocessing"]}["--keep-largest --fill-holes"]
+    assert score["dice"] == pytest.approx(expected["dice"], abs=1e-6)
+
+
 def test_missing_and_misfit_predictions_are_named(predicted, calib_images, tmp_path):
     out, _ = predicted
     some = tmp_path / "some"

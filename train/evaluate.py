@@ -30,6 +30,7 @@ from unetkit.core.imageio import image_size
 from unetkit.core.labels import IGNORE_INDEX, probabilities, resize_probabilities, to_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import class_scores, confusion_counts
+from unetkit.core.postprocess import candidates
 from unetkit.core.preprocess import resize_masks
 
 from .data.buckets import by_input_size, same_size_batches
@@ -245,7 +246,8 @@ def _score(
     loss_fn: LossFn,
     progress: bool,
 ) -> tuple[list[ImageScore], torch.Tensor, float]:
-    """Per-image counts at the original size, pooled counts at the model's size, and the mean loss."""
+    """Per-image counts at the original size (plain, and after each post-processing), pooled counts at the
+    model's size, and the mean loss."""
     images: list[ImageScore] = []
     model_counts = None
     total, seen = 0.0, 0
@@ -258,8 +260,13 @@ def _score(
             prob = probs[j, :, :h, :w]
             full = to_labels(resize_probabilities(prob, tuple(truth.shape)), meta.threshold).cpu()
             counts = confusion_counts(full, truth, meta.n_classes)
+            post = {
+                pp.flags(): confusion_counts(torch.from_numpy(pp.apply(full.numpy(), meta.n_classes)), truth,
+                                             meta.n_classes)
+                for pp in candidates(meta.n_classes)
+            }  # fmt: skip
             name = Path(os.path.relpath(pairs[i].image, root)).as_posix()
-            images.append(ImageScore(name, keys[pairs[i].image], truth.shape[0], truth.shape[1], counts))
+            images.append(ImageScore(name, keys[pairs[i].image], truth.shape[0], truth.shape[1], counts, post))
         y = small.to(setup.device)
         total += loss_fn(logits, y).item() * len(labels)
         seen += len(labels)

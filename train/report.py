@@ -4,7 +4,9 @@ Everything here is arithmetic on confusion counts (`core.metrics`), so each figu
 - pooled Dice/IoU sum every image's pixels before dividing (what training validates and `best.pth` keeps);
 - an image's or a group's Dice is its own pixels' (for multi-class, the mean over the classes its truth
   contains); the mean per image is Kaggle's Carvana metric;
-- the worst images are the lowest per-image Dice.
+- the worst images are the lowest per-image Dice;
+- each post-processing (`core.postprocess.candidates`) is scored on the same images, pooled, beside the plain
+  masks, so the change it makes is a difference of two numbers from one run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ImageScore:
     height: int
     width: int
     counts: torch.Tensor  # (K, 3) tp, fp, fn per scored class
+    post: dict[str, torch.Tensor] = field(default_factory=dict)  # the counts after each post-processing, by flags
 
     def scores(self, n_classes: int) -> ClassScores:
         return class_scores(self.counts, n_classes)
@@ -81,6 +84,17 @@ class EvalReport:
         if not rows:
             return math.nan, math.nan
         return sum(d for d, _ in rows) / len(rows), sum(i for _, i in rows) / len(rows)
+
+    def postprocessing(self) -> list[tuple[str, float, float]]:
+        """(unet-infer flags, pooled Dice, mean per-image Dice) of each post-processing scored."""
+        out = []
+        for flags in self.images[0].post if self.images else {}:
+            pooled = class_scores(sum((s.post[flags] for s in self.images), torch.zeros_like(self.images[0].counts)),
+                                  self.n_classes)  # fmt: skip
+            per_image = [class_scores(s.post[flags], self.n_classes).mean_dice for s in self.images]
+            scored = [d for d in per_image if not math.isnan(d)]
+            out.append((flags, pooled.mean_dice, sum(scored) / len(scored) if scored else math.nan))
+        return out
 
     def per_group(self) -> list[tuple[str, int, float, float]]:
         """(group, images, Dice, IoU) with each group's pixels pooled, worst group first."""
@@ -153,6 +167,15 @@ class EvalReport:
                 {"group": g, "images": n, "dice": json_number(d), "iou": json_number(i)}
                 for g, n, d, i in self.per_group()
             ],
+            "postprocessing": [
+                {
+                    "flags": flags,
+                    "dice": json_number(d),
+                    "mean_image_dice": json_number(m),
+                    "dice_change": json_number(d - pooled.mean_dice),
+                }
+                for flags, d, m in self.postprocessing()
+            ],
             "worst": [s.name for s, _, _ in self.worst(SHOW_WORST)],
             "picture": str(self.picture) if self.picture else None,
         }
@@ -187,6 +210,10 @@ class EvalReport:
         if groups > 1 and groups < len(self.images):
             shown = ", ".join(f"{g} {d:.4f} ({n})" for g, n, d, _ in self.per_group()[:SHOW_WORST])
             out.append(f"  worst groups (Dice, images): {shown}")
+        post = self.postprocessing()
+        if post:
+            shown = ", ".join(f"{flags} {d:.4f} ({d - pooled.mean_dice:+.4f})" for flags, d, _ in post)
+            out.append(f"  post-processing (unet-infer flags: pooled Dice, change): {shown}")
         shown = ", ".join(f"{s.name} {d:.4f}" for s, d, _ in self.worst(SHOW_WORST))
         out.append(f"  worst images (Dice): {shown}")
         if self.picture is not None:
