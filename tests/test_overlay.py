@@ -1,8 +1,9 @@
 """Overlays stay visible on any colour: a contrasting tint and an outline."""
 
 import torch
+import torch.nn.functional as F
 
-from unetkit.infer.transforms import OVERLAY_ALPHA, overlay
+from unetkit.infer.transforms import OVERLAY_ALPHA, outline, overlay
 
 
 def car_on_grey(color: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,3 +34,17 @@ def test_multiclass_overlay_outlines_class_borders():
     labels[:, 10:] = 2
     out = overlay(image, labels, 3, "multiclass")
     assert not torch.equal(out[:, 5, 9], out[:, 5, 2])  # the border is drawn harder than the tint inside
+
+
+def test_outline_marks_every_window_that_holds_two_labels():
+    """The integral-image outline equals its definition: a window's max-pool differs from its min-pool."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        h, w = torch.randint(1, 30, (2,), generator=generator).tolist()
+        labels = torch.randint(0, 3, (h, w), generator=generator, dtype=torch.uint8)
+        labels = labels if h % 2 else (labels == 0).to(torch.uint8)  # sparse binary masks too
+        width = int(torch.randint(1, 5, (1,), generator=generator))
+        x, k = labels.float()[None, None], 2 * width + 1
+        hi = F.max_pool2d(x, k, stride=1, padding=width)
+        lo = -F.max_pool2d(-x, k, stride=1, padding=width)
+        assert torch.equal(outline(labels, width), (hi != lo)[0, 0]), (h, w, width)
