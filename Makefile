@@ -61,13 +61,15 @@ demo: venv
 	$(BIN)/unet-train --eval $(DEMO)/run/best.pth --data $(DEMO)/heldout --json $(DEMO)/heldout.json --workers 2
 	$(BIN)/unet-export $(DEMO)/run/best.pth
 	$(BIN)/unet-infer $(DEMO)/heldout/train --checkpoint $(DEMO)/run/best.pth --engine onnx --out $(DEMO)/masks \
-		--overlay --rle $(DEMO)/submission.csv
+		--keep-largest --overlay --rle $(DEMO)/submission.csv
+	$(BIN)/unet-data score $(DEMO)/masks --data $(DEMO)/heldout --json $(DEMO)/masks-score.json
 	$(BIN)/unet-bench --checkpoint $(DEMO)/run/best.pth --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md \
 		--plot $(DEMO)/bench.png
 	@$(BIN)/python -c 'import json; v = json.load(open("$(DEMO)/run/best-eval-data-val.json")); \
-		h = json.load(open("$(DEMO)/heldout.json")); \
+		h = json.load(open("$(DEMO)/heldout.json")); s = json.load(open("$(DEMO)/masks-score.json")); \
 		print("demo done: Dice %.4f on the %d validation cars, %.4f on %d held-out cars never trained or validated" \
-		" on (masks at 1918x1280)" % (v["dice"], v["groups"], h["dice"], h["groups"]))'
+		" on (masks at 1918x1280); their masks as unet-infer --keep-largest wrote them: Dice %.4f" \
+		% (v["dice"], v["groups"], h["dice"], h["groups"], s["dice"]))'
 	@echo "checkpoint and exports in $(DEMO)/run (TensorBoard: $(DEMO)/run/tb, worst images: $(DEMO)/run/*-worst.png),"
 	@echo "masks and overlays in $(DEMO)/masks, benchmark report in $(DEMO)/bench.md and $(DEMO)/bench.png"
 
