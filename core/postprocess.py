@@ -108,45 +108,56 @@ def holes(mask: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Which post-processing a mask gets; the default does nothing. Applied per class, removed pixels become
-    background (0); holes are filled in binary masks only (in a multi-class one, whose class would fill it?)."""
+    """Which post-processing a mask gets; the default does nothing. Each class but 0 is processed on its own
+    and the pixels it loses become class 0, the background (so Cityscapes, whose class 0 is road, is refused);
+    holes are filled in binary masks only (in a multi-class mask, whose class would fill one?). Steps run in
+    the order keep-largest, min-area, fill-holes: with both of the first two, a largest component smaller than
+    --min-area goes too, and the mask is empty."""
 
     keep_largest: bool = False
-    min_area: int = 0  # pixels at the original size; 0 keeps every component
+    min_area: int = 0  # pixels at the original size; components smaller go (0 and 1 keep every component)
     fill_holes: bool = False
 
     def __post_init__(self) -> None:
-        if self.min_area < 0:
+        if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 0:
             raise UnetkitError(f"--min-area {self.min_area}: must be 0 (keep every component) or more pixels")
 
     @property
     def active(self) -> bool:
-        return self.keep_largest or self.min_area > 0 or self.fill_holes
+        return self.keep_largest or self.min_area > 1 or self.fill_holes
 
     def flags(self) -> str:
         """The unet-infer flags that ask for this, e.g. '--keep-largest --fill-holes'."""
-        parts = ["--keep-largest"] * self.keep_largest + [f"--min-area {self.min_area}"] * (self.min_area > 0)
+        parts = ["--keep-largest"] * self.keep_largest + [f"--min-area {self.min_area}"] * (self.min_area > 1)
         return " ".join(parts + ["--fill-holes"] * self.fill_holes)
 
     def record(self) -> dict[str, Any]:
         """The active steps, as an output folder's record keeps them (empty when none)."""
         out: dict[str, Any] = {"keep_largest": True} if self.keep_largest else {}
-        out.update({"min_area": self.min_area} if self.min_area else {})
+        out.update({"min_area": self.min_area} if self.min_area > 1 else {})
         return {**out, **({"fill_holes": True} if self.fill_holes else {})}
 
-    def check(self, n_classes: int) -> None:
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PostProcess:
+        """The post-processing an output folder's record describes (unknown keys left out)."""
+        return cls(**{k: record[k] for k in ("keep_largest", "min_area", "fill_holes") if k in record})
+
+    def check(self, n_classes: int, mask_kind: str = "binary") -> None:
         """UnetkitError, before any work, where a step cannot apply to this model's masks."""
         if self.fill_holes and n_classes > 1:
             raise UnetkitError(f"--fill-holes fills binary masks; this model has {n_classes} classes, and a hole "
                                "among several would need a class to fill it with")  # fmt: skip
+        if mask_kind == "cityscapes" and (self.keep_largest or self.min_area > 1):
+            step = "--keep-largest" if self.keep_largest else "--min-area"
+            raise UnetkitError(f"{step}: the pixels a class loses become class 0, which for this Cityscapes model "
+                               "is road, not background")  # fmt: skip
 
-    def apply(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
-        """uint8 (H, W) labels post-processed: each class's components on their own (the largest kept, the
-        small dropped, to background), then the holes filled."""
+    def apply(self, labels: np.ndarray, n_classes: int, mask_kind: str = "binary") -> np.ndarray:
+        """uint8 (H, W) labels post-processed (`labels` itself when nothing is asked for, else a new array)."""
         if not self.active:
             return labels
-        self.check(n_classes)
-        out = labels.copy()
+        self.check(n_classes, mask_kind)
+        out = labels.astype(np.uint8)  # a copy
         if self.keep_largest or self.min_area:
             runs = Runs.of(labels)
             keep = np.ones(len(runs), dtype=bool)
@@ -163,9 +174,11 @@ class PostProcess:
         return out
 
 
-def candidates(n_classes: int) -> tuple[PostProcess, ...]:
+def candidates(n_classes: int, mask_kind: str = "binary") -> tuple[PostProcess, ...]:
     """The post-processing `unet-train --eval` measures: keep-largest, and for binary masks fill-holes alone
-    and with it (--min-area needs a size only the user knows)."""
+    and after it (--min-area needs a size only the user knows); none for Cityscapes (see `PostProcess`)."""
+    if mask_kind == "cityscapes":
+        return ()
     if n_classes > 1:
         return (PostProcess(keep_largest=True),)
     return (PostProcess(keep_largest=True), PostProcess(fill_holes=True), PostProcess(True, 0, True))

@@ -196,7 +196,7 @@ def _fastest(args: argparse.Namespace, device: str, settings: InferSettings, ite
         raise UnetkitError("--engine fastest compares CPU engines: pass --device cpu (on a GPU, --engine trt is the "
                            "fast path)")  # fmt: skip
     meta = read_checkpoint(args.checkpoint).meta
-    settings.postprocess.check(meta.n_classes)  # before the engines are timed
+    settings.postprocess.check(meta.n_classes, meta.mask_kind)  # before the engines are timed
     sources = [item.source for item in items]
     x = probe_input(sources, meta, settings.tile)
     sizes = [] if settings.tile else folder_sizes(sources, meta)  # tiles have one size

@@ -100,7 +100,7 @@ class Predictor:
         return predictor
 
     def _adopt(self, engine: Engine, settings: InferSettings) -> None:
-        settings.postprocess.check(engine.meta.n_classes)
+        settings.postprocess.check(engine.meta.n_classes, engine.meta.mask_kind)
         self.engine = engine
         self.settings = settings.for_device(engine.device.type)
 
@@ -149,7 +149,7 @@ class Predictor:
                 results.append(prob.cpu().numpy())
             else:
                 labels = to_labels(prob, self.meta.threshold).cpu().numpy()
-                results.append(self.settings.postprocess.apply(labels, self.meta.n_classes))
+                results.append(self.settings.postprocess.apply(labels, self.meta.n_classes, self.meta.mask_kind))
         return results[0] if single else results
 
     def pipeline(self, outputs: OutputOptions | None = None) -> Pipeline:

@@ -19,6 +19,7 @@ from typing import Any
 
 from unetkit.core.atomic import temp_path, write_text_atomic
 from unetkit.core.errors import OutputError
+from unetkit.core.postprocess import PostProcess
 
 from .artifacts import sha256_file
 from .engines import Engine
@@ -142,9 +143,8 @@ def claim_out_dir(
 def _settings(values: dict[str, Any]) -> str:
     tta = " with --tta" if values.get("tta") else " without --tta"
     recorded = values.get("postprocess")
-    steps = recorded.items() if isinstance(recorded, dict) else ()
-    post = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in steps)
-    tta += f", {post}" if post else ""
+    post = PostProcess.from_record(recorded).flags() if isinstance(recorded, dict) else ""
+    tta += f", post-processing {post}" if post else ""
     if not values.get("tile"):
         return "whole images" + tta
     return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}{tta}"

@@ -40,7 +40,7 @@ class OutputWriter:
         the CSV is asked for. With post-processing the overlay is drawn here, over the mask as written."""
         if done is not None:
             done.synchronize()
-        mask = self.postprocess.apply(host["mask"].numpy(), self.meta.n_classes)
+        mask = self.postprocess.apply(host["mask"].numpy(), self.meta.n_classes, self.meta.mask_kind)
         if "pixels" in host:
             host["overlay"] = overlay(host["pixels"], torch.from_numpy(mask), self.meta.n_classes, self.meta.mask_kind)
         write_png(item.mask, mask if self.multi else mask * np.uint8(255), self.palette)

@@ -48,11 +48,14 @@ def test_post_processing_is_scored_pooled_beside_the_plain_masks():
     a2 = ImageScore("a2.jpg", "a", 10, 10, counts([2, 0, 2]), {"--keep-largest": counts([1, 0, 3])})
     report = make_report([a1, a2])  # plain: tp 10, fp 2, fn 2 -> Dice 20/24
     assert report.postprocessing() == [("--keep-largest", pytest.approx(18 / 21), pytest.approx((1 + 2 / 5) / 2))]
+    plain_mean = (16 / 18 + 4 / 6) / 2
     assert report.to_dict()["postprocessing"] == [{"flags": "--keep-largest", "dice": round(18 / 21, 6),
                                                    "mean_image_dice": round(0.7, 6),
-                                                   "dice_change": round(18 / 21 - 20 / 24, 6)}]  # fmt: skip
-    line = f"  post-processing (unet-infer flags: pooled Dice, change): --keep-largest {18 / 21:.4f} (+0.0238)"
-    assert line in report.lines()
+                                                   "dice_change": round(18 / 21 - 20 / 24, 6),
+                                                   "mean_image_dice_change": round(0.7 - plain_mean, 6)}]  # fmt: skip
+    lines = report.lines()
+    at = lines.index("  post-processing (unet-infer flags): Dice pooled, per image (change)")
+    assert lines[at + 1] == f"    --keep-largest  {18 / 21:.4f} (+0.0238)  0.7000 ({0.7 - plain_mean:+.4f})"
 
 
 def test_multiclass_report_scores_present_classes_and_names_absent_ones():
@@ -104,8 +107,11 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     post = numbers["postprocessing"]  # what each unet-infer post-processing would change, scored on these images
     assert [p["flags"] for p in post] == ["--keep-largest", "--fill-holes", "--keep-largest --fill-holes"]
     assert all(p["dice_change"] == pytest.approx(p["dice"] - numbers["dice"], abs=2e-6) for p in post)
-    shown = ", ".join(f"{p['flags']} {p['dice']:.4f} ({p['dice'] - numbers['dice']:+.4f})" for p in post)
-    assert f"  post-processing (unet-infer flags: pooled Dice, change): {shown}\n" in proc.stdout
+    assert "  post-processing (unet-infer flags): Dice pooled, per image (change)\n" in proc.stdout
+    width = max(len(p["flags"]) for p in post)
+    for p in post:
+        change = p["dice"] - numbers["dice"]
+        assert f"    {p['flags']:<{width}}  {p['dice']:.4f} ({change:+.4f})  {p['mean_image_dice']:.4f}" in proc.stdout
     worst = sorted(numbers["per_image"], key=lambda r: r["dice"])[0]["image"]
     assert numbers["worst"][0] == worst and f"worst images (Dice): {worst}" in proc.stdout
     picture = run / "best-eval-grouped_data0-all-worst.png"

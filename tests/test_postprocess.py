@@ -16,7 +16,9 @@ from unetkit.core.errors import UnetkitError
 from unetkit.core.model import UNet, UNetConfig
 from unetkit.core.postprocess import PostProcess, candidates
 from unetkit.infer.predictor import Predictor
+from unetkit.infer.record import mask_settings
 from unetkit.infer.rle import rle_encode
+from unetkit.infer.settings import InferSettings
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -85,11 +87,24 @@ def test_rules_that_cannot_apply_are_refused_and_flags_round_trip():
         PostProcess(min_area=-1)
     with pytest.raises(UnetkitError, match=r"--fill-holes fills binary masks; this model has 3 classes"):
         PostProcess(fill_holes=True).check(3)
+    with pytest.raises(UnetkitError, match=r"--keep-largest: the pixels a class loses become class 0, which for this "
+                       r"Cityscapes model is road, not background"):  # fmt: skip
+        PostProcess(keep_largest=True).apply(np.zeros((4, 4), np.uint8), 19, "cityscapes")
+    for bad in (2.5, "5", True):
+        with pytest.raises(UnetkitError, match=r"--min-area .*: must be 0"):
+            PostProcess(min_area=bad)
+    assert not PostProcess(min_area=1).active and PostProcess(min_area=1).record() == {}  # keeps every component
+    assert PostProcess(fill_holes=True).apply(np.ones((3, 3), bool), 1).dtype == np.uint8
+    assert mask_settings(InferSettings(keep_largest=True, min_area=9)) == {
+        "tile": 0,
+        "postprocess": {"keep_largest": True, "min_area": 9},
+    }  # what folders and part manifests record
+    assert mask_settings(InferSettings(min_area=1)) == {"tile": 0}
     both = PostProcess(True, 40, True)
     assert both.flags() == "--keep-largest --min-area 40 --fill-holes"
     assert both.record() == {"keep_largest": True, "min_area": 40, "fill_holes": True} and PostProcess().record() == {}
     assert [p.flags() for p in candidates(1)] == ["--keep-largest", "--fill-holes", "--keep-largest --fill-holes"]
-    assert [p.flags() for p in candidates(19)] == ["--keep-largest"]
+    assert [p.flags() for p in candidates(19, "multiclass")] == ["--keep-largest"] and not candidates(19, "cityscapes")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +123,7 @@ def noisy(tmp_path_factory, synth_small, random_checkpoint):
     save_checkpoint(checkpoint, model, meta)
     plain = images.parent / "plain"
     run_cli("unet-infer", images, "--checkpoint", checkpoint, "--out", plain, "--device", "cpu", "--no-progress",
-            check=True)  # fmt: skip
+            "--save-prob", "--overlay", check=True)  # fmt: skip
     return checkpoint, images, plain
 
 
@@ -117,19 +132,25 @@ def test_unet_infer_writes_post_processed_masks_overlays_and_rle(noisy):
     out = images.parent / "post"
     csv = images.parent / "post.csv"
     proc = run_cli("unet-infer", images, "--checkpoint", checkpoint, "--out", out, "--device", "cpu",
-                   "--keep-largest", "--min-area", "20", "--overlay", "--rle", csv, "--no-progress",
+                   "--keep-largest", "--min-area", "20", "--overlay", "--save-prob", "--rle", csv, "--no-progress",
                    check=True)  # fmt: skip
     assert "whole images, post-processing --keep-largest --min-area 20, batch 2" in proc.stdout
     rows = dict(line.split(",") for line in csv.read_text().splitlines()[1:])
     changed = 0
-    for path in sorted(plain.glob("*.png")):
+    for path in sorted(p for p in plain.glob("*.png") if not p.name.endswith(".prob.png")):
         before = np.asarray(Image.open(path)) // 255
         after = np.asarray(Image.open(out / path.name)) // 255
         assert (after == PostProcess(True, 20).apply(before, 1)).all()
         changed += int((after != before).any())
         assert rows[path.with_suffix(".jpg").name] == rle_encode(after)  # the CSV holds the processed mask
-        with Image.open(out / f"{path.stem}.overlay.jpg") as overlay:
-            assert overlay.size == after.shape[::-1]
+        prob = path.with_name(f"{path.stem}.prob.png")
+        assert prob.read_bytes() == (out / prob.name).read_bytes()  # probabilities are the model's, untouched
+        # the overlay shows the mask as written: pixels removed from it are left as the photo has them
+        photo = np.asarray(Image.open(images / f"{path.stem}.jpg"), dtype=np.float32)
+        removed = (before == 1) & (after == 0)
+        overlays = [np.asarray(Image.open(d / f"{path.stem}.overlay.jpg"), dtype=np.float32) for d in (plain, out)]
+        drawn = [np.abs(o - photo)[removed].mean() for o in overlays]
+        assert drawn[1] < drawn[0] / 3, drawn
     assert changed == 4  # every image lost specks
     record = json.loads((out / "unetkit-infer.json").read_text())
     assert record["settings"] == {"tile": 0, "postprocess": {"keep_largest": True, "min_area": 20}}
@@ -147,7 +168,7 @@ def test_a_folder_keeps_one_post_processing_and_multi_class_cannot_fill(noisy, t
                    "--keep-largest", "--resume", "--no-progress")  # fmt: skip
     assert proc.returncode == 2
     assert error_lines(proc) == [f"unet-infer: error: --out {plain}: its masks were made with whole images without "
-                                 "--tta, this run uses whole images without --tta, --keep-largest; "
+                                 "--tta, this run uses whole images without --tta, post-processing --keep-largest; "
                                  "--resume with the same, or give another --out"]  # fmt: skip
     assert {p.name: p.read_bytes() for p in plain.glob("*.png")} == snapshot
     torch.manual_seed(0)

@@ -173,6 +173,7 @@ class EvalReport:
                     "dice": json_number(d),
                     "mean_image_dice": json_number(m),
                     "dice_change": json_number(d - pooled.mean_dice),
+                    "mean_image_dice_change": json_number(m - mean_dice),
                 }
                 for flags, d, m in self.postprocessing()
             ],
@@ -212,8 +213,10 @@ class EvalReport:
             out.append(f"  worst groups (Dice, images): {shown}")
         post = self.postprocessing()
         if post:
-            shown = ", ".join(f"{flags} {d:.4f} ({d - pooled.mean_dice:+.4f})" for flags, d, _ in post)
-            out.append(f"  post-processing (unet-infer flags: pooled Dice, change): {shown}")
+            out.append("  post-processing (unet-infer flags): Dice pooled, per image (change)")
+            width = max(len(flags) for flags, _, _ in post)
+            out += [f"    {flags:<{width}}  {d:.4f} ({d - pooled.mean_dice:+.4f})  {m:.4f} ({m - mean_dice:+.4f})"
+                    for flags, d, m in post]  # fmt: skip
         shown = ", ".join(f"{s.name} {d:.4f}" for s, d, _ in self.worst(SHOW_WORST))
         out.append(f"  worst images (Dice): {shown}")
         if self.picture is not None:
