@@ -23,6 +23,7 @@ from .config import (
     next_free_run_dir,
     run_files,
 )
+from .data.crop import DEFAULT_FG_FRACTION
 from .data.layouts import LAYOUTS
 from .data.options import absolute, add_data_arguments, parse_floats, parse_hw, parse_rgb, resolve_folders
 from .data.split import SPLIT_FILE
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of scaling it")  # fmt: skip
     p.add_argument("--max-side", type=int, metavar="N", help="resize every image so its longer side is N, keeping "
                    "its aspect, instead of scaling it (for data sets of mixed sizes)")  # fmt: skip
+    p.add_argument("--crop", type=parse_hw, metavar="HxW", help="train on random HxW windows of each model input "
+                   "(patches, as nnU-Net: large images at full resolution); validation still scores whole images. "
+                   "Predict with unet-infer --tile")  # fmt: skip
+    p.add_argument("--fg-fraction", type=float, metavar="P", help="with --crop: the share of windows made to hold a "
+                   f"foreground pixel, the rest uniform (default {DEFAULT_FG_FRACTION}, nnU-Net's)")  # fmt: skip
     p.add_argument("--init", type=Path, metavar="CHECKPOINT", help="start from this checkpoint's weights "
                    "(fine-tuning); its width, up-sampling, attention gates and normalization are taken, and a data "
                    "set with another class count gets a new head")  # fmt: skip
@@ -160,7 +166,7 @@ def _rgb(values: tuple[float, ...]) -> str:
 #: Flags that shape a training run and mean nothing to --eval, which scores a checkpoint as it was trained.
 TRAINING_ONLY = (
     "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad", "ema",
-    "scale", "size", "max_side", "base_channels", "bilinear", "attention", "deep_supervision",
+    "scale", "size", "max_side", "crop", "fg_fraction", "base_channels", "bilinear", "attention", "deep_supervision",
     "loss", "seed", "val_fraction", "folds", "fold",
     "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",
     "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",
@@ -260,8 +266,8 @@ def _final_eval(cfg: TrainConfig, best: Path) -> None:
     worst images drawn and the numbers written beside it."""
     settings = EvalSettings(
         split="val", layout=cfg.layout, folders=cfg.folders, group_by=cfg.group_by,
-        mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
-        progress=cfg.progress, replace_picture=True,
+        mask_threshold=cfg.mask_threshold, device=cfg.device, workers=cfg.workers, progress=cfg.progress,
+        replace_picture=True,
     )  # fmt: skip
     report = evaluate_checkpoint(best, cfg.data, settings)
     stem = report_stem(best, cfg.data, "val")

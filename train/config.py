@@ -11,7 +11,9 @@ from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD, RECIPE_SCALE, ResizeRule
+from unetkit.core.model import DOWNSAMPLE
 
+from .data.crop import DEFAULT_FG_FRACTION
 from .data.layouts import FolderSpec
 
 #: Settings a resumed run may change; every other one comes from last.pth so the run stays the same run.
@@ -37,6 +39,11 @@ OPTIMIZERS = tuple(DEFAULT_WEIGHT_DECAY)
 SCHEDULES = ("plateau", "poly", "cosine")
 #: Schedules that fall with the run's progress towards --epochs: a resumed run cannot change --epochs under them.
 STEP_SCHEDULES = ("poly", "cosine")
+
+#: Settings given as HEIGHTxWIDTH on the command line.
+HW_FLAGS = ("size", "crop")
+#: The smallest --crop side: twice the network's stride, so the deepest level sees 2x2 positions.
+MIN_CROP = 2 * DOWNSAMPLE
 
 #: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
 SYNC_BN_CHOICES = ("auto", "on", "off")
@@ -85,6 +92,8 @@ class TrainConfig:
     group_by: str = "auto"  # split groups: auto, none, or a pattern whose first group is the key
     size: tuple[int, int] | None = None  # fixed model-input (height, width) instead of --scale
     max_side: int | None = None  # longest model-input side, aspect kept, instead of --scale
+    crop: tuple[int, int] | None = None  # train on random (height, width) windows of the model input
+    fg_fraction: float | None = None  # with crop: the share of windows holding foreground (None: the default)
     mask_threshold: int | None = None  # binarise lossless masks with stray values at this value
     images: Path | None = None  # a data set in two named folders (layout "folders")
     masks: Path | None = None
@@ -99,6 +108,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.weight_decay is None and self.optimizer in OPTIMIZERS:  # recorded as a number, never as "default"
             object.__setattr__(self, "weight_decay", DEFAULT_WEIGHT_DECAY[self.optimizer])
+        if self.fg_fraction is None and self.crop is not None:
+            object.__setattr__(self, "fg_fraction", DEFAULT_FG_FRACTION)
         checks = {
             "--epochs must be at least 1": self.epochs >= 1,
             "--batch-size must be at least 1": self.batch_size >= 1,
@@ -136,6 +147,10 @@ class TrainConfig:
             "--size and --max-side are two rules: give one": self.size is None or self.max_side is None,
             "--size needs a positive HEIGHTxWIDTH": self.size is None or min(self.size) >= 1,
             "--max-side must be at least 1": self.max_side is None or self.max_side >= 1,
+            f"--crop needs HEIGHTxWIDTH of at least {MIN_CROP}x{MIN_CROP}": not self.crop or min(self.crop) >= MIN_CROP,
+            "--fg-fraction needs --crop (it is the share of crops centred on foreground)": self.crop is not None
+            or self.fg_fraction is None,
+            "--fg-fraction must be in [0, 1]": self.fg_fraction is None or 0 <= self.fg_fraction <= 1,
             "--mask-threshold must be in 1..255": self.mask_threshold is None or 1 <= self.mask_threshold <= 255,
             "--images and --masks go together": (self.images is None) == (self.masks is None),
             "--image-suffix, --mask-suffix, --mask-ext and --classes need --images and --masks": self.images is not None
@@ -186,7 +201,7 @@ class TrainConfig:
         for key in ("data", "out", "cache", "images", "masks", "init"):
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
-        for key in ("mean", "std", "size", "mask_ext", "classes", "class_weights"):
+        for key in ("mean", "std", "size", "crop", "mask_ext", "classes", "class_weights"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
@@ -228,8 +243,8 @@ def resume_conflicts(stored: TrainConfig, given: dict[str, Any]) -> list[str]:
         if key in SWITCHES:
             problems.append(f"{SWITCHES[key]}: the run was started without it")
         else:
-            was = "the default" if old is None else str(old)
-            problems.append(f"--{key.replace('_', '-')} {value}: the run was started with {was}")
+            was = "the default" if old is None else _shown(key, old)
+            problems.append(f"--{key.replace('_', '-')} {_shown(key, value)}: the run was started with {was}")
     return problems
 
 
@@ -256,6 +271,13 @@ def moved_data_root(stored: TrainConfig, images: Path) -> Path | None:
             return None
         root = root.parent
     return root
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as its flag takes it: HxW for --size and --crop."""
+    if key in HW_FLAGS and isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)
 
 
 def _same(old: Any, new: Any) -> bool:

@@ -34,6 +34,7 @@ from unetkit.core.postprocess import PostProcess, candidates
 from unetkit.core.preprocess import resize_masks
 
 from .data.buckets import by_input_size, same_size_batches
+from .data.crop import whole_image_batch
 from .data.dataset import SampleRule, read_pair, resize_image
 from .data.layouts import DatasetIndex, FolderSpec, Pair, index_dataset
 from .data.split import SPLIT_FILE, Split, group_key_fn, make_split, read_split
@@ -161,7 +162,8 @@ def evaluate_checkpoint(
     rule = SampleRule(meta.resize_rule, index.mask_kind, threshold, index.n_classes)
     sizes = {p.image: _input_size(p, rule) for p in pairs}
     pairs = by_input_size(pairs, sizes)
-    batch_size = settings.batch_size or int(args.get("batch_size", 8))
+    batch_size = settings.batch_size or whole_image_batch(int(args.get("batch_size", 8)), args.get("crop"),
+                                                          list(sizes.values()))  # fmt: skip
     loader = DataLoader(
         _EvalDataset(pairs, rule),
         batch_sampler=same_size_batches([sizes[p.image] for p in pairs], batch_size),

@@ -33,6 +33,7 @@ from unetkit.core.model import UNet, UNetConfig
 from .config import RESUME_OVERRIDES, STEP_SCHEDULES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched, inverted_size
+from .data.crop import Cropper, crop_note, whole_image_batch
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
@@ -221,6 +222,9 @@ def _loaders(
         inverted = inverted_size(index, cfg.resize_rule)
         if inverted:
             log.warning("warning: %s", inverted)
+        padded = crop_note(cfg.crop, input_sizes) if cfg.crop else None
+        if padded:
+            log.warning("warning: %s", padded)
     input_sizes = ddp.share(input_sizes)
     sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}
     common: dict[str, Any] = dict(
@@ -229,13 +233,16 @@ def _loaders(
         collate_fn=pad_collate,
         persistent_workers=cfg.workers > 0,
     )
-    train_ds = SegmentationDataset(split.train, rule, _augmenter() if cfg.augment else None, cache)
+    crop = Cropper(cfg.crop, cfg.fg_fraction or 0.0) if cfg.crop else None
+    train_ds = SegmentationDataset(split.train, rule, _augmenter() if cfg.augment else None, cache, crop)
     val_ds = SegmentationDataset(by_input_size(split.val, sizes), rule, None, cache)
-    batches = BucketBatchSampler([sizes[p.image] for p in split.train], cfg.batch_size, sampler_rng)
+    train_sizes = [cfg.crop or sizes[p.image] for p in split.train]  # crops: one size, one bucket
+    batches = BucketBatchSampler(train_sizes, cfg.batch_size, sampler_rng)
     train = DataLoader(train_ds, batch_sampler=ddp.train_batches(batches), **common)
     val_part = ddp.val_part(val_ds)
     mine = val_part.indices if isinstance(val_part, Subset) else range(len(val_ds))
-    val_batches = same_size_batches([sizes[val_ds.pairs[i].image] for i in mine], cfg.batch_size)
+    val_sizes = [sizes[val_ds.pairs[i].image] for i in mine]
+    val_batches = same_size_batches(val_sizes, whole_image_batch(cfg.batch_size, cfg.crop, val_sizes))
     val = DataLoader(val_part, batch_sampler=val_batches, **common)  # unpadded: independent of the batch size
     log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
     return train, val

@@ -120,7 +120,8 @@ class SampleCache:
 
 
 class SegmentationDataset(Dataset):
-    """Pairs -> (image uint8 (3, h, w), labels int64 (h, w)); an item may be `(index, seed)` to augment."""
+    """Pairs -> (image uint8 (3, h, w), labels int64 (h, w)); an item may be `(index, seed)` to crop (a window of
+    the sample, `crop.Cropper`) and augment, in that order."""
 
     def __init__(
         self,
@@ -128,11 +129,13 @@ class SegmentationDataset(Dataset):
         rule: SampleRule,
         augment: Augment | None = None,
         cache: SampleCache | None = None,
+        crop: Augment | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.rule = rule
         self.augment = augment
         self.cache = cache
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -144,6 +147,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, labels = self.load(index)
+        if self.crop is not None and seed is not None:
+            image, labels = self.crop(image, labels, seed)
         if self.augment is not None and seed is not None:
             image, labels = self.augment(image, labels, seed)
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
