@@ -16,9 +16,13 @@ from unetkit.core.metrics import (
 from unetkit.train.losses import (
     bce_loss,
     binary_dice_loss,
+    binary_focal_loss,
+    binary_tversky_loss,
     ce_loss,
+    focal_loss,
     make_loss,
     multiclass_dice_loss,
+    multiclass_tversky_loss,
 )
 
 BIG = 100.0  # a logit whose sigmoid is 1.0 in float32
@@ -101,10 +105,53 @@ def test_weighted_cross_entropy_terms():
         (("bce", 1, 1.0, (1.0, 2.0)), "--class-weights is for multi-class models"),
         (("ce", 3, 2.0), "--pos-weight is for binary models"),
         (("ce", 3, 1.0, (1.0, 2.0)), "--class-weights has 2 value\\(s\\) for 3 classes"),
-        (("dice", 1, 2.0), "weigh the cross-entropy term, which --loss dice has not"),
+        (("dice", 1, 2.0), "weigh the cross-entropy or focal term, which --loss dice has not"),
+        (("tversky", 3, 1.0, (1.0, 2.0, 1.0)), "which --loss tversky has not"),
     ):
         with pytest.raises(ValueError, match=message):
             make_loss(*args)
+
+
+def test_focal_and_tversky_against_their_definitions():
+    """Focal is Lin et al.'s -(1-p)^2 log p on the true label (torchvision's sigmoid_focal_loss without alpha)
+    and, at gamma 0, cross-entropy; Tversky at 0.5/0.5 is the Dice loss and charges misses 0.7, false alarms 0.3."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 4, 5, generator=gen) * 3
+    target = torch.randint(0, 2, (2, 4, 5), generator=gen)
+    target[0, 0] = 255
+    valid = target != 255
+    p, t = torch.sigmoid(logits[:, 0][valid]), target[valid].float()
+    reference = (-((1 - p) ** 2) * t * torch.log(p) - p**2 * (1 - t) * torch.log(1 - p)).mean()
+    assert binary_focal_loss(logits, target).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert binary_focal_loss(logits, target, gamma=0).item() == pytest.approx(bce_loss(logits, target).item(), rel=1e-6)
+    weighted = binary_focal_loss(logits, target, gamma=0, pos_weight=3.0)
+    assert weighted.item() == pytest.approx(bce_loss(logits, target, pos_weight=3.0).item(), rel=1e-6)
+    assert binary_focal_loss(logits, target).item() < bce_loss(logits, target).item()  # easy pixels fade
+    multi = torch.randn(2, 3, 4, 5, generator=gen)
+    truth = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    truth[1, :, 0] = 255
+    for weights in ((), (1.0, 4.0, 2.0)):
+        assert focal_loss(multi, truth, class_weights=weights, gamma=0).item() == pytest.approx(
+            ce_loss(multi, truth, class_weights=weights).item(), rel=1e-5
+        )
+    log_p = torch.log_softmax(multi, 1).gather(1, truth.clamp(max=2)[:, None])[:, 0][truth != 255]
+    assert focal_loss(multi, truth).item() == pytest.approx((-((1 - log_p.exp()) ** 2) * log_p).mean().item(), rel=1e-5)
+    # Tversky: hard predictions with tp 1, fp 2, fn 1 (smoothing 0.5): (1 + .5) / (1 + .3 * 2 + .7 * 1 + .5)
+    hard, truth4 = binary_logits([1, 1, 1, 0, 0]), labels([1, 0, 0, 1, 0])
+    assert binary_tversky_loss(hard, truth4).item() == pytest.approx(1 - 1.5 / 2.8, rel=1e-6)
+    assert binary_tversky_loss(hard, truth4, alpha=0.5, beta=0.5).item() == pytest.approx(1 - 3 / 6, rel=1e-6)
+    assert binary_dice_loss(logits, target).item() == pytest.approx(
+        binary_tversky_loss(logits, target, alpha=0.5, beta=0.5).item(), rel=1e-6)  # fmt: skip
+    assert multiclass_dice_loss(multi, truth).item() == pytest.approx(
+        multiclass_tversky_loss(multi, truth, alpha=0.5, beta=0.5).item(), rel=1e-6)  # fmt: skip
+    missed, alarmed = binary_logits([0, 0]), binary_logits([1, 1])
+    assert binary_tversky_loss(missed, labels([1, 0])) > binary_tversky_loss(alarmed, labels([1, 0]))
+    # every name makes a loss, combinations half and half
+    for name in ("focal+tversky", "bce+tversky", "focal", "tversky"):
+        assert torch.isfinite(make_loss(name, 1)(logits, target))
+    both = make_loss("focal+tversky", 3)(multi, truth)
+    assert both.item() == pytest.approx(0.5 * focal_loss(multi, truth).item()
+                                        + 0.5 * multiclass_tversky_loss(multi, truth).item(), rel=1e-6)  # fmt: skip
 
 
 def test_dice_and_iou_hand_values():

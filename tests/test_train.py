@@ -164,6 +164,18 @@ def test_monitor_loss_and_the_seed_tutorials_normalization(tmp_path, synth_small
     assert training["best_loss"] == pytest.approx(best["Loss/val"])
 
 
+def test_a_focal_tversky_run_is_evaluated_with_its_own_loss(tmp_path, synth_small):
+    """The loss a run trains and validates with is recorded, and --eval reports the same validation loss."""
+    run_cli("unet-train", "--data", synth_small, "--out", tmp_path / "run", "--epochs", "1", "--loss", "focal+tversky",
+            "--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--batch-size", "4",
+            check=True)  # fmt: skip
+    history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
+    proc = run_cli("unet-train", "--eval", tmp_path / "run/best.pth", "--data", synth_small, "--split", "val",
+                   "--device", "cpu", "--workers", "0", "--no-progress", check=True)  # fmt: skip
+    assert f"loss {history[-1]['Loss/val']:.4f}" in proc.stdout
+    assert load_checkpoint(tmp_path / "run/best.pth")[1].extra["train_args"]["loss"] == "focal+tversky"
+
+
 def test_the_monitored_figure_and_the_early_stopping_note():
     ones = torch.ones(1, 4, 4, dtype=torch.long)
     result = EvalResult(loss=0.5, scores=class_scores(confusion_counts(ones, ones, 1), 1))

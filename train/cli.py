@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "decoder's 1/2, 1/4 and 1/8 levels through small extra heads (nnU-Net's weights), which can "
                    "speed up convergence; inference and export use the main head alone")  # fmt: skip
     p.add_argument("--loss", choices=sorted({*BINARY_LOSSES, *MULTICLASS_LOSSES}),
-                   help="loss (default bce+dice for binary, ce+dice for multi-class)")  # fmt: skip
+                   help="loss: a pixel term (bce/ce, or focal), a region term (dice, or tversky, which charges "
+                   "misses more), or one of each, half and half (default bce+dice for binary, ce+dice for "
+                   "multi-class)")  # fmt: skip
     p.add_argument("--pos-weight", type=float, metavar="W", help="binary: weight of the foreground pixels in the "
                    "cross-entropy term, e.g. 3 for small objects that are easily missed (default 1)")  # fmt: skip
     p.add_argument("--class-weights", type=parse_floats, metavar="W0,W1,...", help="multi-class: one "

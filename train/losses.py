@@ -3,6 +3,10 @@
 Binary models output one logit channel (N, 1, H, W); multi-class models output one per class. Targets are
 int64 (N, H, W) label maps where IGNORE_INDEX marks pixels that count for nothing (padding, rotation
 borders, Cityscapes' void classes).
+
+A loss is a pixel term (cross-entropy, or focal: cross-entropy that fades on pixels already right, for
+images where easy background swamps the rest), a region term (soft Dice, or Tversky: Dice that charges
+misses more than false alarms, for small objects such as polyps), or one of each, weighed 0.5/0.5.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ import torch.nn.functional as F
 from unetkit.core.labels import IGNORE_INDEX
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-BINARY_LOSSES = ("bce", "dice", "bce+dice")
-MULTICLASS_LOSSES = ("ce", "dice", "ce+dice")
+REGION_TERMS = ("dice", "tversky")
+BINARY_LOSSES = ("bce", "focal", *REGION_TERMS, *(f"{p}+{r}" for p in ("bce", "focal") for r in REGION_TERMS))
+MULTICLASS_LOSSES = ("ce", "focal", *REGION_TERMS, *(f"{p}+{r}" for p in ("ce", "focal") for r in REGION_TERMS))
 SMOOTH = 1.0
+#: The focal loss's focusing exponent (Lin et al. 2017; segmentation_models_pytorch's default): a pixel
+#: predicted right with probability p counts (1 - p)^2 of its cross-entropy.
+FOCAL_GAMMA = 2.0
+#: Tversky's weights of false positives and false negatives (Salehi et al. 2017): misses cost more than false
+#: alarms; 0.5/0.5 is the Dice loss.
+TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 
 
 def bce_loss(
@@ -33,13 +44,45 @@ def bce_loss(
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
+def binary_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    pos_weight: float = 1.0,
+    gamma: float = FOCAL_GAMMA,
+) -> torch.Tensor:
+    """Mean sigmoid focal loss over valid pixels: each pixel's binary cross-entropy times (1 - p_t)^gamma,
+    p_t the probability given to its true label (torchvision's sigmoid_focal_loss without alpha);
+    `pos_weight` weighs the foreground pixels' term as in `bce_loss`. gamma 0 is `bce_loss`."""
+    valid = target != ignore_index
+    x, truth = logits[:, 0].float(), (target == 1).float()
+    ce = F.binary_cross_entropy_with_logits(x, truth, reduction="none")
+    p = torch.sigmoid(x)
+    p_true = p * truth + (1 - p) * (1 - truth)
+    per_pixel = ce * (1 - p_true) ** gamma * (1 + (pos_weight - 1) * truth)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+
+
 def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """1 - soft Dice of sigmoid probabilities over the whole batch; empty prediction and target give 0."""
+    return binary_tversky_loss(logits, target, ignore_index, 0.5, 0.5)
+
+
+def binary_tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    alpha: float = TVERSKY_ALPHA,
+    beta: float = TVERSKY_BETA,
+) -> torch.Tensor:
+    """1 - soft Tversky index (TP + s) / (TP + alpha FP + beta FN + s) of sigmoid probabilities over the whole
+    batch; alpha = beta = 0.5 is the soft Dice loss."""
     valid = (target != ignore_index).float()
     prob = torch.sigmoid(logits[:, 0].float()) * valid
     truth = (target == 1).float() * valid
-    inter = (prob * truth).sum()
-    return 1.0 - (2.0 * inter + SMOOTH) / (prob.sum() + truth.sum() + SMOOTH)
+    tp = (prob * truth).sum()
+    fp, fn = prob.sum() - tp, truth.sum() - tp
+    return 1.0 - (tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)
 
 
 def ce_loss(
@@ -60,16 +103,46 @@ def ce_loss(
     return total / weight[target[valid]].sum().clamp(min=1e-12)
 
 
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    class_weights: tuple[float, ...] = (),
+    gamma: float = FOCAL_GAMMA,
+) -> torch.Tensor:
+    """Softmax focal loss: each valid pixel's cross-entropy times (1 - p_t)^gamma, averaged as `ce_loss`
+    averages (over the class weights when given). gamma 0 is `ce_loss`."""
+    valid = target != ignore_index
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target.clamp(max=logits.shape[1] - 1)[:, None])[:, 0]
+    per_pixel = -((1 - log_p.exp()) ** gamma) * log_p * valid
+    if not class_weights:
+        return per_pixel.sum() / valid.sum().clamp(min=1)
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=logits.device)
+    pixel_weight = weight[target.clamp(max=logits.shape[1] - 1)] * valid
+    return (per_pixel * pixel_weight).sum() / pixel_weight.sum().clamp(min=1e-12)
+
+
 def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """1 - mean over classes of the soft Dice of softmax probabilities, over valid pixels."""
+    return multiclass_tversky_loss(logits, target, ignore_index, 0.5, 0.5)
+
+
+def multiclass_tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    alpha: float = TVERSKY_ALPHA,
+    beta: float = TVERSKY_BETA,
+) -> torch.Tensor:
+    """1 - mean over classes of the soft Tversky index of softmax probabilities, over valid pixels."""
     n_classes = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1).float()
     prob = torch.softmax(logits.float(), dim=1) * valid
     onehot = F.one_hot(target.clamp(max=n_classes - 1), n_classes).permute(0, 3, 1, 2).float() * valid
     dims = (0, 2, 3)
-    inter = (prob * onehot).sum(dims)
-    dice = (2.0 * inter + SMOOTH) / (prob.sum(dims) + onehot.sum(dims) + SMOOTH)
-    return 1.0 - dice.mean()
+    tp = (prob * onehot).sum(dims)
+    fp, fn = prob.sum(dims) - tp, onehot.sum(dims) - tp
+    return 1.0 - ((tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)).mean()
 
 
 def deep_supervision_weights(levels: int) -> list[float]:
@@ -106,8 +179,8 @@ def default_loss(n_classes: int) -> str:
 
 def make_loss(name: str, n_classes: int, pos_weight: float = 1.0, class_weights: tuple[float, ...] = ()) -> LossFn:
     """The named loss for a binary (n_classes == 1) or multi-class model; combinations weigh 0.5/0.5.
-    `pos_weight` (binary) and `class_weights` (multi-class, one per class) weigh the cross-entropy term only:
-    the Dice term already weighs each class by its own size."""
+    `pos_weight` (binary) and `class_weights` (multi-class, one per class) weigh the pixel term (cross-entropy
+    or focal) only: the region term already weighs each class by its own size."""
     binary = n_classes == 1
     choices = BINARY_LOSSES if binary else MULTICLASS_LOSSES
     if name not in choices:
@@ -120,17 +193,23 @@ def make_loss(name: str, n_classes: int, pos_weight: float = 1.0, class_weights:
         raise ValueError("--class-weights is for multi-class models; a binary one takes --pos-weight")
     if class_weights and len(class_weights) != n_classes:
         raise ValueError(f"--class-weights has {len(class_weights)} value(s) for {n_classes} classes")
-    if (pos_weight != 1.0 or class_weights) and name == "dice":
-        raise ValueError("--pos-weight and --class-weights weigh the cross-entropy term, which --loss dice has not")
+    if (pos_weight != 1.0 or class_weights) and name in REGION_TERMS:
+        raise ValueError(f"--pos-weight and --class-weights weigh the cross-entropy or focal term, which --loss "
+                         f"{name} has not")  # fmt: skip
+    terms = [_term(part, binary, pos_weight, class_weights) for part in name.split("+")]
+    if len(terms) == 1:
+        return terms[0]
+    first, second = terms
+    return lambda logits, target: 0.5 * first(logits, target) + 0.5 * second(logits, target)
 
-    def pixel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if binary:
-            return bce_loss(logits, target, pos_weight=pos_weight)
-        return ce_loss(logits, target, class_weights=class_weights)
 
-    dice = binary_dice_loss if binary else multiclass_dice_loss
+def _term(name: str, binary: bool, pos_weight: float, class_weights: tuple[float, ...]) -> LossFn:
+    """One term of a loss name: bce/ce, focal, dice or tversky, for the model's kind."""
     if name == "dice":
-        return dice
-    if "+" not in name:
-        return pixel
-    return lambda logits, target: 0.5 * pixel(logits, target) + 0.5 * dice(logits, target)
+        return binary_dice_loss if binary else multiclass_dice_loss
+    if name == "tversky":
+        return binary_tversky_loss if binary else multiclass_tversky_loss
+    focal = name == "focal"
+    if binary:
+        return lambda logits, target: (binary_focal_loss if focal else bce_loss)(logits, target, pos_weight=pos_weight)
+    return lambda logits, target: (focal_loss if focal else ce_loss)(logits, target, class_weights=class_weights)
