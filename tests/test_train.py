@@ -276,3 +276,30 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path):
     proc = run_cli("unet-train", "--out", tmp_path, "--resume")
     assert proc.returncode == 2
     assert error_lines(proc) == [f"unet-train: error: {tmp_path / 'last.pth'}: checkpoint not found"]
+
+
+def test_deterministic_kernels_hold_for_the_run_only_and_are_part_of_the_run():
+    from pathlib import Path
+
+    from unetkit.train.config import TrainConfig, resume_conflicts
+    from unetkit.train.fit import algorithm_choice
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    had_workspace = "CUBLAS_WORKSPACE_CONFIG" in os.environ
+    try:
+        with algorithm_choice(True):
+            assert (
+                torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+            )
+            assert cudnn.deterministic and not cudnn.benchmark
+            assert had_workspace or os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # a user's own is kept
+        assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+        with algorithm_choice(False):  # the default: cuDNN benchmarks the bucketed shapes
+            assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        if not had_workspace:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    stored = TrainConfig(data=Path("d"), out=Path("o"))
+    assert TrainConfig.from_dict(TrainConfig(data=Path("d"), out=Path("o"), deterministic=True).to_dict()).deterministic
+    assert resume_conflicts(stored, {"deterministic": True}) == ["--deterministic: the run was started without it"]

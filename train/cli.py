@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="FP32 training on CUDA")
+    p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels only "
+                   "(where PyTorch has them; cuDNN does not benchmark): a CUDA run repeats bit for bit, more "
+                   "slowly")  # fmt: skip
     p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
     p.add_argument("--lr-patience", type=int, help="epochs without a better validation figure before the learning "
                    f"rate drops tenfold (default {d.lr_patience})")  # fmt: skip
@@ -170,8 +173,8 @@ TRAINING_ONLY = (
     "out", "epochs", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "accumulate", "clip_grad", "ema",
     "scale", "size", "max_side", "crop", "fg_fraction", "base_channels", "bilinear", "attention", "deep_supervision",
     "loss", "seed", "val_fraction", "folds", "fold",
-    "augment", "cache", "amp", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight", "class_weights",
-    "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",
+    "augment", "cache", "amp", "deterministic", "patience", "lr_patience", "monitor", "mean", "std", "pos_weight",
+    "class_weights", "threshold", "max_minutes", "sync_bn", "dist_timeout", "resume", "init",
 )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ MOVABLE = ("data", "images", "masks")
 #: Flags whose presence sets a setting to a fixed value (store_true / store_false).
 SWITCHES = {
     "bilinear": "--bilinear", "attention": "--attention", "deep_supervision": "--deep-supervision",
-    "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress",
+    "augment": "--no-augment", "amp": "--no-amp", "progress": "--no-progress", "deterministic": "--deterministic",
 }  # fmt: skip
 
 #: --monitor: the validation figure that picks best.pth, lowers the learning rate and stops the run early.
@@ -81,6 +81,7 @@ class TrainConfig:
     augment: bool = True
     cache: Path | None = None
     amp: bool = True
+    deterministic: bool = False  # deterministic kernels only (cuDNN without benchmarking): slower, repeatable on CUDA
     patience: int = 5  # early stopping, in epochs without a better monitored validation figure
     lr_patience: int = 3  # ReduceLROnPlateau: epochs without a better one before the learning rate drops 10x
     monitor: str = "dice"  # MONITORS

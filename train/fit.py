@@ -128,16 +128,27 @@ class _Run:
 
 
 @contextlib.contextmanager
-def cudnn_benchmark() -> Iterator[None]:
-    """cuDNN picks the fastest convolution for each shape while training (batches are size-bucketed, so shapes
-    repeat), and only that: `torch.backends.cudnn.flags` would also reset TF32 and determinism to its own
-    defaults, overriding the user's choice."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+def algorithm_choice(deterministic: bool) -> Iterator[None]:
+    """How kernels are chosen while training, restored afterwards. By default cuDNN picks the fastest
+    convolution for each shape (batches are size-bucketed, so shapes repeat), and only that:
+    `torch.backends.cudnn.flags` would also reset TF32 and determinism to its own defaults, overriding the
+    user's choice. With `deterministic` (--deterministic, as Ultralytics' deterministic=True) every op takes a
+    deterministic kernel where PyTorch has one (the others warn once), cuDNN does not benchmark, and cuBLAS
+    gets the fixed workspace its deterministic mode needs (CUBLAS_WORKSPACE_CONFIG, unless set)."""
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when CUDA makes its cuBLAS handle
+    cudnn.benchmark = not deterministic
+    cudnn.deterministic = deterministic or before[1]
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        cudnn.benchmark, cudnn.deterministic = before[:2]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
 def visible_rng_states(saved: list[Any], visible: int) -> list[Any]:
@@ -355,6 +366,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         loss_name, " with deep supervision" if cfg.deep_supervision else "",
     )  # fmt: skip
     log.info("%s", describe_optimization(cfg))
+    if cfg.deterministic:
+        log.info("deterministic kernels only (--deterministic): cuDNN does not benchmark; an op without a "
+                 "deterministic CUDA kernel warns once and runs as it can")  # fmt: skip
     if cfg.optimizer == "sgd" and cfg.lr <= TrainConfig.lr:
         log.warning("warning: --optimizer sgd at lr %g (Adam's rate) barely moves the weights; nnU-Net's SGD runs at "
                     "--lr 1e-2", cfg.lr)  # fmt: skip
@@ -362,7 +376,7 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
     if sharing:
         log.info("%s", sharing)
     try:
-        with cudnn_benchmark():
+        with algorithm_choice(cfg.deterministic):
             out_of_time = _epochs(cfg, run, index, trained, train_loader, val_loader, loss_fn, setup, tb, ddp)
         ddp.check_in_sync(run.shown)  # the weights saved: the average is a function of every step's weights
     except OSError as exc:  # disk full, quota, read-only: the atomic writes kept every earlier file whole
