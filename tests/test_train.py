@@ -303,3 +303,15 @@ def test_deterministic_kernels_hold_for_the_run_only_and_are_part_of_the_run():
     stored = TrainConfig(data=Path("d"), out=Path("o"))
     assert TrainConfig.from_dict(TrainConfig(data=Path("d"), out=Path("o"), deterministic=True).to_dict()).deterministic
     assert resume_conflicts(stored, {"deterministic": True}) == ["--deterministic: the run was started without it"]
+
+
+@pytest.mark.gpu
+def test_two_deterministic_cuda_runs_end_with_the_same_weights(tmp_path, synth_small):
+    """--deterministic on CUDA (mixed precision, cuDNN): two runs of the same settings are bit for bit alike."""
+    args = ["--data", synth_small, "--epochs", "2", "--base-channels", "4", "--workers", "0", "--device", "cuda",
+            "--no-progress", "--batch-size", "4", "--deterministic"]  # fmt: skip
+    for name in ("a", "b"):
+        run_cli("unet-train", *args, "--out", tmp_path / name, check=True)
+    a = torch.load(tmp_path / "a/last.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/last.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
