@@ -93,7 +93,7 @@ class ShardedBatchSampler(Sampler):
         return math.ceil(len(self.batches) / self.world)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator:
-        return iter(padded_shard(list(self.batches), self.rank, self.world))
+        yield from padded_shard(list(self.batches), self.rank, self.world)  # drawn at the first batch, not at iter()
 
 
 class Distributed:

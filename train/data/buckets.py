@@ -91,4 +91,4 @@ class BucketBatchSampler(Sampler):
             for i in range(0, len(members), self.batch_size)
         ]
         order = torch.randperm(len(batches), generator=self.generator).tolist()
-        return iter([batches[i] for i in order])
+        yield from (batches[i] for i in order)

@@ -171,7 +171,11 @@ class SeededSampler(Sampler):
     """Shuffled `(index, augmentation seed)` items drawn from one generator.
 
     Order and augmentations depend only on the generator's state, not on the number of DataLoader workers,
-    and the state is saved in last.pth, so a resumed run sees exactly the batches it would have seen.
+    and the state is saved in last.pth, so a resumed run sees exactly the batches it would have seen. The
+    draws are made when the first item is taken, not when `iter()` is called: with worker processes the
+    DataLoader calls `iter()` on its batch sampler twice in its first epoch and discards one (torch's
+    `_MultiProcessingDataLoaderIter`), which must not cost a draw. The batch samplers built on this one are
+    generators for the same reason.
     """
 
     def __init__(self, n: int, generator: torch.Generator) -> None:
@@ -184,4 +188,4 @@ class SeededSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = torch.randperm(self.n, generator=self.generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
-        return iter(zip(order, seeds, strict=True))
+        yield from zip(order, seeds, strict=True)
