@@ -88,6 +88,26 @@ def test_augmentation_is_reproducible_per_seed_and_fills_with_ignore():
     assert all(set(np.unique(o)) <= {0, 1, IGNORE_INDEX} for o in outputs)
 
 
+def test_each_transform_decides_on_its_own_whether_to_apply():
+    """albumentations' rule (BasicTransform.should_apply: py_random.random() < p) after the sample's seeding:
+    each transform applies to its p of the samples, independently of the others (one seed for all once made
+    every p=0.5 transform apply to the same half)."""
+    aug = augmenter()
+    from unetkit.train.data.augment import seed_pipeline
+
+    pipeline = aug._pipeline(40, 60)
+    decisions = []
+    for seed in range(2000):
+        seed_pipeline(pipeline, seed)
+        decisions.append([t.py_random.random() < t.p for t in pipeline.transforms])
+    applied = np.array(decisions)
+    rates = applied.mean(axis=0)
+    assert rates == pytest.approx([t.p for t in pipeline.transforms], abs=0.04)
+    flip, rotate = applied[:, 0], applied[:, 1]
+    assert (flip & rotate).mean() == pytest.approx(0.25, abs=0.04)  # independent: 0.5 x 0.5
+    assert len({tuple(row) for row in decisions}) == 32  # every combination of the five occurs
+
+
 def test_dataset_items_and_pad_collate(synth_small):
     pairs = index_dataset(synth_small).pairs[:2]
     ds = SegmentationDataset(pairs, HALF, augment=augmenter())

@@ -3,6 +3,10 @@
 Horizontal flip, rotation within +-15 degrees, random resized crop (80-100 % of the area, back to the
 sample's own size), brightness/contrast and blur. Each call is seeded, so a sample's augmentation depends
 only on the seed the sampler drew for it. Pixels rotated in from outside the image get IGNORE_INDEX labels.
+
+albumentations' `Compose.set_random_seed` gives every transform the same seed, so their first draws are equal
+and each "p=0.5" transform was applied to the same half of the samples (3 patterns in all instead of 16 x 2);
+each transform gets a seed of its own from the sample's (`seed_pipeline`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ class Augmenter:
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         pipeline = self._pipeline(*image.shape[:2])
-        pipeline.set_random_seed(seed)
+        seed_pipeline(pipeline, seed)
         out = pipeline(image=image, mask=labels)
         return out["image"], out["mask"]
+
+
+def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
+    """Seed `pipeline` for one sample, each transform from its own child of `seed` (numpy's SeedSequence), so
+    whether one applies says nothing about whether another does."""
+    pipeline.set_random_seed(seed)
+    children = np.random.SeedSequence(seed).spawn(len(pipeline.transforms))
+    for transform, child in zip(pipeline.transforms, children, strict=True):
+        transform.set_random_seed(int(child.generate_state(1)[0]))
