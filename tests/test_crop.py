@@ -7,7 +7,14 @@ import torch
 
 from conftest import error_lines, run_cli
 from unetkit.core.labels import IGNORE_INDEX
-from unetkit.train.data.crop import Cropper, crop_note, foreground_point, whole_image_batch, window_start
+from unetkit.train.data.crop import (
+    Cropper,
+    crop_note,
+    foreground_point,
+    validation_note,
+    whole_image_batch,
+    window_start,
+)
 
 ARGS = ["--base-channels", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--batch-size", "4"]
 
@@ -86,7 +93,7 @@ def test_a_run_on_crops_records_them_and_resumes_exactly_with_any_workers(tmp_pa
     "args, message",
     [
         (["--crop", "16x64"], "--crop needs HEIGHTxWIDTH of at least 32x32"),
-        (["--fg-fraction", "0.5"], "--fg-fraction needs --crop (it is the share of crops centred on foreground)"),
+        (["--fg-fraction", "0.5"], "--fg-fraction needs --crop (it is the share of crops made to hold foreground)"),
         (["--crop", "32x32", "--fg-fraction", "1.5"], "--fg-fraction must be in [0, 1]"),
     ],
 )
@@ -94,3 +101,12 @@ def test_bad_crop_settings_are_one_line_before_work(tmp_path, synth_small, args,
     proc = run_cli("unet-train", "--data", synth_small, "--out", tmp_path / "run", *ARGS, *args)
     assert proc.returncode == 2 and error_lines(proc) == [f"unet-train: error: {message}"], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_image_larger_than_a_batch_of_crops_is_said_before_training():
+    assert validation_note(8, (256, 256), [(512, 512)]) is None  # 2 images' worth of 8 crops
+    assert validation_note(2, (256, 256), [(512, 512), (1024, 2048)]) == (
+        "validation scores whole images: the largest model input, 1024x2048, holds 16.0 times the pixels of a "
+        "training batch of 2 crops and is scored alone; if it does not fit in memory, give a smaller --scale (or "
+        "--max-side)"
+    )

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, metavar="N", help="resize every image so its longer side is N, keeping "
                    "its aspect, instead of scaling it (for data sets of mixed sizes)")  # fmt: skip
     p.add_argument("--crop", type=parse_hw, metavar="HxW", help="train on random HxW windows of each model input "
-                   "(patches, as nnU-Net: large images at full resolution); validation still scores whole images. "
-                   "Predict with unet-infer --tile")  # fmt: skip
+                   "(patches, as nnU-Net; with --scale 1, large images at full resolution); validation still scores "
+                   "whole images")  # fmt: skip
     p.add_argument("--fg-fraction", type=float, metavar="P", help="with --crop: the share of windows made to hold a "
                    f"foreground pixel, the rest uniform (default {DEFAULT_FG_FRACTION}, nnU-Net's)")  # fmt: skip
     p.add_argument("--init", type=Path, metavar="CHECKPOINT", help="start from this checkpoint's weights "

@@ -149,7 +149,7 @@ class TrainConfig:
             "--size needs a positive HEIGHTxWIDTH": self.size is None or min(self.size) >= 1,
             "--max-side must be at least 1": self.max_side is None or self.max_side >= 1,
             f"--crop needs HEIGHTxWIDTH of at least {MIN_CROP}x{MIN_CROP}": not self.crop or min(self.crop) >= MIN_CROP,
-            "--fg-fraction needs --crop (it is the share of crops centred on foreground)": self.crop is not None
+            "--fg-fraction needs --crop (it is the share of crops made to hold foreground)": self.crop is not None
             or self.fg_fraction is None,
             "--fg-fraction must be in [0, 1]": self.fg_fraction is None or 0 <= self.fg_fraction <= 1,
             "--mask-threshold must be in 1..255": self.mask_threshold is None or 1 <= self.mask_threshold <= 255,

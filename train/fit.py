@@ -33,7 +33,7 @@ from unetkit.core.model import UNet, UNetConfig
 from .config import RESUME_OVERRIDES, STEP_SCHEDULES, TrainConfig, moved, moved_data_root, resume_conflicts, run_files
 from .data.buckets import BucketBatchSampler, by_input_size, same_size_batches
 from .data.checks import check_dataset, describe_unmatched, inverted_size
-from .data.crop import Cropper, crop_note, whole_image_batch
+from .data.crop import Cropper, crop_note, validation_note, whole_image_batch
 from .data.dataset import SampleCache, SampleRule, SegmentationDataset, pad_collate
 from .data.layouts import DatasetIndex, index_dataset
 from .data.split import SPLIT_FILE, Split, make_split, read_split, split_record, write_split
@@ -233,9 +233,13 @@ def _loaders(
         inverted = inverted_size(index, cfg.resize_rule)
         if inverted:
             log.warning("warning: %s", inverted)
-        padded = crop_note(cfg.crop, input_sizes) if cfg.crop else None
-        if padded:
-            log.warning("warning: %s", padded)
+        notes = (
+            [crop_note(cfg.crop, input_sizes), validation_note(cfg.batch_size, cfg.crop, input_sizes)]
+            if cfg.crop
+            else []
+        )
+        for note in filter(None, notes):
+            log.warning("warning: %s", note)
     input_sizes = ddp.share(input_sizes)
     sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}
     common: dict[str, Any] = dict(
