@@ -15,14 +15,12 @@ from unetkit.core.metrics import (
 )
 from unetkit.train.losses import (
     bce_loss,
-    binary_dice_loss,
     binary_focal_loss,
-    binary_tversky_loss,
     ce_loss,
+    dice_loss,
     focal_loss,
     make_loss,
-    multiclass_dice_loss,
-    multiclass_tversky_loss,
+    tversky_loss,
 )
 
 BIG = 100.0  # a logit whose sigmoid is 1.0 in float32
@@ -53,10 +51,10 @@ def test_bce_ignores_pixels_and_is_stable_for_huge_logits():
 
 def test_binary_dice_hand_values():
     # pred 1,1,0,0 vs truth 1,0,1,0: overlap 1, sums 2 and 2 -> (2*1 + 1) / (4 + 1) with smoothing 1.
-    assert binary_dice_loss(binary_logits([1, 1, 0, 0]), labels([1, 0, 1, 0])).item() == pytest.approx(1 - 3 / 5)
-    assert binary_dice_loss(binary_logits([0, 0]), labels([0, 0])).item() == pytest.approx(0.0)  # empty, empty
-    assert binary_dice_loss(binary_logits([1, 1]), labels([1, 1])).item() == pytest.approx(0.0)  # perfect
-    assert binary_dice_loss(binary_logits([1, 1, 1]), labels([1, 0, 255])).item() == pytest.approx(1 - 3 / 4)
+    assert dice_loss(binary_logits([1, 1, 0, 0]), labels([1, 0, 1, 0])).item() == pytest.approx(1 - 3 / 5)
+    assert dice_loss(binary_logits([0, 0]), labels([0, 0])).item() == pytest.approx(0.0)  # empty, empty
+    assert dice_loss(binary_logits([1, 1]), labels([1, 1])).item() == pytest.approx(0.0)  # perfect
+    assert dice_loss(binary_logits([1, 1, 1]), labels([1, 0, 255])).item() == pytest.approx(1 - 3 / 4)
 
 
 def test_cross_entropy_hand_values():
@@ -72,7 +70,7 @@ def test_multiclass_dice_hand_values():
     logits = torch.nn.functional.one_hot(pred, 2).T.float().mul(BIG).view(1, 2, 1, 4)
     # class 0: overlap 1, sums 2 + 1 -> 3/4; class 1: overlap 2, sums 2 + 3 -> 5/6.
     expected = 1 - (3 / 4 + 5 / 6) / 2
-    assert multiclass_dice_loss(logits, labels([0, 1, 1, 1])).item() == pytest.approx(expected, rel=1e-6)
+    assert dice_loss(logits, labels([0, 1, 1, 1])).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_make_loss_combines_half_and_half():
@@ -138,20 +136,19 @@ def test_focal_and_tversky_against_their_definitions():
     assert focal_loss(multi, truth).item() == pytest.approx((-((1 - log_p.exp()) ** 2) * log_p).mean().item(), rel=1e-5)
     # Tversky: hard predictions with tp 1, fp 2, fn 1 (smoothing 0.5): (1 + .5) / (1 + .3 * 2 + .7 * 1 + .5)
     hard, truth4 = binary_logits([1, 1, 1, 0, 0]), labels([1, 0, 0, 1, 0])
-    assert binary_tversky_loss(hard, truth4).item() == pytest.approx(1 - 1.5 / 2.8, rel=1e-6)
-    assert binary_tversky_loss(hard, truth4, alpha=0.5, beta=0.5).item() == pytest.approx(1 - 3 / 6, rel=1e-6)
-    assert binary_dice_loss(logits, target).item() == pytest.approx(
-        binary_tversky_loss(logits, target, alpha=0.5, beta=0.5).item(), rel=1e-6)  # fmt: skip
-    assert multiclass_dice_loss(multi, truth).item() == pytest.approx(
-        multiclass_tversky_loss(multi, truth, alpha=0.5, beta=0.5).item(), rel=1e-6)  # fmt: skip
+    assert tversky_loss(hard, truth4).item() == pytest.approx(1 - 1.5 / 2.8, rel=1e-6)
+    assert tversky_loss(hard, truth4, alpha=0.5, beta=0.5).item() == pytest.approx(1 - 3 / 6, rel=1e-6)
+    multi_hard = torch.tensor([[[[BIG, -BIG, -BIG]], [[-BIG, BIG, BIG]]]])  # classes 0, 1, 1 against 0, 0, 1
+    # class 0: tp 1, fn 1 -> (1 + .5) / (1 + .7 + .5); class 1: tp 1, fp 1 -> (1 + .5) / (1 + .3 + .5)
+    assert tversky_loss(multi_hard, labels([0, 0, 1])).item() == pytest.approx(1 - (1.5 / 2.2 + 1.5 / 1.8) / 2)
     missed, alarmed = binary_logits([0, 0]), binary_logits([1, 1])
-    assert binary_tversky_loss(missed, labels([1, 0])) > binary_tversky_loss(alarmed, labels([1, 0]))
+    assert tversky_loss(missed, labels([1, 0])) > tversky_loss(alarmed, labels([1, 0]))
     # every name makes a loss, combinations half and half
     for name in ("focal+tversky", "bce+tversky", "focal", "tversky"):
         assert torch.isfinite(make_loss(name, 1)(logits, target))
     both = make_loss("focal+tversky", 3)(multi, truth)
     assert both.item() == pytest.approx(0.5 * focal_loss(multi, truth).item()
-                                        + 0.5 * multiclass_tversky_loss(multi, truth).item(), rel=1e-6)  # fmt: skip
+                                        + 0.5 * tversky_loss(multi, truth).item(), rel=1e-6)  # fmt: skip
 
 
 def test_dice_and_iou_hand_values():

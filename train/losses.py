@@ -63,28 +63,6 @@ def binary_focal_loss(
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
-def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """1 - soft Dice of sigmoid probabilities over the whole batch; empty prediction and target give 0."""
-    return binary_tversky_loss(logits, target, ignore_index, 0.5, 0.5)
-
-
-def binary_tversky_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    ignore_index: int = IGNORE_INDEX,
-    alpha: float = TVERSKY_ALPHA,
-    beta: float = TVERSKY_BETA,
-) -> torch.Tensor:
-    """1 - soft Tversky index (TP + s) / (TP + alpha FP + beta FN + s) of sigmoid probabilities over the whole
-    batch; alpha = beta = 0.5 is the soft Dice loss."""
-    valid = (target != ignore_index).float()
-    prob = torch.sigmoid(logits[:, 0].float()) * valid
-    truth = (target == 1).float() * valid
-    tp = (prob * truth).sum()
-    fp, fn = prob.sum() - tp, truth.sum() - tp
-    return 1.0 - (tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)
-
-
 def ce_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -122,27 +100,33 @@ def focal_loss(
     return (per_pixel * pixel_weight).sum() / pixel_weight.sum().clamp(min=1e-12)
 
 
-def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """1 - mean over classes of the soft Dice of softmax probabilities, over valid pixels."""
-    return multiclass_tversky_loss(logits, target, ignore_index, 0.5, 0.5)
-
-
-def multiclass_tversky_loss(
+def tversky_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     ignore_index: int = IGNORE_INDEX,
     alpha: float = TVERSKY_ALPHA,
     beta: float = TVERSKY_BETA,
 ) -> torch.Tensor:
-    """1 - mean over classes of the soft Tversky index of softmax probabilities, over valid pixels."""
+    """1 - soft Tversky index (TP + s) / (TP + alpha FP + beta FN + s) over the whole batch, of sigmoid
+    probabilities for a binary model, of softmax probabilities per class (then averaged) for a multi-class
+    one, over valid pixels; alpha = beta = 0.5 is the soft Dice loss."""
     n_classes = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1).float()
-    prob = torch.softmax(logits.float(), dim=1) * valid
-    onehot = F.one_hot(target.clamp(max=n_classes - 1), n_classes).permute(0, 3, 1, 2).float() * valid
+    if n_classes == 1:
+        prob = torch.sigmoid(logits.float()) * valid
+        truth = (target == 1).unsqueeze(1).float() * valid
+    else:
+        prob = torch.softmax(logits.float(), dim=1) * valid
+        truth = F.one_hot(target.clamp(max=n_classes - 1), n_classes).permute(0, 3, 1, 2).float() * valid
     dims = (0, 2, 3)
-    tp = (prob * onehot).sum(dims)
-    fp, fn = prob.sum(dims) - tp, onehot.sum(dims) - tp
+    tp = (prob * truth).sum(dims)
+    fp, fn = prob.sum(dims) - tp, truth.sum(dims) - tp
     return 1.0 - ((tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)).mean()
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """1 - soft Dice (per class, averaged, for multi-class); an empty prediction of an empty target gives 0."""
+    return tversky_loss(logits, target, ignore_index, 0.5, 0.5)
 
 
 def deep_supervision_weights(levels: int) -> list[float]:
@@ -205,10 +189,8 @@ def make_loss(name: str, n_classes: int, pos_weight: float = 1.0, class_weights:
 
 def _term(name: str, binary: bool, pos_weight: float, class_weights: tuple[float, ...]) -> LossFn:
     """One term of a loss name: bce/ce, focal, dice or tversky, for the model's kind."""
-    if name == "dice":
-        return binary_dice_loss if binary else multiclass_dice_loss
-    if name == "tversky":
-        return binary_tversky_loss if binary else multiclass_tversky_loss
+    if name in REGION_TERMS:
+        return dice_loss if name == "dice" else tversky_loss
     focal = name == "focal"
     if binary:
         return lambda logits, target: (binary_focal_loss if focal else bce_loss)(logits, target, pos_weight=pos_weight)
