@@ -110,7 +110,7 @@ def test_eval_cli_reports_per_image_and_group_with_a_picture_and_json(grouped_ru
     assert "  post-processing (unet-infer flags): Dice pooled, per image (change)\n" in proc.stdout
     width = max(len(p["flags"]) for p in post)
     for p in post:
-        change = p["dice"] - numbers["dice"]
+        change = round(p["dice"] - numbers["dice"], 4) + 0.0  # never shown as -0.0000
         assert f"    {p['flags']:<{width}}  {p['dice']:.4f} ({change:+.4f})  {p['mean_image_dice']:.4f}" in proc.stdout
     worst = sorted(numbers["per_image"], key=lambda r: r["dice"])[0]["image"]
     assert numbers["worst"][0] == worst and f"worst images (Dice): {worst}" in proc.stdout

@@ -215,13 +215,18 @@ class EvalReport:
         if post:
             out.append("  post-processing (unet-infer flags): Dice pooled, per image (change)")
             width = max(len(flags) for flags, _, _ in post)
-            out += [f"    {flags:<{width}}  {d:.4f} ({d - pooled.mean_dice:+.4f})  {m:.4f} ({m - mean_dice:+.4f})"
+            out += [f"    {flags:<{width}}  {d:.4f} ({_change(d, pooled.mean_dice)})  {m:.4f} ({_change(m, mean_dice)})"
                     for flags, d, m in post]  # fmt: skip
         shown = ", ".join(f"{s.name} {d:.4f}" for s, d, _ in self.worst(SHOW_WORST))
         out.append(f"  worst images (Dice): {shown}")
         if self.picture is not None:
             out.append(f"  picture of the worst {len(self.worst_shown)}: {self.picture}")
         return out
+
+
+def _change(after: float, before: float) -> str:
+    """A change to 4 decimals, signed, with no '-0.0000' for a loss too small to show."""
+    return f"{round(after - before, 4) + 0.0:+.4f}"
 
 
 def _sort_key(value: float) -> float:
