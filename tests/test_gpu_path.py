@@ -40,7 +40,7 @@ from unetkit.infer.io import discover
 from unetkit.infer.nvjpeg import batched_decode_supported, torchcodec_notice_silenced
 from unetkit.infer.pipeline import Pipeline
 from unetkit.infer.settings import InferSettings, OutputOptions
-from unetkit.train.fit import cudnn_benchmark, visible_rng_states
+from unetkit.train.fit import algorithm_choice, visible_rng_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,7 +306,7 @@ def test_training_turns_on_cudnn_benchmark_and_nothing_else():
     tf32, benchmark = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = False, False
-        with cudnn_benchmark():
+        with algorithm_choice(deterministic=False):
             assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32  # the user's choice stays
         assert not torch.backends.cudnn.benchmark
     finally:
