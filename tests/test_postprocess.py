@@ -182,3 +182,20 @@ def test_a_folder_keeps_one_post_processing_and_multi_class_cannot_fill(noisy, t
     negative = run_cli("unet-infer", images, "--checkpoint", checkpoint, "--min-area", "-5")
     assert error_lines(negative) == ["unet-infer: error: --min-area -5: must be 0 (keep every component) or more "
                                      "pixels"]  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_written_masks_are_the_plain_ones_post_processed(noisy, tmp_path):
+    """The streamed CUDA pipeline: masks downloaded, post-processed on the writer threads, overlays drawn on the
+    host from downloaded pixels; the same rule as the CPU path, applied to CUDA's own plain masks."""
+    checkpoint, images, _ = noisy
+    common = ["--checkpoint", checkpoint, "--device", "cuda", "--precision", "fp32", "--no-progress"]
+    run_cli("unet-infer", images, *common, "--out", tmp_path / "plain", check=True)
+    run_cli("unet-infer", images, *common, "--out", tmp_path / "post", "--keep-largest", "--fill-holes", "--overlay",
+            check=True)  # fmt: skip
+    for path in sorted((tmp_path / "plain").glob("*.png")):
+        before = np.asarray(Image.open(path)) // 255
+        after = np.asarray(Image.open(tmp_path / "post" / path.name)) // 255
+        assert (after == PostProcess(keep_largest=True, fill_holes=True).apply(before, 1)).all()
+        with Image.open(tmp_path / "post" / f"{path.stem}.overlay.jpg") as overlay:
+            assert overlay.size == after.shape[::-1]
