@@ -119,6 +119,9 @@ class PostProcess:
     fill_holes: bool = False
 
     def __post_init__(self) -> None:
+        for flag, value in (("--keep-largest", self.keep_largest), ("--fill-holes", self.fill_holes)):
+            if not isinstance(value, bool):
+                raise UnetkitError(f"{flag}: True or False, not {value!r}")
         if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 0:
             raise UnetkitError(f"--min-area {self.min_area}: must be 0 (keep every component) or more pixels")
 

@@ -32,7 +32,7 @@ from .predictor import Predictor
 from .record import claim_out_dir, mask_settings, model_identity
 from .settings import DECODERS, InferSettings, OutputOptions
 from .shard import Part, check_no_other_split, choose_part, merge_parts, write_manifest
-from .tiling import BLEND_MODES, DEFAULT_TILE, oversized_tile_note
+from .tiling import BLEND_MODES, DEFAULT_TILE, oversized_tile_note, small_tile_note
 
 PROG = "unet-infer"
 
@@ -154,8 +154,11 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
             **vars(settings),
         )  # fmt: skip
     if settings.tile:
-        note = oversized_tile_note(folder_sizes([item.source for item in mine], predictor.meta), settings.tile)
-        if note:
+        trained = predictor.meta.extra.get("train_args")
+        crop = trained.get("crop") if isinstance(trained, dict) else None
+        notes = [oversized_tile_note(folder_sizes([item.source for item in mine], predictor.meta), settings.tile),
+                 small_tile_note(settings.tile, crop)]  # fmt: skip
+        for note in filter(None, notes):
             print(f"note: {note}", flush=True)
     if args.palette and predictor.meta.n_classes == 1:
         predictor.close()

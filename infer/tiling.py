@@ -64,6 +64,15 @@ def oversized_tile_note(sizes: Sequence[tuple[int, int]], tile: int) -> str:
             "give a smaller one")  # fmt: skip
 
 
+def small_tile_note(tile: int, crop: Sequence[int] | None) -> str:
+    """What to say when --tile is smaller than the windows the model trained on (unet-train --crop): each tile
+    sees less context than training gave it; '' otherwise."""
+    if not tile or not crop or tile >= max(crop):
+        return ""
+    return (f"--tile {tile} is smaller than the {crop[0]}x{crop[1]} windows the model trained on (--crop): each tile "
+            f"sees less context than training gave it; give --tile {max(crop)} or more, or leave it out")  # fmt: skip
+
+
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """(y, x) of every tile, row by row."""
     return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]

@@ -63,9 +63,9 @@ def test_whole_image_validation_keeps_to_a_crop_batchs_pixels():
     assert whole_image_batch(8, (512, 512), [(1024, 2048), (512, 512)]) == 1  # 8 crops' pixels: 1 full image
     assert whole_image_batch(16, (256, 256), [(512, 512)]) == 4 and whole_image_batch(2, (32, 32), [(64, 64)]) == 1
     assert crop_note((64, 64), [(64, 96)]) is None
-    assert crop_note((512, 512), [(64, 96), (32, 48)]) == (
+    assert crop_note((512, 512), [(64, 96), (32, 48)], "--max-side") == (
         "--crop 512x512 is larger than the model inputs (the largest is 64x96): 1 % of each window is image, the "
-        "rest padding that trains nothing; give a smaller --crop, or a larger --scale"
+        "rest padding that trains nothing; give a smaller --crop, or a larger --max-side"
     )
 
 
@@ -76,7 +76,10 @@ def test_a_run_on_crops_records_them_and_resumes_exactly_with_any_workers(tmp_pa
     args = ["--data", synth_small, "--crop", "32x48", "--fg-fraction", "0.5", "--lr", "3e-3", *ARGS]
     run_cli("unet-train", *args, "--out", tmp_path / "straight", "--epochs", "2", check=True)
     first = run_cli("unet-train", *args, "--workers", "2", "--out", tmp_path / "resumed", "--epochs", "1", check=True)
-    assert "warning: --crop" not in first.stdout + first.stderr  # 32x48 windows of 64x96 inputs
+    said = first.stdout + first.stderr
+    assert "warning: --crop" not in said  # 32x48 windows of 64x96 inputs
+    assert "note: --crop cuts its windows from inputs at the default --scale 0.5; give --scale 1" in said
+    assert ", windows 32x48 (0.5 made to hold foreground)" in said
     run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "2", "--device", "cpu",
             "--workers", "1", "--no-progress", check=True)  # fmt: skip
     a = torch.load(tmp_path / "straight/last.pth", weights_only=True)
@@ -84,6 +87,13 @@ def test_a_run_on_crops_records_them_and_resumes_exactly_with_any_workers(tmp_pa
     assert a["training"]["config"]["crop"] == [32, 48] and a["training"]["config"]["fg_fraction"] == 0.5
     for key in a["state_dict"]:  # the same windows, so the same weights
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    again = run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--epochs", "2", "--device", "cpu",
+                    "--workers", "0", "--no-progress", check=True)  # fmt: skip
+    assert "note: the run has trained 2 of --epochs 2: nothing to train" in again.stdout + again.stderr
+    tiles = run_cli("unet-infer", synth_small / "train", "--checkpoint", tmp_path / "straight/best.pth", "--tile", "32",
+                    "--out", tmp_path / "masks", "--device", "cpu", "--no-progress", check=True)  # fmt: skip
+    assert ("note: --tile 32 is smaller than the 32x48 windows the model trained on (--crop): each tile sees less "
+            "context than training gave it; give --tile 48 or more, or leave it out") in tiles.stdout  # fmt: skip
     refused = run_cli("unet-train", "--out", tmp_path / "resumed", "--resume", "--crop", "64x64", "--device", "cpu")
     assert refused.returncode == 2
     assert "last.pth: --crop 64x64: the run was started with 32x48 (" in error_lines(refused)[-1]
@@ -105,8 +115,9 @@ def test_bad_crop_settings_are_one_line_before_work(tmp_path, synth_small, args,
 
 def test_an_image_larger_than_a_batch_of_crops_is_said_before_training():
     assert validation_note(8, (256, 256), [(512, 512)]) is None  # 2 images' worth of 8 crops
+    assert validation_note(2, (256, 256), [(512, 512), (512, 768)]) is None  # 3 batches of crops: under 4
     assert validation_note(2, (256, 256), [(512, 512), (1024, 2048)]) == (
         "validation scores whole images: the largest model input, 1024x2048, holds 16.0 times the pixels of a "
-        "training batch of 2 crops and is scored alone; if it does not fit in memory, give a smaller --scale (or "
-        "--max-side)"
+        "training batch of 2 crops and is scored alone; if it does not fit in memory the run stops at its first "
+        "validation (validation in tiles is not built yet)"
     )

@@ -93,6 +93,10 @@ def test_rules_that_cannot_apply_are_refused_and_flags_round_trip():
     for bad in (2.5, "5", True):
         with pytest.raises(UnetkitError, match=r"--min-area .*: must be 0"):
             PostProcess(min_area=bad)
+    with pytest.raises(UnetkitError, match=r"--keep-largest: True or False, not 'no'"):
+        Predictor("never-read.pth", keep_largest="no")  # refused before anything is loaded or written
+    with pytest.raises(UnetkitError, match=r"--fill-holes: True or False, not 1"):
+        PostProcess(fill_holes=1)
     assert not PostProcess(min_area=1).active and PostProcess(min_area=1).record() == {}  # keeps every component
     assert PostProcess(fill_holes=True).apply(np.ones((3, 3), bool), 1).dtype == np.uint8
     assert mask_settings(InferSettings(keep_largest=True, min_area=9)) == {

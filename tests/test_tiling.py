@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unetkit.infer.batching import BatchRunner, Job, run_all
-from unetkit.infer.tiling import blend_weights, oversized_tile_note, tile_grid, tile_starts
+from unetkit.infer.tiling import blend_weights, oversized_tile_note, small_tile_note, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize(
@@ -137,4 +137,6 @@ def test_a_tile_larger_than_every_image_is_said_with_what_it_costs():
         "padded to 512x512, 3% of it image at best; leave out --tile (whole images) or give a smaller one"
     )
     assert oversized_tile_note(sizes, 100) == ""  # the widest image needs two tiles
+    assert small_tile_note(256, (512, 384)).startswith("--tile 256 is smaller than the 512x384 windows")
+    assert small_tile_note(512, (512, 384)) == small_tile_note(256, None) == small_tile_note(0, (512, 512)) == ""
     assert oversized_tile_note(sizes, 105) == "" and oversized_tile_note([], 512) == ""

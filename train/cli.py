@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="folder for decoded, scaled samples reused across epochs and runs")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="FP32 training on CUDA")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels only "
-                   "(where PyTorch has them; cuDNN does not benchmark): a CUDA run repeats bit for bit, more "
-                   "slowly")  # fmt: skip
+                   "(cuDNN does not benchmark), so a CUDA run can repeat bit for bit, more slowly; an op without a "
+                   "deterministic CUDA kernel warns once (not yet run on a GPU)")  # fmt: skip
     p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
     p.add_argument("--lr-patience", type=int, help="epochs without a better validation figure before the learning "
                    f"rate drops tenfold (default {d.lr_patience})")  # fmt: skip
@@ -247,6 +247,9 @@ def _train(args: argparse.Namespace) -> int:
             )
         given["out"] = _new_run_dir(args.out)
         cfg, checkpoint = TrainConfig(**given), None
+        if cfg.crop and args.scale is None and cfg.resize_flag == "--scale" and (dist is None or dist.is_main):
+            print(f"note: --crop cuts its windows from inputs at the default --scale {cfg.scale:g}; give --scale 1 "
+                  "to train on full-resolution windows", flush=True)  # fmt: skip
     require_training_stack(cfg.augment)  # a resumed run augments as it did at the start
     check_outputs([("--out", cfg.out, FOLDER), ("--cache", cfg.cache, FOLDER)])  # looks, creates nothing
     with training_processes(cfg, dist) as ddp:  # joins torchrun's process group for the run

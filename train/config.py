@@ -164,6 +164,11 @@ class TrainConfig:
                 raise UnetkitError(message)
 
     @property
+    def resize_flag(self) -> str:
+        """The flag of the resize rule in use: --size, --max-side or --scale."""
+        return "--size" if self.size is not None else "--max-side" if self.max_side is not None else "--scale"
+
+    @property
     def resize_rule(self) -> ResizeRule:
         """How images become model inputs: --size, else --max-side, else --scale."""
         if self.size is not None:

@@ -234,7 +234,7 @@ def _loaders(
         if inverted:
             log.warning("warning: %s", inverted)
         notes = (
-            [crop_note(cfg.crop, input_sizes), validation_note(cfg.batch_size, cfg.crop, input_sizes)]
+            [crop_note(cfg.crop, input_sizes, cfg.resize_flag), validation_note(cfg.batch_size, cfg.crop, input_sizes)]
             if cfg.crop
             else []
         )
@@ -259,7 +259,8 @@ def _loaders(
     val_sizes = [sizes[val_ds.pairs[i].image] for i in mine]
     val_batches = same_size_batches(val_sizes, whole_image_batch(cfg.batch_size, cfg.crop, val_sizes))
     val = DataLoader(val_part, batch_sampler=val_batches, **common)  # unpadded: independent of the batch size
-    log.info("data: %s layout, %s, %s", index.layout, split.describe(), rule.resize.describe())
+    windows = f", windows {cfg.crop[0]}x{cfg.crop[1]} ({cfg.fg_fraction:g} made to hold foreground)" if cfg.crop else ""
+    log.info("data: %s layout, %s, %s%s", index.layout, split.describe(), rule.resize.describe(), windows)
     return train, val
 
 
@@ -349,6 +350,9 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
         run.restore(resume.training)
         best = f"Dice {run.best_dice:.4f}" if cfg.monitor == "dice" else f"loss {run.best_loss:.4f}"
         log.info("resumed after epoch %d (best %s at epoch %d) in %s", run.epoch, best, run.best_epoch, cfg.out)
+        if run.epoch >= cfg.epochs:
+            log.warning("note: the run has trained %d of --epochs %d: nothing to train (give a larger --epochs to go "
+                        "on); its best checkpoint is evaluated again", run.epoch, cfg.epochs)  # fmt: skip
 
     split, new_split = resolve_split(cfg, index, resuming=resume is not None)
     train_loader, val_loader = _loaders(cfg, index, split, ddp, run.sampler_rng)
@@ -363,11 +367,13 @@ def fit(cfg: TrainConfig, resume: Checkpoint | None = None, ddp: Distributed | N
                 split_record(split, index, cfg.group_by, cfg.val_fraction, cfg.seed, cfg.fold_pair),
             )
         tb = TensorBoardLog(cfg.out / "tb", index.class_names, index.mask_kind)
+    weights = f" (--pos-weight {cfg.pos_weight:g})" if cfg.pos_weight != 1.0 else ""
+    weights += f" (--class-weights {','.join(f'{w:g}' for w in cfg.class_weights)})" if cfg.class_weights else ""
     log.info(
-        "model: U-Net base %d (%s up-sampling%s), %s, %s, loss %s%s",
+        "model: U-Net base %d (%s up-sampling%s), %s, %s, loss %s%s%s",
         cfg.base_channels, "bilinear" if cfg.bilinear else "transposed-conv",
         ", attention gates" if cfg.attention else "", device, str(amp).replace("torch.", "") if amp else "fp32",
-        loss_name, " with deep supervision" if cfg.deep_supervision else "",
+        loss_name, weights, " with deep supervision" if cfg.deep_supervision else "",
     )  # fmt: skip
     log.info("%s", describe_optimization(cfg))
     if cfg.deterministic:

@@ -80,20 +80,25 @@ def whole_image_batch(batch_size: int, crop: Sequence[int] | None, sizes: Sequen
     return max(1, min(batch_size, batch_size * crop[0] * crop[1] // largest))
 
 
+#: How many training batches of crops one whole validation image may hold before it is worth a warning.
+VALIDATION_RATIO = 4
+
+
 def validation_note(batch_size: int, crop: Sequence[int], sizes: Sequence[tuple[int, int]]) -> str | None:
-    """A line when one whole validation image holds more pixels than a training batch of crops: it is scored
-    alone, and may not fit where the crops did."""
+    """A line when one whole validation image holds several times the pixels of a training batch of crops: it
+    is scored alone, and may not fit in memory where the crops did."""
     largest = max(sizes, key=lambda s: s[0] * s[1]) if sizes else (0, 0)
     ratio = largest[0] * largest[1] / (batch_size * crop[0] * crop[1])
-    if ratio <= 1:
+    if ratio < VALIDATION_RATIO:
         return None
     return (f"validation scores whole images: the largest model input, {largest[0]}x{largest[1]}, holds {ratio:.1f} "
             f"times the pixels of a training batch of {batch_size} crops and is scored alone; if it does not fit in "
-            "memory, give a smaller --scale (or --max-side)")  # fmt: skip
+            "memory the run stops at its first validation (validation in tiles is not built yet)")  # fmt: skip
 
 
-def crop_note(crop: Sequence[int], sizes: Sequence[tuple[int, int]]) -> str | None:
-    """A line when --crop windows are mostly padding: larger than the model inputs they are cut from."""
+def crop_note(crop: Sequence[int], sizes: Sequence[tuple[int, int]], resize_flag: str = "--scale") -> str | None:
+    """A line when --crop windows are mostly padding: larger than the model inputs they are cut from (made by
+    the resize rule of `resize_flag`: --scale, --size or --max-side)."""
     ch, cw = crop
     share = sum(min(h, ch) * min(w, cw) for h, w in sizes) / (len(sizes) * ch * cw) if sizes else 1.0
     if share >= 0.9:
@@ -101,4 +106,4 @@ def crop_note(crop: Sequence[int], sizes: Sequence[tuple[int, int]]) -> str | No
     largest = max(sizes, key=lambda s: s[0] * s[1])
     return (f"--crop {ch}x{cw} is larger than the model inputs (the largest is {largest[0]}x{largest[1]}): "
             f"{100 * share:.0f} % of each window is image, the rest padding that trains nothing; give a smaller "
-            "--crop, or a larger --scale")  # fmt: skip
+            f"--crop, or a larger {resize_flag}")  # fmt: skip
