@@ -137,6 +137,14 @@ class ModelMeta:
         return ResizeRule(self.resize, self.scale, self.input_size, self.max_side)
 
     @property
+    def trained_crop(self) -> tuple[int, int] | None:
+        """The (height, width) windows the model trained on (unet-train --crop), from its recorded training
+        arguments; None when it trained on whole images or records none."""
+        train_args = self.extra.get("train_args")
+        crop = train_args.get("crop") if isinstance(train_args, dict) else None
+        return (int(crop[0]), int(crop[1])) if isinstance(crop, (list, tuple)) and len(crop) == 2 else None
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Class names, made up where none were stored."""
         if self.class_names:

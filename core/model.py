@@ -24,6 +24,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: Four 2x2 max-pool steps: height and width must be multiples of 2**4 inside the network.
 DOWNSAMPLE = 16
+#: The smallest tile (unet-infer --tile) or training window (unet-train --crop) side: twice the stride, so even
+#: the deepest level sees 2x2 positions (smaller ones are padded to 16 anyway, for no context).
+MIN_SIDE = 2 * DOWNSAMPLE
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ class PostProcess:
     """Which post-processing a mask gets; the default does nothing. Each class but 0 is processed on its own
     and the pixels it loses become class 0, the background (so Cityscapes, whose class 0 is road, is refused);
     holes are filled in binary masks only (in a multi-class mask, whose class would fill one?). Steps run in
-    the order keep-largest, min-area, fill-holes: with both of the first two, a largest component smaller than
-    --min-area goes too, and the mask is empty."""
+    the order keep-largest, min-area, fill-holes: with both of the first two, a class whose largest component is
+    smaller than --min-area loses it too (a binary mask is then empty)."""
 
     keep_largest: bool = False
     min_area: int = 0  # pixels at the original size; components smaller go (0 and 1 keep every component)
@@ -156,12 +156,13 @@ class PostProcess:
                                "is road, not background")  # fmt: skip
 
     def apply(self, labels: np.ndarray, n_classes: int, mask_kind: str = "binary") -> np.ndarray:
-        """uint8 (H, W) labels post-processed (`labels` itself when nothing is asked for, else a new array)."""
+        """(H, W) labels post-processed, as a new uint8 array; `labels` itself, untouched, when nothing is asked
+        for. Checks the model's classes first (`check`), for callers that did not."""
         if not self.active:
             return labels
         self.check(n_classes, mask_kind)
         out = labels.astype(np.uint8)  # a copy
-        if self.keep_largest or self.min_area:
+        if self.keep_largest or self.min_area > 1:
             runs = Runs.of(labels)
             keep = np.ones(len(runs), dtype=bool)
             for c in np.unique(runs.value):

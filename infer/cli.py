@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from unetkit.core.cli import (
 from unetkit.core.device import resolve_device, use_device
 from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES, barrier, process_group, rank_device, torchrun_env
 from unetkit.core.errors import UnetkitError
+from unetkit.core.postprocess import PostProcess
 
 from .engines import ENGINE_NAMES, PRECISIONS
 from .engines.compiled import COMPILE_MODES
@@ -75,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", action="store_true", help="post-processing: keep only the largest "
                    "connected component of each class (one car, one organ); `unet-train --eval` reports what it "
                    "changes")  # fmt: skip
-    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS", help="post-processing: drop connected "
-                   "components smaller than PIXELS at the image's size (default 0: keep all)")  # fmt: skip
+    p.add_argument("--min-area", type=int, default=PostProcess.min_area, metavar="PIXELS", help="post-processing: "
+                   "drop connected components smaller than PIXELS at the image's size (default 0: keep all)"
+                   )  # fmt: skip
     p.add_argument("--fill-holes", action="store_true", help="post-processing (binary masks): fill background "
                    "enclosed by the mask")  # fmt: skip
     p.add_argument("--batch", type=int, help="images (or tiles) per engine call (default 8 on CUDA, 2 on the CPU)")
@@ -151,13 +154,11 @@ def _run(args: argparse.Namespace, part: Part | None, device: str, progress: boo
     else:
         predictor = Predictor(
             args.model or args.checkpoint, args.engine, device, args.precision, compile_mode=args.compile_mode,
-            **vars(settings),
+            **asdict(settings),
         )  # fmt: skip
     if settings.tile:
-        trained = predictor.meta.extra.get("train_args")
-        crop = trained.get("crop") if isinstance(trained, dict) else None
         notes = [oversized_tile_note(folder_sizes([item.source for item in mine], predictor.meta), settings.tile),
-                 small_tile_note(settings.tile, crop)]  # fmt: skip
+                 small_tile_note(settings.tile, predictor.meta.trained_crop)]  # fmt: skip
         for note in filter(None, notes):
             print(f"note: {note}", flush=True)
     if args.palette and predictor.meta.n_classes == 1:

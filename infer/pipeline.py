@@ -84,7 +84,6 @@ class Pipeline:
             raise UnetkitError("--rle writes Carvana's binary format; this model has several classes")
         if self.settings.decoder == "nvjpeg" and engine.device.type != "cuda":
             raise UnetkitError("--decoder nvjpeg: the engine does not run on CUDA")
-        self.settings.postprocess.check(engine.n_classes, self.meta.mask_kind)
         engine.check_batch(self.settings.batch_size)  # a TensorRT profile must take the batch: one line, before work
         if engine.shapes is not None and self.settings.tile:  # and the tile; whole images are checked one by one
             engine.check((self.settings.batch_size, engine.meta.in_channels, self.settings.tile, self.settings.tile))

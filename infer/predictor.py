@@ -18,6 +18,7 @@ from unetkit.core.errors import DataError
 from unetkit.core.imageio import read_image
 from unetkit.core.labels import to_labels
 from unetkit.core.meta import ModelMeta
+from unetkit.core.postprocess import PostProcess
 from unetkit.core.preprocess import model_input
 
 from .batching import BatchRunner, Job, run_all
@@ -63,9 +64,9 @@ class Predictor:
         workers: int = DEFAULT_WORKERS,
         decoder: str = "auto",
         tta: bool = False,
-        keep_largest: bool = False,
-        min_area: int = 0,
-        fill_holes: bool = False,
+        keep_largest: bool = PostProcess.keep_largest,
+        min_area: int = PostProcess.min_area,
+        fill_holes: bool = PostProcess.fill_holes,
     ) -> None:
         settings = InferSettings(tile, overlap, blend, batch, workers, decoder, tta, keep_largest, min_area, fill_holes)
         sources = [Path(s) for s in source] if isinstance(source, (list, tuple)) else [Path(cast(str, source))]

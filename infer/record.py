@@ -141,13 +141,12 @@ def claim_out_dir(
 
 
 def _settings(values: dict[str, Any]) -> str:
-    tta = " with --tta" if values.get("tta") else " without --tta"
     recorded = values.get("postprocess")
     post = PostProcess.from_record(recorded).flags() if isinstance(recorded, dict) else ""
-    tta += f", post-processing {post}" if post else ""
+    rest = (" with --tta" if values.get("tta") else " without --tta") + (f", post-processing {post}" if post else "")
     if not values.get("tile"):
-        return "whole images" + tta
-    return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}{tta}"
+        return "whole images" + rest
+    return f"--tile {values['tile']} --overlap {values.get('overlap')} --blend {values.get('blend')}{rest}"
 
 
 def _describe(identity: dict[str, Any]) -> str:

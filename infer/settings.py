@@ -7,6 +7,7 @@ Python API all build their runs from them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,12 +37,12 @@ class InferSettings:
     workers: int = DEFAULT_WORKERS  # decoding and encoding threads
     decoder: str = "auto"  # JPEG decoding: auto (nvJPEG where usable), cpu, nvjpeg
     tta: bool = False  # also predict the mirrored image and average: the flip training augments with
-    keep_largest: bool = False  # post-processing of each mask at its original size (see `postprocess`)
-    min_area: int = 0
-    fill_holes: bool = False
+    keep_largest: bool = PostProcess.keep_largest  # post-processing of each mask at its original size, as
+    min_area: int = PostProcess.min_area  # `postprocess` (which owns the defaults and the checks) says
+    fill_holes: bool = PostProcess.fill_holes
 
     def __post_init__(self) -> None:
-        PostProcess(self.keep_largest, self.min_area, self.fill_holes)  # a bad --min-area fails here, first
+        _ = self.postprocess  # made (and checked) once, first: a bad --min-area fails before the rest
         problems = [
             (
                 self.tile == 0 or self.tile >= MIN_TILE,
@@ -61,7 +62,7 @@ class InferSettings:
             if not ok:
                 raise UnetkitError(message)
 
-    @property
+    @functools.cached_property
     def postprocess(self) -> PostProcess:
         """What each mask gets after the threshold or argmax: components kept, dropped or filled."""
         return PostProcess(self.keep_largest, self.min_area, self.fill_holes)

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
+from unetkit.core.model import MIN_SIDE
+
 #: The tile edge (model-input pixels) unet-infer suggests for `--tile` (it predicts whole images unless given
 #: one); export's default TensorRT profile covers it.
 DEFAULT_TILE = 512
-#: The smallest tile: twice the U-Net's stride of 16, so even a tile's deepest level sees 2x2 positions (smaller
-#: tiles are padded to 16 anyway and cost far more calls for no context).
-MIN_TILE = 32
+#: The smallest tile (core.model.MIN_SIDE); smaller ones would also cost far more calls.
+MIN_TILE = MIN_SIDE
 BLEND_MODES = ("gaussian", "constant")
 #: Gaussian sigma as a fraction of the tile size (MONAI's default) and the floor that keeps weights positive.
 SIGMA_SCALE = 0.125

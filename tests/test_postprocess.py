@@ -82,7 +82,8 @@ def test_a_car_loses_its_specks_and_keeps_its_windows_filled():
 
 
 def test_rules_that_cannot_apply_are_refused_and_flags_round_trip():
-    assert PostProcess().apply(np.ones((2, 2), np.uint8), 1) is not None and not PostProcess().active
+    plain = np.ones((2, 2), np.uint8)
+    assert PostProcess().apply(plain, 1) is plain and not PostProcess().active  # nothing asked: untouched
     with pytest.raises(UnetkitError, match=r"--min-area -1: must be 0"):
         PostProcess(min_area=-1)
     with pytest.raises(UnetkitError, match=r"--fill-holes fills binary masks; this model has 3 classes"):

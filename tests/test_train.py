@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ import torch
 from conftest import error_lines, run_cli
 from unetkit.core import load_checkpoint
 from unetkit.core.metrics import class_scores, confusion_counts
+from unetkit.train.config import TrainConfig, resume_conflicts
 from unetkit.train.data.synth import write_synthetic
+from unetkit.train.fit import algorithm_choice
 from unetkit.train.loop import EvalResult, monitored, stalled_note
 
 FAST = ["--base-channels", "8", "--workers", "0", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
@@ -278,28 +281,22 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path):
     assert error_lines(proc) == [f"unet-train: error: {tmp_path / 'last.pth'}: checkpoint not found"]
 
 
-def test_deterministic_kernels_hold_for_the_run_only_and_are_part_of_the_run():
-    from pathlib import Path
-
-    from unetkit.train.config import TrainConfig, resume_conflicts
-    from unetkit.train.fit import algorithm_choice
-
+def test_deterministic_kernels_hold_for_the_run_only_and_are_part_of_the_run(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cudnn = torch.backends.cudnn
     before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
-    had_workspace = "CUBLAS_WORKSPACE_CONFIG" in os.environ
-    try:
-        with algorithm_choice(True):
-            assert (
-                torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-            )
-            assert cudnn.deterministic and not cudnn.benchmark
-            assert had_workspace or os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # a user's own is kept
-        assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
-        with algorithm_choice(False):  # the default: cuDNN benchmarks the bucketed shapes
-            assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
-    finally:
-        if not had_workspace:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    with algorithm_choice(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # for the run only
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with algorithm_choice(True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # a user's own is kept
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    with algorithm_choice(False):  # the default: cuDNN benchmarks the bucketed shapes
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     stored = TrainConfig(data=Path("d"), out=Path("o"))
     assert TrainConfig.from_dict(TrainConfig(data=Path("d"), out=Path("o"), deterministic=True).to_dict()).deterministic
     assert resume_conflicts(stored, {"deterministic": True}) == ["--deterministic: the run was started without it"]
@@ -311,7 +308,9 @@ def test_two_deterministic_cuda_runs_end_with_the_same_weights(tmp_path, synth_s
     args = ["--data", synth_small, "--epochs", "2", "--base-channels", "4", "--workers", "0", "--device", "cuda",
             "--no-progress", "--batch-size", "4", "--deterministic"]  # fmt: skip
     for name in ("a", "b"):
-        run_cli("unet-train", *args, "--out", tmp_path / name, check=True)
-    a = torch.load(tmp_path / "a/last.pth", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b/last.pth", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+        proc = run_cli("unet-train", *args, "--out", tmp_path / name, check=True)
+        assert "deterministic kernels only (--deterministic)" in proc.stdout + proc.stderr
+    a = torch.load(tmp_path / "a/last.pth", weights_only=True)
+    b = torch.load(tmp_path / "b/last.pth", weights_only=True)
+    assert a["training"]["config"]["deterministic"] and b["training"]["config"]["deterministic"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

@@ -11,7 +11,7 @@ from unetkit.core.cli import DEFAULT_WORKERS
 from unetkit.core.distributed import DEFAULT_TIMEOUT_MINUTES
 from unetkit.core.errors import UnetkitError
 from unetkit.core.meta import DEFAULT_MEAN, DEFAULT_STD, RECIPE_SCALE, ResizeRule
-from unetkit.core.model import DOWNSAMPLE
+from unetkit.core.model import MIN_SIDE
 
 from .data.crop import DEFAULT_FG_FRACTION
 from .data.layouts import FolderSpec
@@ -42,8 +42,8 @@ STEP_SCHEDULES = ("poly", "cosine")
 
 #: Settings given as HEIGHTxWIDTH on the command line.
 HW_FLAGS = ("size", "crop")
-#: The smallest --crop side: twice the network's stride, so the deepest level sees 2x2 positions.
-MIN_CROP = 2 * DOWNSAMPLE
+#: The smallest --crop side (core.model.MIN_SIDE).
+MIN_CROP = MIN_SIDE
 
 #: --sync-bn: under torchrun, SyncBatchNorm on CUDA with more than one process (auto), always (on), never (off).
 SYNC_BN_CHOICES = ("auto", "on", "off")

@@ -30,7 +30,7 @@ from unetkit.core.imageio import image_size
 from unetkit.core.labels import IGNORE_INDEX, probabilities, resize_probabilities, to_labels
 from unetkit.core.meta import ModelMeta
 from unetkit.core.metrics import class_scores, confusion_counts
-from unetkit.core.postprocess import PostProcess, candidates
+from unetkit.core.postprocess import candidates
 from unetkit.core.preprocess import resize_masks
 
 from .data.buckets import by_input_size, same_size_batches
@@ -162,7 +162,7 @@ def evaluate_checkpoint(
     rule = SampleRule(meta.resize_rule, index.mask_kind, threshold, index.n_classes)
     sizes = {p.image: _input_size(p, rule) for p in pairs}
     pairs = by_input_size(pairs, sizes)
-    batch_size = settings.batch_size or whole_image_batch(int(args.get("batch_size", 8)), args.get("crop"),
+    batch_size = settings.batch_size or whole_image_batch(int(args.get("batch_size", 8)), meta.trained_crop,
                                                           list(sizes.values()))  # fmt: skip
     loader = DataLoader(
         _EvalDataset(pairs, rule),
@@ -262,8 +262,9 @@ def _score(
             prob = probs[j, :, :h, :w]
             full = to_labels(resize_probabilities(prob, tuple(truth.shape)), meta.threshold).cpu()
             counts = confusion_counts(full, truth, meta.n_classes)
-            post = {flags: confusion_counts(torch.from_numpy(labels), truth, meta.n_classes)
-                    for flags, labels in _postprocessed(full.numpy(), meta).items()}  # fmt: skip
+            post = {pp.flags(): confusion_counts(torch.from_numpy(pp.apply(full.numpy(), meta.n_classes,
+                                                                           meta.mask_kind)), truth, meta.n_classes)
+                    for pp in candidates(meta.n_classes, meta.mask_kind)}  # fmt: skip
             name = Path(os.path.relpath(pairs[i].image, root)).as_posix()
             images.append(ImageScore(name, keys[pairs[i].image], truth.shape[0], truth.shape[1], counts, post))
         y = small.to(setup.device)
@@ -274,19 +275,6 @@ def _score(
     if model_counts is None:
         raise UnetkitError("nothing to evaluate: the split is empty")
     return images, model_counts, total / seen
-
-
-def _postprocessed(labels: np.ndarray, meta: ModelMeta) -> dict[str, np.ndarray]:
-    """Each candidate post-processing's labels, by its unet-infer flags; keep-largest is computed once and
-    filled for 'both' (apply's own order: keep-largest, then fill-holes)."""
-    out: dict[str, np.ndarray] = {}
-    largest, both = PostProcess(keep_largest=True), PostProcess(keep_largest=True, fill_holes=True)
-    for pp in candidates(meta.n_classes, meta.mask_kind):
-        if pp == both and largest.flags() in out:
-            out[pp.flags()] = PostProcess(fill_holes=True).apply(out[largest.flags()], meta.n_classes)
-        else:
-            out[pp.flags()] = pp.apply(labels, meta.n_classes, meta.mask_kind)
-    return out
 
 
 @torch.no_grad()

@@ -134,12 +134,14 @@ def algorithm_choice(deterministic: bool) -> Iterator[None]:
     `torch.backends.cudnn.flags` would also reset TF32 and determinism to its own defaults, overriding the
     user's choice. With `deterministic` (--deterministic, as Ultralytics' deterministic=True) every op takes a
     deterministic kernel where PyTorch has one (the others warn once), cuDNN does not benchmark, and cuBLAS
-    gets the fixed workspace its deterministic mode needs (CUBLAS_WORKSPACE_CONFIG, unless set)."""
+    gets the fixed workspace its deterministic mode needs (CUBLAS_WORKSPACE_CONFIG, unless set; read when the
+    process makes its cuBLAS handle, at training's first matrix product)."""
     cudnn = torch.backends.cudnn
     before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when CUDA makes its cuBLAS handle
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if deterministic and workspace is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     cudnn.benchmark = not deterministic
     cudnn.deterministic = deterministic or before[1]
     if deterministic:
@@ -149,6 +151,8 @@ def algorithm_choice(deterministic: bool) -> Iterator[None]:
     finally:
         cudnn.benchmark, cudnn.deterministic = before[:2]
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def visible_rng_states(saved: list[Any], visible: int) -> list[Any]:
@@ -233,15 +237,14 @@ def _loaders(
         inverted = inverted_size(index, cfg.resize_rule)
         if inverted:
             log.warning("warning: %s", inverted)
-        notes = (
-            [crop_note(cfg.crop, input_sizes, cfg.resize_flag), validation_note(cfg.batch_size, cfg.crop, input_sizes)]
-            if cfg.crop
-            else []
-        )
-        for note in filter(None, notes):
-            log.warning("warning: %s", note)
+        padded = crop_note(cfg.crop, input_sizes, cfg.resize_flag) if cfg.crop else None
+        if padded:
+            log.warning("warning: %s", padded)
     input_sizes = ddp.share(input_sizes)
     sizes = {p.image: hw for p, hw in zip(index.pairs, input_sizes, strict=True)}
+    whole = validation_note(cfg.batch_size, cfg.crop, [sizes[p.image] for p in split.val]) if cfg.crop else None
+    if whole and ddp.is_main:
+        log.warning("warning: %s", whole)
     common: dict[str, Any] = dict(
         num_workers=cfg.workers,
         pin_memory=ddp.device.type == "cuda",

@@ -67,8 +67,10 @@ class EvalReport:
     @property
     def pooled(self) -> ClassScores:
         """Every image's pixels at the original size, summed, then divided once."""
-        total = sum((s.counts for s in self.images), torch.zeros_like(self.images[0].counts))
-        return class_scores(total, self.n_classes)
+        return self._pooled([s.counts for s in self.images])
+
+    def _pooled(self, counts: list[torch.Tensor]) -> ClassScores:
+        return class_scores(sum(counts, torch.zeros_like(self.images[0].counts)), self.n_classes)
 
     def per_image(self) -> list[tuple[ImageScore, float, float]]:
         """(image, Dice, IoU) in the evaluation's order; NaN where an image's truth has no scored class."""
@@ -80,20 +82,15 @@ class EvalReport:
 
     def mean_image(self) -> tuple[float, float]:
         """Mean of the per-image Dice and IoU (images with nothing to score left out)."""
-        rows = [(d, i) for _, d, i in self.per_image() if not math.isnan(d)]
-        if not rows:
-            return math.nan, math.nan
-        return sum(d for d, _ in rows) / len(rows), sum(i for _, i in rows) / len(rows)
+        rows = self.per_image()
+        return _finite_mean([d for _, d, _ in rows]), _finite_mean([i for _, d, i in rows if not math.isnan(d)])
 
     def postprocessing(self) -> list[tuple[str, float, float]]:
         """(unet-infer flags, pooled Dice, mean per-image Dice) of each post-processing scored."""
         out = []
         for flags in self.images[0].post if self.images else {}:
-            pooled = class_scores(sum((s.post[flags] for s in self.images), torch.zeros_like(self.images[0].counts)),
-                                  self.n_classes)  # fmt: skip
             per_image = [class_scores(s.post[flags], self.n_classes).mean_dice for s in self.images]
-            scored = [d for d in per_image if not math.isnan(d)]
-            out.append((flags, pooled.mean_dice, sum(scored) / len(scored) if scored else math.nan))
+            out.append((flags, self._pooled([s.post[flags] for s in self.images]).mean_dice, _finite_mean(per_image)))
         return out
 
     def per_group(self) -> list[tuple[str, int, float, float]]:
@@ -222,6 +219,12 @@ class EvalReport:
         if self.picture is not None:
             out.append(f"  picture of the worst {len(self.worst_shown)}: {self.picture}")
         return out
+
+
+def _finite_mean(values: list[float]) -> float:
+    """The mean of the values that are not NaN (an image with nothing to score), NaN when none is."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def _change(after: float, before: float) -> str:
